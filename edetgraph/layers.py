@@ -1,0 +1,184 @@
+"""TF primitives the lowering is made of: raw ops in small ``tf.Module``s.
+
+Every variable is created with its full checkpoint name (``scope/kernel``), so the released
+checkpoints load by name. Shapes are static NHWC; nothing here depends on Keras, which keeps
+the same code usable under XLA (TPU), tf2onnx and the TFLite converter.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import tensorflow as tf
+
+_ON_READ = tf.VariableSynchronization.ON_READ
+_MEAN = tf.VariableAggregation.MEAN
+
+
+def _seed(name: str, base: int) -> list[int]:
+    # Per-variable seeds from the name: init is reproducible and independent of build order.
+    return [base, zlib.crc32(name.encode()) & 0x7FFFFFFF]
+
+
+def variable(name: str, shape, init: str = "zeros", *, fan: int = 1, value: float = 0.0,
+             seed: int = 0, trainable: bool = True, on_read: bool = False) -> tf.Variable:
+    """A float32 variable called exactly ``name``.
+
+    init: ``zeros``, ``ones``, ``const`` (``value``), ``he`` (normal, stddev sqrt(2/fan), the
+    EfficientNet conv init), ``vs`` (truncated normal, stddev sqrt(1/fan): variance scaling).
+    """
+    shape = tuple(int(s) for s in shape)
+    if init == "zeros":
+        v = tf.zeros(shape)
+    elif init == "ones":
+        v = tf.ones(shape)
+    elif init == "const":
+        v = tf.fill(shape, float(value))
+    elif init == "he":
+        v = tf.random.stateless_normal(shape, _seed(name, seed), stddev=np.sqrt(2.0 / fan))
+    elif init == "vs":
+        v = tf.random.stateless_truncated_normal(shape, _seed(name, seed),
+                                                 stddev=np.sqrt(1.0 / fan) / .87962566)
+    else:
+        raise ValueError(f"unknown init {init!r} for {name}")
+    kw = dict(synchronization=_ON_READ, aggregation=_MEAN) if on_read else {}
+    return tf.Variable(v, name=name, trainable=trainable, **kw)
+
+
+def activation(x: tf.Tensor, kind: str) -> tf.Tensor:
+    if kind in ("swish", "silu"):
+        return x * tf.sigmoid(x)
+    if kind == "relu6":
+        return tf.nn.relu6(x)
+    if kind == "relu":
+        return tf.nn.relu(x)
+    if kind == "hswish":
+        return x * tf.nn.relu6(x + 3.0) / 6.0
+    raise ValueError(f"unknown activation {kind!r}")
+
+
+class Conv(tf.Module):
+    """k x k convolution (HWIO kernel), SAME padding, optional bias."""
+
+    def __init__(self, scope: str, cin: int, cout: int, k: int = 1, stride: int = 1,
+                 bias: bool = False, init: str = "he", seed: int = 0, kernel_name="kernel"):
+        super().__init__(name=None)
+        fan = k * k * (cout if init == "he" else cin)
+        self.kernel = variable(f"{scope}/{kernel_name}", (k, k, cin, cout), init, fan=fan,
+                               seed=seed)
+        self.bias = variable(f"{scope}/bias", (cout,)) if bias else None
+        self.stride = stride
+
+    def __call__(self, x):
+        y = tf.nn.conv2d(x, self.kernel, self.stride, "SAME")
+        return tf.nn.bias_add(y, self.bias) if self.bias is not None else y
+
+
+class DepthwiseConv(tf.Module):
+    def __init__(self, scope: str, ch: int, k: int, stride: int = 1, init: str = "he",
+                 seed: int = 0, kernel_name: str = "depthwise_kernel"):
+        super().__init__(name=None)
+        fan = k * k if init == "vs" else k * k * ch
+        self.kernel = variable(f"{scope}/{kernel_name}", (k, k, ch, 1), init, fan=fan, seed=seed)
+        self.stride = stride
+
+    def __call__(self, x):
+        return tf.nn.depthwise_conv2d(x, self.kernel, [1, self.stride, self.stride, 1], "SAME")
+
+
+class SeparableConv(tf.Module):
+    """Depthwise k x k then pointwise 1x1 with bias: Keras SeparableConv2D's variables."""
+
+    def __init__(self, scope: str, cin: int, cout: int, k: int = 3, bias: bool = True,
+                 bias_value: float = 0.0, seed: int = 0):
+        super().__init__(name=None)
+        self.depthwise = DepthwiseConv(scope, cin, k, init="vs", seed=seed)
+        self.pointwise = Conv(scope, cin, cout, 1, init="vs", seed=seed,
+                              kernel_name="pointwise_kernel")
+        self.pointwise.bias = (variable(f"{scope}/bias", (cout,), "const", value=bias_value)
+                               if bias else None)
+
+    def __call__(self, x):
+        return self.pointwise(self.depthwise(x))
+
+
+class BatchNorm(tf.Module):
+    """Batch norm whose training statistics are synchronised across replicas.
+
+    Under a distribution strategy with several replicas (TPU, multi-GPU, multi-worker), the
+    batch mean and variance are all-reduced, so every replica normalises with the statistics
+    of the global batch (the official TPU "sync BN"). Inference uses the fused op, which
+    grappler folds into the preceding convolution on CPU.
+    """
+
+    def __init__(self, scope: str, ch: int, momentum: float = 0.99, epsilon: float = 1e-3):
+        super().__init__(name=None)
+        self.gamma = variable(f"{scope}/gamma", (ch,), "ones")
+        self.beta = variable(f"{scope}/beta", (ch,), "zeros")
+        self.moving_mean = variable(f"{scope}/moving_mean", (ch,), "zeros", trainable=False,
+                                    on_read=True)
+        self.moving_variance = variable(f"{scope}/moving_variance", (ch,), "ones",
+                                        trainable=False, on_read=True)
+        self.momentum, self.epsilon = momentum, epsilon
+
+    def __call__(self, x, training: bool = False):
+        if not training:
+            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                x, self.gamma, self.beta, self.moving_mean, self.moving_variance,
+                epsilon=self.epsilon, is_training=False)
+            return y
+        mean, var = self._batch_moments(x)
+        for moving, value in ((self.moving_mean, mean), (self.moving_variance, var)):
+            moving.assign(moving * self.momentum + value * (1.0 - self.momentum))
+        return tf.nn.batch_normalization(x, mean, var, self.beta, self.gamma, self.epsilon)
+
+    def _batch_moments(self, x):
+        x32 = tf.cast(x, tf.float32)
+        ctx = tf.distribute.get_replica_context()
+        n_rep = ctx.num_replicas_in_sync if ctx is not None else 1
+        if n_rep == 1:
+            mean, var = tf.nn.moments(x32, [0, 1, 2])
+        else:
+            count = tf.cast(tf.reduce_prod(tf.shape(x32)[:3]), tf.float32)
+            local = tf.concat([tf.reduce_sum(x32, [0, 1, 2]), tf.reduce_sum(x32 * x32, [0, 1, 2]),
+                               tf.reshape(count, [1])], 0)
+            total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
+            ch = x32.shape[-1]
+            n = total[-1]
+            mean = total[:ch] / n
+            var = tf.maximum(total[ch:2 * ch] / n - mean * mean, 0.0)
+        return tf.cast(mean, x.dtype), tf.cast(var, x.dtype)
+
+
+def drop_connect(x, survival: float, training: bool):
+    """Stochastic depth on a residual branch: drop whole samples, rescale the rest."""
+    if not training or survival >= 1.0:
+        return x
+    shape = [tf.shape(x)[0], 1, 1, 1]
+    keep = tf.floor(survival + tf.random.uniform(shape, dtype=x.dtype))
+    return x / survival * keep
+
+
+def max_pool(x, in_hw, out_hw):
+    """The official downsampling: window = stride + 1, SAME padding."""
+    sh = (in_hw[0] - 1) // out_hw[0] + 1
+    sw = (in_hw[1] - 1) // out_hw[1] + 1
+    return tf.nn.max_pool2d(x, [sh + 1, sw + 1], [sh, sw], "SAME")
+
+
+def upsample_nearest(x, in_hw, out_hw):
+    """Nearest resize as TF1 ``resize_nearest_neighbor`` (no half-pixel centres) computes it.
+
+    An exact integer factor is a reshape + broadcast: it has an XLA gradient on every device
+    (ResizeNearestNeighborGrad has none on CPU) and tf2onnx/TFLite lower it to cheap ops.
+    """
+    (ih, iw), (oh, ow) = in_hw, out_hw
+    if oh % ih == 0 and ow % iw == 0:
+        fh, fw = oh // ih, ow // iw
+        c = x.shape[-1]
+        y = tf.reshape(x, [-1, ih, 1, iw, 1, c])
+        y = tf.broadcast_to(y, [tf.shape(x)[0], ih, fh, iw, fw, c])
+        return tf.reshape(y, [-1, oh, ow, c])
+    rows = np.floor(np.arange(oh) * (ih / oh)).astype(np.int32)
+    cols = np.floor(np.arange(ow) * (iw / ow)).astype(np.int32)
+    return tf.gather(tf.gather(x, rows, axis=1), cols, axis=2)
