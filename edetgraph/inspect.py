@@ -1,0 +1,138 @@
+"""``python -m edetgraph.inspect``: a spec's graph, parameters and FLOPs, without TensorFlow.
+
+    python -m edetgraph.inspect --spec specs/d0.yaml
+    python -m edetgraph.inspect --spec d3 --set fpn.channels=96 --json
+    python -m edetgraph.inspect --spec d0 --draw bifpn.svg
+    python -m edetgraph.inspect --spec d0 --verify     # builds the TF model and cross-checks
+
+Only ``--verify`` imports TensorFlow; everything else answers from the spec and the IR.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+
+from edetgraph.cost import COMPONENTS, model_cost
+from edetgraph.passes import build_ir
+from edetgraph.spec import SpecError, load_spec
+
+
+def report(spec, g=None) -> dict:
+    """Everything ``inspect --json`` prints, as a plain dict."""
+    trace: list = []
+    g = g if g is not None else build_ir(spec, trace=trace)
+    mc = model_cost(spec, g)
+    total = mc.total
+    ops = Counter(d["op"] for _, d in g.nodes(data=True))
+    fuse = [d for _, d in g.nodes(data=True) if d["op"] == "fuse"]
+    return {
+        "name": spec.name,
+        "source": spec.source,
+        "image_size": list(spec.image_size),
+        "params_trainable": total.params_trainable,
+        "params_total": total.params_total,
+        "flops": total.flops,
+        "by_component": {k: mc.by_component[k].as_dict() for k in COMPONENTS},
+        "flops_by_op_type": total.by_op_type(),
+        "graph": {
+            "nodes": g.number_of_nodes(),
+            "edges": g.number_of_edges(),
+            "by_op": dict(sorted(ops.items())),
+            "cells": spec.fpn.repeats,
+            "fusion_nodes_per_cell": len(fuse) // max(1, spec.fpn.repeats),
+            "weight_methods": sorted({d["weight_method"] for d in fuse}),
+            "levels": [spec.min_level, spec.max_level],
+            "feature_sizes": {f"P{d['level']}": list(d["size"])
+                              for _, d in g.nodes(data=True) if d["op"] == "output"},
+            "passes": [{"pass": p, "nodes": n, "edges": e} for p, n, e in trace],
+        },
+    }
+
+
+def _fmt(n: int) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3f}{unit}"
+    return str(n)
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{r['name']}  ({r['source']})  input {r['image_size'][0]}x{r['image_size'][1]}",
+             "", f"{'component':<12}{'params':>12}{'params (all)':>14}{'FLOPs':>12}{'FLOPs %':>9}"]
+    for k, c in r["by_component"].items():
+        share = 100 * c["flops"] / max(1, r["flops"])
+        lines.append(f"{k:<12}{_fmt(c['params_trainable']):>12}{_fmt(c['params_total']):>14}"
+                     f"{_fmt(c['flops']):>12}{share:>8.1f}%")
+    lines.append(f"{'total':<12}{_fmt(r['params_trainable']):>12}{_fmt(r['params_total']):>14}"
+                 f"{_fmt(r['flops']):>12}{100.0:>8.1f}%")
+    lines.append(f"exact: params {r['params_trainable']:,} trainable / {r['params_total']:,} total,"
+                 f" FLOPs {r['flops']:,} multiply-adds")
+    gr = r["graph"]
+    lines += ["", f"feature network: {gr['nodes']} nodes, {gr['edges']} edges "
+              f"({', '.join(f'{v} {k}' for k, v in gr['by_op'].items())}); {gr['cells']} cells x "
+              f"{gr['fusion_nodes_per_cell']} fusion nodes; fusion {', '.join(gr['weight_methods'])}",
+              "levels " + ", ".join(f"{k} {v[0]}x{v[1]}" for k, v in gr["feature_sizes"].items())]
+    if gr["passes"]:
+        lines.append("passes: " + " -> ".join(f"{p['pass']} ({p['nodes']} nodes)"
+                                              for p in gr["passes"]))
+    return "\n".join(lines)
+
+
+def verify(spec, r: dict) -> list[str]:
+    """Build the TF model and compare its variables with the cost model; returns problems."""
+    from edetgraph.model import build_model
+    import numpy as np
+
+    model = build_model(spec)
+    scopes = {"backbone": spec.backbone_config().name + "/", "resample": "resample_p",
+              "fpn_cells": "fpn_cells/", "class_net": "class_net/", "box_net": "box_net/"}
+    problems = []
+    for comp, prefix in scopes.items():
+        vs = [v for v in model.variables if v.name.startswith(prefix)]
+        got_t = sum(int(np.prod(v.shape)) for v in vs if v.trainable)
+        got = sum(int(np.prod(v.shape)) for v in vs)
+        want = r["by_component"][comp]
+        if (got_t, got) != (want["params_trainable"], want["params_total"]):
+            problems.append(f"{comp}: model has {got_t:,}/{got:,} params, cost model says "
+                            f"{want['params_trainable']:,}/{want['params_total']:,}")
+    return problems
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m edetgraph.inspect", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", required=True, help="spec file, or a built-in name such as d0, lite2")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a spec field before validation, e.g. fpn.channels=96 (repeatable)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    ap.add_argument("--draw", metavar="FILE", help="write the feature-network DAG (.svg, .png or .dot)")
+    ap.add_argument("--verify", action="store_true",
+                    help="build the TensorFlow model and check its variables against the cost model")
+    args = ap.parse_args(argv)
+    try:
+        spec = load_spec(args.spec, args.set)
+        g = build_ir(spec, trace := [])
+        r = report(spec, g)
+        r["graph"]["passes"] = [{"pass": p, "nodes": n, "edges": e} for p, n, e in trace]
+        if args.draw:
+            from edetgraph.draw import draw
+            r["drawing"] = str(draw(g, args.draw, title=f"{spec.name}: feature network"))
+    except (SpecError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.verify:
+        problems = verify(spec, r)
+        r["verify"] = {"ok": not problems, "problems": problems}
+    print(json.dumps(r, indent=1) if args.json else format_report(r))
+    if args.draw and not args.json:
+        print(f"drawing written to {r['drawing']}")
+    if args.verify and not args.json:
+        print("verify: TF model variables agree with the cost model" if r["verify"]["ok"]
+              else "verify FAILED:\n  " + "\n  ".join(r["verify"]["problems"]))
+    return 1 if args.verify and not r["verify"]["ok"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SPECS = ROOT / "specs"
+OFFICIAL = [p.stem for p in sorted(SPECS.glob("*.yaml")) if p.stem != "demo"]
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def official_models():
+    import json
+    from edetgraph.resources import path
+    return json.loads(path("official_models.json").read_text())["models"]
+
+
+def run_py(code: str, *args, env=None, timeout=300):
+    """Run python code in a fresh interpreter (for import-blocking and CLI tests)."""
+    import subprocess
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=e, timeout=timeout, cwd=ROOT)
