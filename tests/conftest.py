@@ -24,3 +24,14 @@ def run_py(code: str, *args, env=None, timeout=300):
     e = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           env=e, timeout=timeout, cwd=ROOT)
+
+
+def pytest_configure(config):
+    # Two logical CPUs let the sync-BN test run a real 2-replica MirroredStrategy.
+    try:
+        import tensorflow as tf
+        cpus = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    except Exception:       # TF absent, or already initialised: the test skips itself
+        pass

@@ -1,0 +1,365 @@
+#!/usr/bin/env python3
+"""Time one .tflite or .onnx model on this device and print the result as JSON.
+
+Self-contained on purpose: copy this single file to a phone (Termux), a Raspberry Pi
+or an edge box that has Python, numpy and ONE of ai-edge-litert, tflite-runtime or
+onnxruntime, run it, and bring the JSON back for the report (bench.device merges it).
+It never imports TensorFlow or anything from edetgraph.
+"""
+import argparse
+import datetime
+import hashlib
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SCHEMA = "edetgraph.device_result/1"
+TFLITE_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter")
+DISTRIBUTIONS = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
+                 "onnxruntime": "onnxruntime"}
+STAT_KEYS = ("p50_ms", "p90_ms", "mean_ms", "min_ms", "max_ms", "std_ms")
+
+
+class Failure(Exception):
+    """Reported as one line on stderr, exit status 2."""
+
+
+def _line(exc):
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def _version(module_name):
+    top = module_name.split(".")[0]
+    try:
+        from importlib.metadata import version
+        return version(DISTRIBUTIONS.get(top, top))
+    except Exception:  # metadata missing on some device installs
+        return getattr(sys.modules.get(top), "__version__", "unknown")
+
+
+def latency_stats(seconds, batch=1):
+    """Same statistics as bench.latency.latency_stats (a test keeps the two in step)."""
+    ms = np.asarray(seconds, np.float64) * 1e3
+    stats = dict(zip(STAT_KEYS, (float(np.percentile(ms, 50)), float(np.percentile(ms, 90)),
+                                 float(ms.mean()), float(ms.min()), float(ms.max()),
+                                 float(ms.std()))))
+    stats.update(runs=int(ms.size), batch=int(batch),
+                 throughput_ips=float(batch * 1e3 / stats["mean_ms"]) if stats["mean_ms"] else None)
+    return stats
+
+
+def _signature(name, shape, dtype, quant=None):
+    return {"name": name, "shape": [None if s is None or s < 0 else int(s) for s in shape],
+            "dtype": np.dtype(dtype).name, "quantization": quant}
+
+
+class TFLiteModel:
+    """LiteRT or tflite-runtime interpreter; quantized inputs/outputs handled as float."""
+
+    def __init__(self, path, threads, delegate):
+        errors, module = [], None
+        for name in TFLITE_MODULES:
+            try:
+                module = importlib.import_module(name)
+                break
+            except ImportError as exc:
+                errors.append(f"{name}: {_line(exc)}")
+        if module is None:
+            raise Failure("no TFLite runtime installed: pip install ai-edge-litert (or "
+                          f"tflite-runtime on numpy<2 devices) [{'; '.join(errors)}]")
+        self.runtime, self.version = name.split(".")[0], _version(name)
+        self.accelerator = {"delegate": delegate}
+        try:
+            delegates = [module.load_delegate(delegate)] if delegate else None
+            self.interp = module.Interpreter(model_path=path, num_threads=threads,
+                                             experimental_delegates=delegates)
+            self.interp.allocate_tensors()
+        except Exception as exc:
+            raise Failure(f"{path}: {self.runtime} cannot load it: {_line(exc)}") from None
+        self.ins, self.outs = self.interp.get_input_details(), self.interp.get_output_details()
+        names = self._signature_names()
+        self.inputs = [self._sig(d, d["name"]) for d in self.ins]
+        self.outputs = [self._sig(d, names.get(d["index"], d["name"])) for d in self.outs]
+
+    def _signature_names(self):
+        """{tensor index: output name} from the file's only signature (none: tensor names)."""
+        sigs = self.interp.get_signature_list()
+        if len(sigs) != 1:
+            return {}
+        details = self.interp.get_signature_runner(next(iter(sigs))).get_output_details()
+        return {d["index"]: n for n, d in details.items()}
+
+    @staticmethod
+    def _sig(d, name):
+        scale, zero = d["quantization"]
+        quant = [float(scale), int(zero)] if scale else None
+        return _signature(name, d.get("shape_signature", d["shape"]), d["dtype"], quant)
+
+    def prepare(self, values):
+        """Convert once, outside timing: float arrays for quantized inputs are quantized."""
+        ready = []
+        for d, v in zip(self.ins, values):
+            scale, zero = d["quantization"]
+            dtype = np.dtype(d["dtype"])
+            if scale and dtype.kind in "iu" and v.dtype.kind == "f":
+                lim = np.iinfo(dtype)
+                v = np.clip(np.round(v / scale) + zero, lim.min, lim.max)
+            v = np.ascontiguousarray(v, dtype)
+            if tuple(v.shape) != tuple(d["shape"]):
+                self.interp.resize_tensor_input(d["index"], v.shape)
+                self.interp.allocate_tensors()
+            ready.append(v)
+        self.ins, self.outs = self.interp.get_input_details(), self.interp.get_output_details()
+        return ready
+
+    def run(self, ready):
+        for d, v in zip(self.ins, ready):
+            self.interp.set_tensor(d["index"], v)
+        self.interp.invoke()
+        return [self.interp.get_tensor(d["index"]) for d in self.outs]
+
+    def dequantize(self, outputs):
+        deq = []
+        for d, y in zip(self.outs, outputs):
+            scale, zero = d["quantization"]
+            deq.append((y.astype(np.float32) - zero) * np.float32(scale)
+                       if scale and y.dtype.kind in "iu" else y)
+        return deq
+
+
+class OnnxModel:
+    """ONNX Runtime session (CPU provider unless --provider names another)."""
+    TYPES = {"float": "float32", "double": "float64", "float16": "float16", "int64": "int64",
+             "int32": "int32", "int8": "int8", "uint8": "uint8", "bool": "bool"}
+
+    def __init__(self, path, threads, provider):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise Failure("onnxruntime is not installed: pip install onnxruntime") from None
+        self.runtime, self.version = "onnxruntime", ort.__version__
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers = [provider, "CPUExecutionProvider"] if provider else ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(path, opts,
+                                                providers=list(dict.fromkeys(providers)))
+        except Exception as exc:
+            raise Failure(f"{path}: onnxruntime cannot load it: {_line(exc)}") from None
+        self.accelerator = {"providers": self.session.get_providers()}
+        self.inputs = [self._sig(t) for t in self.session.get_inputs()]
+        self.outputs = [self._sig(t) for t in self.session.get_outputs()]
+
+    def _sig(self, t):
+        shape = [d if isinstance(d, int) else None for d in t.shape]
+        return _signature(t.name, shape, self.TYPES.get(t.type[7:-1], "float32"))
+
+    def prepare(self, values):
+        return {s["name"]: np.ascontiguousarray(v, s["dtype"]) for s, v in zip(self.inputs, values)}
+
+    def run(self, ready):
+        return self.session.run(None, ready)
+
+    def dequantize(self, outputs):
+        return outputs
+
+
+def load_model(path, threads=None, delegate=None, provider=None):
+    """The model wrapper for ``path``'s extension, with one-line failures."""
+    if not (path.endswith(".tflite") or path.endswith(".onnx")):
+        raise Failure(f"{path}: expected a .tflite or .onnx file")
+    if not os.path.isfile(path):
+        raise Failure(f"{path}: no such file")
+    if path.endswith(".tflite"):
+        if provider:
+            raise Failure(f"{path}: --provider is for .onnx models (use --delegate for .tflite)")
+        return TFLiteModel(path, threads, delegate)
+    if delegate:
+        raise Failure(f"{path}: --delegate is for .tflite models (use --provider for .onnx)")
+    return OnnxModel(path, threads, provider)
+
+
+def make_inputs(signatures, source, seed):
+    """Arrays for every input: 'random' (seeded) or a .npy (one input) / .npz (by name)."""
+    if source == "random":
+        rng = np.random.default_rng(seed)
+        values = []
+        for s in signatures:
+            shape = [d or 1 for d in s["shape"]]
+            dtype = np.dtype(s["dtype"])
+            if dtype.kind in "iu":
+                lim = np.iinfo(dtype)
+                values.append(rng.integers(lim.min, lim.max, shape, endpoint=True).astype(dtype))
+            else:  # images in this project are 0-255 before normalisation
+                values.append(rng.uniform(0.0, 255.0, shape).astype(dtype))
+        return values
+    if not os.path.isfile(source):
+        raise Failure(f"{source}: no such input file")
+    try:
+        data = np.load(source)
+    except Exception as exc:
+        raise Failure(f"{source}: cannot read it as .npy/.npz: {_line(exc)}") from None
+    if isinstance(data, np.ndarray):
+        if len(signatures) != 1:
+            raise Failure(f"{source}: model has {len(signatures)} inputs; "
+                          "give a .npz keyed by input name")
+        values = [data]
+    else:
+        missing = [s["name"] for s in signatures if s["name"] not in data.files]
+        if missing:
+            raise Failure(f"{source}: no array for input(s) {missing}")
+        values = [data[s["name"]] for s in signatures]
+    for s, v in zip(signatures, values):
+        want = s["shape"]
+        fits = len(v.shape) == len(want) and all(w is None or w == g
+                                                 for w, g in zip(want, v.shape))
+        if not fits:
+            raise Failure(f"{source}: shape {list(v.shape)} does not fit input "
+                          f"'{s['name']}' {want}")
+    return values
+
+
+def _device_name():
+    """Best-effort device model: device tree (Pi, Jetson), Android props, CPU model name."""
+    for tree in ("/proc/device-tree/model", "/sys/firmware/devicetree/base/model"):
+        try:
+            with open(tree, "rb") as f:
+                return f.read().decode(errors="replace").strip("\x00 \n")
+        except OSError:
+            pass
+    if "ANDROID_ROOT" in os.environ:
+        try:
+            props = [subprocess.run(["getprop", p], capture_output=True, text=True,
+                                    timeout=3).stdout.strip()
+                     for p in ("ro.product.manufacturer", "ro.product.model")]
+            return " ".join(p for p in props if p) or "Android device"
+        except (OSError, subprocess.SubprocessError):
+            return "Android device"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.split(":")[0].strip() in ("model name", "Hardware", "Model"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment():
+    """Python, numpy and machine facts for the report."""
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {"python": platform.python_version(),
+            "python_implementation": platform.python_implementation(),
+            "numpy": np.__version__, "platform": platform.platform(),
+            "system": platform.system(), "release": platform.release(), "machine": platform.machine(),
+            "processor": platform.processor(), "device": _device_name(),
+            "cpu_count": os.cpu_count(), "cpus_usable": affinity,
+            "android": "ANDROID_ROOT" in os.environ, "hostname": platform.node()}
+
+
+def _file_facts(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"path": os.path.abspath(path), "name": os.path.basename(path),
+            "format": path.rsplit(".", 1)[-1], "bytes": os.path.getsize(path),
+            "sha256": digest.hexdigest()}
+
+
+def benchmark(args):
+    """Load, warm up, time; returns the result dict (see SCHEMA)."""
+    start = time.perf_counter()
+    model = load_model(args.model, args.threads, args.delegate, args.provider)
+    init_s = time.perf_counter() - start
+    values = make_inputs(model.inputs, args.input, args.seed)
+    batch = int(values[0].shape[0]) if values and values[0].ndim else 1
+    ready = model.prepare(values)
+    print(f"[device_runner] {model.runtime} {model.version}: loaded in {init_s * 1e3:.1f} ms; "
+          f"{args.warmup} warm-up + {args.runs} timed runs", file=sys.stderr)
+    try:
+        times = []
+        for _ in range(args.warmup + args.runs):
+            t0 = time.perf_counter()
+            outputs = model.run(ready)
+            times.append(time.perf_counter() - t0)
+    except Exception as exc:
+        raise Failure(f"{args.model}: inference failed: {_line(exc)}") from None
+    if args.save_outputs:
+        names = [s["name"] for s in model.outputs]
+        np.savez(args.save_outputs, **dict(zip(names, model.dequantize(outputs))))
+    return {"schema": SCHEMA, "label": args.label,
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model": _file_facts(args.model),
+            "runtime": {"name": model.runtime, "version": model.version, "threads": args.threads,
+                        **model.accelerator},
+            "inputs": model.inputs, "outputs": model.outputs,
+            "input_source": args.input if args.input != "random" else f"random(seed={args.seed})",
+            "init_ms": init_s * 1e3, "first_run_ms": times[0] * 1e3, "warmup": args.warmup,
+            "latency": latency_stats(times[args.warmup:], batch),
+            "environment": environment()}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] + " Needs only Python 3, numpy and one runtime "
+        "(ai-edge-litert or tflite-runtime for .tflite, onnxruntime for .onnx).",
+        epilog="Example: python device_runner.py d0_int8.tflite --threads 4 --runs 100 "
+               "--label pixel7 --out pixel7_d0_int8.json. The JSON goes to stdout (and --out); "
+               "progress and errors go to stderr; a failure exits with status 2.")
+    p.add_argument("model", help="model file, .tflite or .onnx")
+    p.add_argument("--runs", type=int, metavar="N", default=50, help="timed runs (default 50)")
+    p.add_argument("--warmup", type=int, metavar="N", default=10,
+                   help="untimed warm-up runs (default 10)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: runtime's)")
+    p.add_argument("--input", default="random", metavar="FILE|random",
+                   help="'random' (default; float inputs uniform in 0-255, integer inputs over "
+                   "their range), a .npy for a one-input model or a .npz keyed by input name; "
+                   "float data for a quantized input is quantized with its scale/zero point")
+    p.add_argument("--seed", type=int, metavar="K", default=0,
+                   help="seed for --input random (default 0)")
+    p.add_argument("--delegate", metavar="PATH",
+                   help="TFLite external delegate library (.so) to load")
+    p.add_argument("--provider", metavar="NAME", help="ONNX Runtime execution provider, e.g. "
+                   "XnnpackExecutionProvider (CPU kept as fallback)")
+    p.add_argument("--out", metavar="FILE.json", help="also write the JSON to this file")
+    p.add_argument("--label", metavar="NAME",
+                   help="name for this run in the report (default: the device's hostname)")
+    p.add_argument("--save-outputs", metavar="FILE.npz",
+                   help="write the last run's outputs (dequantized) to this .npz, to compare "
+                   "with the host's")
+    args = p.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        p.error("--runs and --threads must be >= 1, --warmup >= 0")
+    args.label = args.label or platform.node() or "device"
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        result = benchmark(args)
+        text = json.dumps(result, indent=2)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text + "\n")
+    except Failure as exc:
+        print(f"device_runner: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. --out in a missing directory
+        print(f"device_runner: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

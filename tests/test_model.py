@@ -1,0 +1,158 @@
+"""Lowered TF model: official variable names/shapes, params equal to the cost model, forward
+shapes for every spec, every fusion method, rectangular inputs, sync BN and XLA."""
+import csv
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from edetgraph.cost import model_cost
+from edetgraph.model import build_model
+from edetgraph.resources import path
+from edetgraph.spec import load_spec
+from conftest import OFFICIAL
+
+BIG = {"d4", "d5", "d6", "d7", "d7x", "lite3", "lite3x", "lite4"}
+
+
+def _reference_variables(name):
+    out = {}
+    with open(path(f"efficientdet-{name}_ckpt_variables.tsv")) as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            n = row["name"]
+            if n.endswith("/ExponentialMovingAverage") or n == "global_step":
+                continue
+            out[n] = () if row["shape"] == "scalar" else tuple(int(x) for x in row["shape"].split("x"))
+    return out
+
+
+@pytest.mark.parametrize("name", ["d0", "d1"])
+def test_variables_have_the_released_names_and_shapes(name):
+    model = build_model(load_spec(name))
+    mine = {k: tuple(v.shape) for k, v in model.variables_by_name().items()}
+    ref = _reference_variables(name)
+    assert sorted(set(ref) - set(mine)) == []
+    assert sorted(set(mine) - set(ref)) == []
+    assert {k: v for k, v in mine.items() if ref[k] != v} == {}
+    non_trainable = {k for k, v in model.variables_by_name().items() if not v.trainable}
+    assert non_trainable == {k for k in ref if k.endswith(("moving_mean", "moving_variance"))}
+
+
+def _small(name):
+    spec = load_spec(name)
+    size = 2 ** spec.max_level * 2     # P_max is 2x2
+    return load_spec(name, [f"image_size={size}"])
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n
+                                  for n in OFFICIAL])
+def test_every_spec_builds_runs_and_agrees_with_the_cost_model(name):
+    spec = _small(name)
+    model = build_model(spec)
+    cost = model_cost(spec).total
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == cost.params_trainable
+    assert sum(int(np.prod(v.shape)) for v in model.variables) == cost.params_total
+    x = tf.random.normal([2, *spec.image_size, 3])
+    out = {k: tuple(v.shape) for k, v in model.raw_outputs(x).items()}
+    assert out == model.output_shapes(batch=2)
+    lvl = spec.max_level
+    assert out[f"cls_l{lvl}"] == (2, 2, 2, 9 * 90) and out[f"box_l{lvl}"] == (2, 2, 2, 36)
+
+
+@pytest.mark.parametrize("name,size", [("d0", 512), pytest.param("d1", 640, marks=pytest.mark.slow)])
+def test_full_size_forward(name, size):
+    spec = load_spec(name)
+    model = build_model(spec)
+    out = tf.function(model.raw_outputs)(tf.random.normal([1, size, size, 3]))
+    s = size // 8
+    assert tuple(out["cls_l3"].shape) == (1, s, s, 810)
+    assert tuple(out["box_l7"].shape) == (1, -(-size // 128), -(-size // 128), 36)
+    assert all(np.isfinite(v.numpy()).all() for v in out.values())
+
+
+@pytest.mark.parametrize("method", ["fastattn", "attn", "sum", "channel_attn", "channel_fastattn"])
+def test_every_fusion_method(method):
+    spec = load_spec("d0", ["image_size=128", f"fpn.weight_method={method}", "fpn.channels=16",
+                            "fpn.repeats=2", "head.repeats=1"])
+    model = build_model(spec)
+    wsm = [v for k, v in model.variables_by_name().items() if "/WSM" in k]
+    if method == "sum":
+        assert wsm == []
+    else:
+        assert {tuple(v.shape) for v in wsm} == ({()} if method in ("attn", "fastattn") else {(16,)})
+    out = model.raw_outputs(tf.random.normal([1, 128, 128, 3]))
+    assert tuple(out["cls_l3"].shape) == (1, 16, 16, 810)
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == model_cost(spec).total.params_trainable
+
+
+def test_rectangular_and_odd_sizes():
+    spec = load_spec("lite0", ["image_size=[192, 320]"])
+    model = build_model(spec)
+    out = model.raw_outputs(tf.zeros([1, 192, 320, 3]))
+    assert [tuple(out[f"box_l{l}"].shape[1:3]) for l in range(3, 8)] == [(24, 40), (12, 20), (6, 10), (3, 5), (2, 3)]
+
+
+def test_fast_fusion_is_the_papers_formula():
+    spec = load_spec("d0", ["image_size=128", "fpn.channels=8", "fpn.repeats=1", "head.repeats=1"])
+    model = build_model(spec)
+    fuse = model.fpn.nodes["c0_out_p4"]
+    for v, val in zip(fuse.weights, [2.0, -1.0, 0.5]):
+        v.assign(val)
+    xs = [tf.random.normal([1, 4, 4, 8]) for _ in range(3)]
+    want = (2.0 * xs[0] + 0.0 * xs[1] + 0.5 * xs[2]) / (2.5 + 1e-4)
+    np.testing.assert_allclose(fuse.fuse(xs).numpy(), want.numpy(), atol=1e-6)
+
+
+def test_training_mode_updates_bn_and_uses_batch_statistics():
+    spec = load_spec("d0", ["image_size=128", "fpn.channels=16", "fpn.repeats=1", "head.repeats=1"])
+    model = build_model(spec)
+    bn = model.backbone.stem_bn
+    before = bn.moving_mean.numpy().copy()
+    x = tf.random.normal([2, 128, 128, 3]) + 3.0
+    a = model.raw_outputs(x, training=True)["cls_l3"]
+    assert not np.allclose(before, bn.moving_mean.numpy())
+    b = model.raw_outputs(x, training=False)["cls_l3"]
+    assert not np.allclose(a.numpy(), b.numpy())
+
+
+def test_sync_batch_norm_equals_global_batch_statistics():
+    from edetgraph.layers import BatchNorm
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) < 2:
+        pytest.skip("needs two logical CPUs (configured in conftest before TF starts)")
+    strategy = tf.distribute.MirroredStrategy([d.name for d in cpus[:2]])
+    with strategy.scope():
+        bn = BatchNorm("bn", 4, momentum=0.5)
+    x = (np.random.RandomState(0).normal(size=(4, 3, 3, 4)) * [1, 2, 3, 4] + [0, 1, 2, 3]).astype(np.float32)
+    dist = strategy.experimental_distribute_values_from_function(
+        lambda ctx: x[2 * ctx.replica_id_in_sync_group: 2 * ctx.replica_id_in_sync_group + 2])
+
+    @tf.function
+    def step(xs):
+        return strategy.run(lambda t: bn(t, training=True), args=(xs,))
+
+    ys = strategy.experimental_local_results(step(dist))
+    y = np.concatenate([t.numpy() for t in ys])
+    want = (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-3)
+    np.testing.assert_allclose(y, want, atol=1e-4)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.5 * x.mean((0, 1, 2)), atol=1e-5)
+
+
+def test_xla_compiled_train_step_on_cpu():
+    spec = load_spec("d0", ["image_size=64", "fpn.channels=8", "fpn.repeats=1", "head.repeats=1",
+                            "anchors.max_level=6"])
+    model = build_model(spec)
+    opt_vars = model.trainable_variables
+
+    @tf.function(jit_compile=True)
+    def step(x):
+        with tf.GradientTape() as tape:
+            cls, box = model(x, training=True)
+            loss = tf.add_n([tf.reduce_mean(tf.square(c)) for c in cls + box])
+        grads = tape.gradient(loss, opt_vars)
+        for v, g in zip(opt_vars, grads):
+            v.assign_sub(1e-3 * g)
+        return loss
+
+    l0 = float(step(tf.random.normal([2, 64, 64, 3])))
+    assert np.isfinite(l0)
