@@ -10,7 +10,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from edetgraph import blocks as bk
-from edetgraph.layers import BatchNorm, Conv, DepthwiseConv, activation, drop_connect
+from edetgraph.layers import BatchNorm, Conv, DepthwiseConv, activation, conv_bn, drop_connect
 
 
 class MBConv(tf.Module):
@@ -40,13 +40,13 @@ class MBConv(tf.Module):
     def __call__(self, x, training: bool = False):
         y = x
         if self.expand is not None:
-            y = activation(self.bn0(self.expand(y), training), self.act)
-        y = activation(self.bn1(self.dw(y), training), self.act)
+            y = activation(conv_bn(self.expand, self.bn0, y, training), self.act)
+        y = activation(conv_bn(self.dw, self.bn1, y, training), self.act)
         if self.se_reduce is not None:
             s = tf.reduce_mean(y, [1, 2], keepdims=True)
             s = self.se_expand(activation(self.se_reduce(s), self.act))
             y = tf.sigmoid(s) * y
-        y = self.bn2(self.project(y), training)
+        y = conv_bn(self.project, self.bn2, y, training)
         if self.b.residual:
             y = drop_connect(y, self.survival, training) + x
         return y
@@ -71,7 +71,7 @@ class EfficientNet(tf.Module):
                        for b in blist[: last + 1]]
 
     def __call__(self, images, training: bool = False) -> dict[int, tf.Tensor]:
-        x = activation(self.stem_bn(self.stem(images), training), self.cfg.act)
+        x = activation(conv_bn(self.stem, self.stem_bn, images, training), self.cfg.act)
         feats = {}
         wanted = {i: lvl for lvl, i in self.feature_at.items()}
         for blk in self.blocks:

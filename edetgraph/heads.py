@@ -9,7 +9,7 @@ import math
 
 import tensorflow as tf
 
-from edetgraph.layers import BatchNorm, Conv, SeparableConv, activation, drop_connect
+from edetgraph.layers import BatchNorm, Conv, SeparableConv, activation, conv_bn, drop_connect
 
 
 class Head(tf.Module):
@@ -37,7 +37,7 @@ class Head(tf.Module):
         for li, lvl in enumerate(self.levels):
             x = feats[lvl]
             for r, conv in enumerate(self.convs):
-                y = activation(self.bns[r][li](conv(x), training), self.act)
+                y = activation(conv_bn(conv, self.bns[r][li], x, training), self.act)
                 if r > 0 and self.survival:
                     y = drop_connect(y, self.survival, training) + x
                 x = y

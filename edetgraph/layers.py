@@ -73,6 +73,12 @@ class Conv(tf.Module):
         y = tf.nn.conv2d(x, self.kernel, self.stride, "SAME")
         return tf.nn.bias_add(y, self.bias) if self.bias is not None else y
 
+    def folded(self, x, scale, offset):
+        """``bn(self(x))`` with the BN's scale/offset folded into kernel and bias."""
+        bias = offset if self.bias is None else self.bias * scale + offset
+        y = tf.nn.conv2d(x, self.kernel * scale, self.stride, "SAME")
+        return tf.nn.bias_add(y, bias)
+
 
 class DepthwiseConv(tf.Module):
     def __init__(self, scope: str, ch: int, k: int, stride: int = 1, init: str = "he",
@@ -84,6 +90,11 @@ class DepthwiseConv(tf.Module):
 
     def __call__(self, x):
         return tf.nn.depthwise_conv2d(x, self.kernel, [1, self.stride, self.stride, 1], "SAME")
+
+    def folded(self, x, scale, offset):
+        k = self.kernel * tf.reshape(scale, [1, 1, -1, 1])
+        y = tf.nn.depthwise_conv2d(x, k, [1, self.stride, self.stride, 1], "SAME")
+        return tf.nn.bias_add(y, offset)
 
 
 class SeparableConv(tf.Module):
@@ -100,6 +111,9 @@ class SeparableConv(tf.Module):
 
     def __call__(self, x):
         return self.pointwise(self.depthwise(x))
+
+    def folded(self, x, scale, offset):
+        return self.pointwise.folded(self.depthwise(x), scale, offset)
 
 
 class BatchNorm(tf.Module):
@@ -132,6 +146,11 @@ class BatchNorm(tf.Module):
             moving.assign(moving * self.momentum + value * (1.0 - self.momentum))
         return tf.nn.batch_normalization(x, mean, var, self.beta, self.gamma, self.epsilon)
 
+    def fold(self):
+        """(scale, offset) with bn(y) == y * scale + offset at inference."""
+        scale = self.gamma * tf.math.rsqrt(self.moving_variance + self.epsilon)
+        return scale, self.beta - self.moving_mean * scale
+
     def _batch_moments(self, x):
         x32 = tf.cast(x, tf.float32)
         ctx = tf.distribute.get_replica_context()
@@ -148,6 +167,16 @@ class BatchNorm(tf.Module):
             mean = total[:ch] / n
             var = tf.maximum(total[ch:2 * ch] / n - mean * mean, 0.0)
         return tf.cast(mean, x.dtype), tf.cast(var, x.dtype)
+
+
+def conv_bn(conv, bn, x, training: bool):
+    """``bn(conv(x))``. At inference the BN is folded into the conv's kernel and bias: one
+    fused conv+bias op (and one pass over memory) instead of conv, bias add and batch norm."""
+    if bn is None:
+        return conv(x)
+    if training:
+        return bn(conv(x), training=True)
+    return conv.folded(x, *bn.fold())
 
 
 def drop_connect(x, survival: float, training: bool):

@@ -12,7 +12,7 @@ import networkx as nx
 import tensorflow as tf
 
 from edetgraph import ir
-from edetgraph.layers import BatchNorm, Conv, SeparableConv, activation, max_pool, \
+from edetgraph.layers import BatchNorm, Conv, SeparableConv, activation, conv_bn, max_pool, \
     upsample_nearest, variable
 
 _LOWERINGS: dict[str, Callable] = {}
@@ -45,11 +45,7 @@ class Resample(tf.Module):
                 self.bn = BatchNorm(f"{d['scope']}/bn", d["channels"], **bn_kw)
 
     def _project(self, x, training):
-        if self.conv is not None:
-            x = self.conv(x)
-            if self.bn is not None:
-                x = self.bn(x, training)
-        return x
+        return x if self.conv is None else conv_bn(self.conv, self.bn, x, training)
 
     def __call__(self, x, training=False):
         if not self.conv_after:
@@ -96,7 +92,7 @@ class Fuse(tf.Module):
         x = self.fuse(xs)
         if not self.pattern:
             x = activation(x, self.act)
-        x = self.bn(self.conv(x), training)
+        x = conv_bn(self.conv, self.bn, x, training)
         return activation(x, self.act) if self.pattern else x
 
 

@@ -157,3 +157,34 @@ def test_xla_compiled_train_step_on_cpu():
 
     l0 = float(step(tf.random.normal([2, 64, 64, 3])))
     assert np.isfinite(l0)
+
+
+def _randomise_bn(model, seed=0):
+    rng = np.random.RandomState(seed)
+    for name, v in model.variables_by_name().items():
+        if name.endswith(("gamma", "moving_variance")):
+            v.assign(rng.uniform(0.5, 1.5, v.shape).astype(np.float32))
+        elif name.endswith(("beta", "moving_mean", "bias")):
+            v.assign(rng.normal(0, 0.2, v.shape).astype(np.float32))
+
+
+def test_inference_bn_folding_equals_conv_then_bn(monkeypatch):
+    """At inference BN is folded into the preceding conv; the result must be what the
+    unfolded conv -> bias -> batch norm computes (float rounding aside)."""
+    from edetgraph import backbone, heads, lowering
+    spec = load_spec("d0", ["image_size=128", "fpn.channels=16", "fpn.repeats=2", "head.repeats=2"])
+    model = build_model(spec)
+    _randomise_bn(model)
+    x = tf.random.normal([1, 128, 128, 3])
+    folded = model.raw_outputs(x)
+
+    def unfolded(conv, bn, y, training):
+        return conv(y) if bn is None else bn(conv(y), training)
+
+    for mod in (backbone, heads, lowering):
+        monkeypatch.setattr(mod, "conv_bn", unfolded)
+    plain = model.raw_outputs(x)
+    for k in folded:
+        ref = plain[k].numpy()
+        np.testing.assert_allclose(folded[k].numpy(), ref, atol=1e-4 * max(1.0, np.abs(ref).max()))
+    assert not np.allclose(folded["cls_l3"].numpy(), model.raw_outputs(x, training=True)["cls_l3"].numpy())
