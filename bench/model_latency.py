@@ -41,8 +41,10 @@ def measure(spec, threads: int, runs: int, warmup: int, batch: int = 1, seed: in
         for v in out.values():      # wait for every output, not just the first
             v.numpy()
         times.append((time.perf_counter() - t0) * 1000)
-    t = np.asarray(times)
-    return {"spec": spec.name, "image_size": list(spec.image_size), "batch": batch,
+    t = np.asarray(times) if times else np.zeros(1)
+    import resource
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"peak_rss_mb": round(peak_mb),"spec": spec.name, "image_size": list(spec.image_size), "batch": batch,
             "threads": threads, "runs": runs, "warmup": warmup, "build_s": round(build_s, 3),
             "first_call_s": round(trace_s, 3), "median_ms": round(float(np.median(t)), 2),
             "p90_ms": round(float(np.percentile(t, 90)), 2), "min_ms": round(float(t.min()), 2),
@@ -56,7 +58,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="spec override, e.g. image_size=640")
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
-    ap.add_argument("--runs", type=int, default=30, help="timed runs (default 30)")
+    ap.add_argument("--runs", type=int, default=30,
+                    help="timed runs (default 30; 0 only builds and runs the first call, e.g. to "
+                         "check that D7x at 1536 fits in memory)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -74,7 +78,8 @@ def main(argv=None) -> int:
         print(f"{r['spec']} {r['image_size'][0]}x{r['image_size'][1]} batch {r['batch']}, "
               f"{r['threads']} threads, tf.function: median {r['median_ms']} ms "
               f"(p90 {r['p90_ms']}, min {r['min_ms']}, mean {r['mean_ms']}) over {r['runs']} runs "
-              f"after {r['warmup']} warm-up; build {r['build_s']} s, first call {r['first_call_s']} s")
+              f"after {r['warmup']} warm-up; build {r['build_s']} s, first call {r['first_call_s']} s, "
+              f"peak RSS {r['peak_rss_mb']} MB")
     return 0
 
 
