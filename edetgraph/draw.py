@@ -25,11 +25,11 @@ def layout(g: nx.DiGraph, collapse_resample: bool = True) -> tuple[nx.DiGraph, d
         for n in [n for n, d in g.nodes(data=True)
                   if d["op"] == "resample" and d.get("component") == "fpn_cells"]:
             (src,) = ir.ordered_inputs(h, n)
-            (dst,) = list(h.successors(n))
             d = g.nodes[n]
             tag = "down" if d["in_level"] < d["level"] else "up" if d["in_level"] > d["level"] else ""
             tag = "+".join(t for t in ("1x1" if d["conv"] else "", tag) if t)
-            h.add_edge(src, dst, port=h.edges[n, dst]["port"], tag=tag)
+            for dst in list(h.successors(n)):     # several after share_resample
+                h.add_edge(src, dst, port=h.edges[n, dst]["port"], tag=tag)
             h.remove_node(n)
     col = {}
     for n in nx.topological_sort(h):

@@ -4,7 +4,11 @@
     python -m edetgraph.inspect --spec d3 --set fpn.channels=96 --json
     python -m edetgraph.inspect --spec d0 --draw bifpn.svg
     python -m edetgraph.inspect --spec d0 --verify     # builds the TF model and cross-checks
+    python -m edetgraph.inspect --spec my.yaml --prune --share-resample   # optional passes
+    python -m edetgraph.inspect --compare topologies/fpn topologies/panet topologies/bifpn
 
+``--compare`` prints params, FLOPs and node/edge counts side by side with ratios to the
+first spec, beside the paper's Table 5 ratios where a spec has a Table 5 row.
 Only ``--verify`` imports TensorFlow; everything else answers from the spec and the IR.
 """
 from __future__ import annotations
@@ -19,10 +23,12 @@ from edetgraph.passes import build_ir
 from edetgraph.spec import SpecError, load_spec
 
 
-def report(spec, g=None) -> dict:
-    """Everything ``inspect --json`` prints, as a plain dict."""
-    trace: list = []
-    g = g if g is not None else build_ir(spec, trace=trace)
+def report(spec, g=None, diffs=None) -> dict:
+    """Everything ``inspect --json`` prints, as a plain dict (``diffs``: the PassDiffs of the
+    build that made ``g``; without ``g`` the spec is built here with the default passes)."""
+    if g is None:
+        diffs = []
+        g = build_ir(spec, diffs=diffs)
     mc = model_cost(spec, g)
     total = mc.total
     ops = Counter(d["op"] for _, d in g.nodes(data=True))
@@ -46,7 +52,7 @@ def report(spec, g=None) -> dict:
             "levels": [spec.min_level, spec.max_level],
             "feature_sizes": {f"P{d['level']}": list(d["size"])
                               for _, d in g.nodes(data=True) if d["op"] == "output"},
-            "passes": [{"pass": p, "nodes": n, "edges": e} for p, n, e in trace],
+            "passes": [d.as_dict() for d in diffs or []],
         },
     }
 
@@ -77,15 +83,31 @@ def format_report(r: dict) -> str:
     if gr["passes"]:
         lines.append("passes: " + " -> ".join(f"{p['pass']} ({p['nodes']} nodes)"
                                               for p in gr["passes"]))
+        for p in gr["passes"]:
+            lines.append(f"  {p['pass']:<18} {_pass_change(p):<26} -> {p['nodes']} nodes,"
+                         f" {p['edges']} edges")
+            if p.get("removed"):
+                more = len(p["removed"]) - 8
+                lines.append("      removed: " + ", ".join(p["removed"][:8])
+                             + (f" (+{more} more)" if more > 0 else ""))
     return "\n".join(lines)
 
 
-def verify(spec, r: dict) -> list[str]:
-    """Build the TF model and compare its variables with the cost model; returns problems."""
-    from edetgraph.model import build_model
+def _pass_change(p: dict) -> str:
+    keys = ("nodes_added", "nodes_removed", "edges_added", "edges_removed")
+    if "nodes_added" not in p or not any(p[k] for k in keys):
+        return "no change" if "nodes_added" in p else ""
+    return (f"+{p['nodes_added']}/-{p['nodes_removed']} nodes,"
+            f" +{p['edges_added']}/-{p['edges_removed']} edges")
+
+
+def verify(spec, r: dict, g=None) -> list[str]:
+    """Build the TF model (from IR ``g`` if given, e.g. after --prune) and compare its
+    variables with the cost model; returns problems."""
+    from edetgraph.model import DetectionModel
     import numpy as np
 
-    model = build_model(spec)
+    model = DetectionModel(spec, graph=g)
     scopes = {"backbone": spec.backbone_config().name + "/", "resample": "resample_p",
               "fpn_cells": "fpn_cells/", "class_net": "class_net/", "box_net": "box_net/"}
     problems = []
@@ -100,22 +122,82 @@ def verify(spec, r: dict) -> list[str]:
     return problems
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m edetgraph.inspect", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spec", required=True, help="spec file, or a built-in name such as d0, lite2")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--spec", help="spec file, or a built-in name such as d0, lite2")
+    what.add_argument("--compare", nargs="+", metavar="SPEC",
+                      help="several specs side by side, ratios to the first (paper Table 5 form)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a spec field before validation, e.g. fpn.channels=96 (repeatable)")
+                    help="override a spec field before validation, e.g. fpn.channels=96"
+                         " (repeatable; with --compare, applied to every spec)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    ap.add_argument("--draw", metavar="FILE", help="write the feature-network DAG (.svg, .png or .dot)")
+    ap.add_argument("--draw", metavar="FILE",
+                    help="write the feature-network DAG (.svg, .png or .dot); with --compare one"
+                         " file per spec: FILE gets -NAME before its suffix, or, with no suffix,"
+                         " is a directory that receives NAME.svg")
+    ap.add_argument("--prune", action="store_true",
+                    help="accept fpn nodes that reach no output and remove them (prune_dead)")
+    ap.add_argument("--share-resample", action="store_true",
+                    help="merge identical conv-free resampling between consumers (share_resample)")
     ap.add_argument("--verify", action="store_true",
                     help="build the TensorFlow model and check its variables against the cost model")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _build(spec, args):
+    diffs: list = []
+    try:
+        g = build_ir(spec, prune=args.prune, share=args.share_resample, diffs=diffs)
+    except SpecError as e:       # a topology error: say which file it is in
+        raise SpecError(f"{spec.source or spec.name}: {e}") from None
+    return g, diffs
+
+
+def _main_compare(args) -> int:
+    from edetgraph.compare import compare, format_table
+    try:
+        specs = [load_spec(name, args.set) for name in args.compare]
+        built = [_build(spec, args) for spec in specs]
+        rows = compare(specs, [g for g, _ in built])
+        for row, (_, diffs) in zip(rows, built):
+            row["passes"] = [d.as_dict() for d in diffs]
+        if args.draw:
+            from edetgraph.draw import draw
+            for row, spec, (g, _) in zip(rows, specs, built):
+                out = _draw_path(args.draw, spec, len(specs))
+                row["drawing"] = str(draw(g, out, title=f"{spec.name}: feature network"))
+    except (SpecError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(rows, indent=1) if args.json else format_table(rows))
+    if args.draw and not args.json:
+        print("drawings written: " + ", ".join(r["drawing"] for r in rows))
+    return 0
+
+
+def _draw_path(draw_arg: str, spec, count: int):
+    from pathlib import Path
+    stem = Path(spec.source or spec.name).stem
+    path = Path(draw_arg)
+    if not path.suffix:
+        path.mkdir(parents=True, exist_ok=True)
+        return path / f"{stem}.svg"
+    return path.with_name(f"{path.stem}-{stem}{path.suffix}") if count > 1 else path
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.compare:
+        if args.verify:
+            print("error: --verify works with --spec only", file=sys.stderr)
+            return 2
+        return _main_compare(args)
     try:
         spec = load_spec(args.spec, args.set)
-        g = build_ir(spec, trace := [])
-        r = report(spec, g)
-        r["graph"]["passes"] = [{"pass": p, "nodes": n, "edges": e} for p, n, e in trace]
+        g, diffs = _build(spec, args)
+        r = report(spec, g, diffs)
         if args.draw:
             from edetgraph.draw import draw
             r["drawing"] = str(draw(g, args.draw, title=f"{spec.name}: feature network"))
@@ -123,7 +205,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.verify:
-        problems = verify(spec, r)
+        problems = verify(spec, r, g)
         r["verify"] = {"ok": not problems, "problems": problems}
     print(json.dumps(r, indent=1) if args.json else format_report(r))
     if args.draw and not args.json:

@@ -39,12 +39,14 @@ def ordered_outputs(g: nx.DiGraph) -> list[str]:
 
 
 def cell_graph(nodes: list[NodeSpec], min_level: int, max_level: int,
-               default_weight_method: str) -> nx.DiGraph:
+               default_weight_method: str, allow_dead: bool = False) -> nx.DiGraph:
     """One cell as a DAG with inputs ``p{L}``, after every check a user's spec needs.
 
     Checks, each failing with the node's name: duplicate names, inputs naming no node, cycles,
     inputs listed after their consumer, levels out of range, a fuse with no inputs, an output
-    level missing or produced twice, nodes that reach no output.
+    level missing or produced twice, nodes that reach no output. A dead node is most often a
+    typo, so it is an error unless ``allow_dead`` (the caller then runs the prune pass);
+    the dead names are kept in ``g.graph["dead"]`` either way.
     """
     g = nx.DiGraph(min_level=min_level, max_level=max_level)
     for lvl in range(min_level, max_level + 1):
@@ -82,7 +84,11 @@ def cell_graph(nodes: list[NodeSpec], min_level: int, max_level: int,
                                  " list nodes so that inputs come first")
         seen.add(n.name)
     g.graph["outputs"] = _cell_outputs(g, nodes, min_level, max_level)
-    _check_reaches_output(g, set(g.graph["outputs"].values()))
+    g.graph["dead"] = _dead(g, set(g.graph["outputs"].values()))
+    if g.graph["dead"] and not allow_dead:
+        raise GraphError(f"fpn node {g.graph['dead'][0]!r}: reaches no output"
+                         " (remove it, or run the prune pass: inspect --prune,"
+                         " build_ir(spec, prune=True))")
     return g
 
 
@@ -105,14 +111,12 @@ def _cell_outputs(g, nodes, min_level, max_level) -> dict[int, str]:
     return outs
 
 
-def _check_reaches_output(g: nx.DiGraph, outputs: set[str]) -> None:
+def _dead(g: nx.DiGraph, outputs: set[str]) -> list[str]:
+    """Fuse nodes (in spec order) from which no cell output can be reached."""
     alive = set(outputs)
     for o in outputs:
         alive |= nx.ancestors(g, o)
-    for n, d in g.nodes(data=True):
-        if d["op"] == "fuse" and n not in alive:
-            raise GraphError(f"fpn node {n!r}: reaches no output"
-                             " (remove it, or run the prune pass)")
+    return [n for n, d in g.nodes(data=True) if d["op"] == "fuse" and n not in alive]
 
 
 def check(g: nx.DiGraph) -> None:

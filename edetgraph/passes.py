@@ -2,7 +2,8 @@
 
 ``build_ir(spec)`` is the standard pipeline: backbone inputs and extra levels, the cell
 repeated ``fpn.repeats`` times, the resampling that level and channel differences imply,
-then feature-map sizes. ``run(g, passes)`` composes any list of passes.
+then feature-map sizes; on request, dead-node pruning and resample sharing
+(``graph_passes``). ``run(g, passes)`` composes any list of passes.
 """
 from __future__ import annotations
 
@@ -11,19 +12,23 @@ from typing import Callable, Iterable
 
 import networkx as nx
 
-from edetgraph import blocks, ir, topology
+from edetgraph import blocks, graph_passes, ir, topology
 from edetgraph.ir import GraphError
 
 Pass = Callable[[nx.DiGraph], nx.DiGraph]
 
 
-def run(g: nx.DiGraph, passes: Iterable[Pass], trace: list | None = None) -> nx.DiGraph:
-    """Apply passes in order; with ``trace``, append (pass name, nodes, edges) after each."""
+def run(g: nx.DiGraph, passes: Iterable[Pass], trace: list | None = None,
+        diffs: list | None = None) -> nx.DiGraph:
+    """Apply passes in order; with ``trace``, append (pass name, nodes, edges) after each;
+    with ``diffs``, append a :class:`~edetgraph.graph_passes.PassDiff` (what each changed)."""
     for p in passes:
-        g = p(g)
+        before, g = g, p(g)
+        name = getattr(p, "__name__", None) or getattr(p.func, "__name__", str(p))
         if trace is not None:
-            name = getattr(p, "__name__", None) or getattr(p.func, "__name__", str(p))
             trace.append((name, g.number_of_nodes(), g.number_of_edges()))
+        if diffs is not None:
+            diffs.append(graph_passes.diff(name, before, g))
     return g
 
 
@@ -45,6 +50,12 @@ def backbone_inputs(spec) -> nx.DiGraph:
     g = nx.DiGraph(min_level=spec.min_level, max_level=spec.max_level,
                    image_size=tuple(spec.image_size))
     top = min(spec.max_level, deepest)
+    if spec.min_level > deepest:
+        # Extra levels are pooled from the level just below; above the backbone's deepest
+        # feature there is a gap nothing can be resampled from.
+        raise GraphError(f"IR node 'resample_p{spec.min_level}': nothing to make it from;"
+                         f" backbone {cfg.name!r} ends at level {deepest}, so"
+                         f" anchors.min_level must be <= {deepest} (got {spec.min_level})")
     feats = blocks.feature_blocks(blist, range(spec.min_level, top + 1))
     prev = None
     for lvl in range(spec.min_level, top + 1):
@@ -145,16 +156,45 @@ def annotate_sizes(g: nx.DiGraph) -> nx.DiGraph:
     return g
 
 
-def build_ir(spec, trace: list | None = None) -> nx.DiGraph:
-    """The feature network of ``spec`` as a checked, fully resolved IR."""
+def build_ir(spec, trace: list | None = None, *, prune: bool = False, share: bool = False,
+             diffs: list | None = None) -> nx.DiGraph:
+    """The feature network of ``spec`` as a checked, fully resolved IR.
+
+    ``prune``: accept nodes that reach no output and remove them (``prune_dead``), where the
+    default is an error naming the node. ``share``: merge identical conv-free resampling
+    (``share_resample``). Both default off, so the official specs' IR is exactly the
+    checkpoint layout. ``trace``/``diffs`` collect what each pass did (see :func:`run`).
+    """
     fpn = spec.fpn
     nodes = topology.cell_nodes(fpn, spec.min_level, spec.max_level)
-    cell = ir.cell_graph(nodes, spec.min_level, spec.max_level, fpn.weight_method)
-    return run(backbone_inputs(spec), [
+    cell = ir.cell_graph(nodes, spec.min_level, spec.max_level, fpn.weight_method,
+                         allow_dead=prune)
+    g = run(backbone_inputs(spec), [
         partial(repeat_cells, cell=cell, nodes=nodes, repeats=fpn.repeats,
                 channels=fpn.channels, separable=fpn.separable, conv_bn_act=fpn.conv_bn_act,
                 act=spec.act),
+        *([graph_passes.prune_dead] if prune else []),
         partial(insert_resampling, resample_bn=fpn.resample_bn,
                 conv_after_downsample=fpn.conv_after_downsample),
+        *([graph_passes.share_resample] if share else []),
         annotate_sizes,
-    ], trace=trace)
+    ], trace=trace, diffs=diffs)
+    return g if prune else _require_live(g, cell)
+
+
+def _require_live(g: nx.DiGraph, cell: nx.DiGraph) -> nx.DiGraph:
+    """Every cell node is live in the cell (cell_graph checked it), but a cell input level
+    no node reads still leaves work unused (earlier cells' outputs at that level, or an extra
+    level's resampling): an error, like a dead node, unless the prune pass is asked for."""
+    dead = graph_passes.dead_nodes(g)
+    if dead:
+        first = min(dead, key=lambda n: g.nodes[n]["op"] != "fuse")   # a fuse node if any
+        unread = [n for n, d in cell.nodes(data=True)
+                  if d["op"] == "input" and cell.out_degree(n) == 0]
+        d = g.nodes[first]
+        what = (f"fpn node {first.split('_', 1)[1]!r} of cell {d['cell']} (IR node {first!r})"
+                if "cell" in d else f"IR node {first!r}")
+        raise GraphError(f"{what}: reaches no output, since no fpn node reads cell"
+                         f" input(s) {', '.join(map(repr, unread))} (read them, or run the prune"
+                         " pass: inspect --prune, build_ir(spec, prune=True))")
+    return g
