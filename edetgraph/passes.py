@@ -162,10 +162,12 @@ def build_ir(spec, trace: list | None = None, *, prune: bool = False, share: boo
 
     ``prune``: accept nodes that reach no output and remove them (``prune_dead``), where the
     default is an error naming the node. ``share``: merge identical conv-free resampling
-    (``share_resample``). Both default off, so the official specs' IR is exactly the
+    (``share_resample``). Each is on when asked here or in the spec (``fpn.prune``,
+    ``fpn.share_resample``), so ``build_model`` and training honour them. Both default off, so the official specs' IR is exactly the
     checkpoint layout. ``trace``/``diffs`` collect what each pass did (see :func:`run`).
     """
     fpn = spec.fpn
+    prune, share = prune or fpn.prune, share or fpn.share_resample
     nodes = topology.cell_nodes(fpn, spec.min_level, spec.max_level)
     cell = ir.cell_graph(nodes, spec.min_level, spec.max_level, fpn.weight_method,
                          allow_dead=prune)

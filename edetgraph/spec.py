@@ -69,6 +69,8 @@ class FPNSpec:
     resample_bn: bool = True              # BN after the 1x1 lateral convs
     conv_after_downsample: bool = False
     conv_bn_act: bool = False             # official order is act -> conv -> bn
+    prune: bool = False                   # remove nodes that reach no output (else an error)
+    share_resample: bool = False          # share identical conv-free resampling between nodes
 
 
 @dataclass(frozen=True)

@@ -300,3 +300,16 @@ print('TF', 'tensorflow' in sys.modules, rc)
     r = run_py(code)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "TF False 0"
+
+
+def test_spec_fields_turn_the_passes_on_for_the_model_too():
+    """fpn.prune / fpn.share_resample in a spec reach build_ir's default call (so build_model
+    and training see the pruned, shared graph), not only inspect's flags."""
+    from edetgraph.passes import build_ir as _build
+    from edetgraph.spec import load_spec as _load
+    fc = "specs/topologies/fc_fpn.yaml"
+    plain = _build(_load(fc))
+    shared = _build(_load(fc, ["fpn.share_resample=true"]))
+    assert shared.number_of_nodes() < plain.number_of_nodes()
+    d0 = _build(_load("d0"))
+    assert _build(_load("d0", ["fpn.prune=true"])).number_of_nodes() == d0.number_of_nodes()
