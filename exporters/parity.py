@@ -1,0 +1,346 @@
+"""The parity gate: an exported file is good only if it computes what the TF model computes.
+
+Each exporter runs its file and the TF function it was converted from on the same inputs and
+feeds both results here. Raw outputs are compared element by element (largest absolute
+difference, where it is, and that difference relative to the output's largest magnitude) and,
+pooled per head over all levels, as a normalised RMSE (RMSE / standard deviation of the TF
+values). Detections from in-graph NMS are matched one to one against the TF path with the
+same NMS. The tolerances below say what each kind of file must meet, and why.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from exporters.common import ExportFailed, norm_constants, prepare_image, synthetic_images
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What a file of one numeric kind must meet.
+
+    ``atol``: every raw output element within ``atol * max(1, max|TF output|)`` of TF, i.e.
+    absolute for outputs within +-1 and relative to the output's largest magnitude beyond.
+    ``nrmse``: per head (all levels pooled) RMSE / std(TF) below this. ``identical``:
+    detections must match one to one (same count and classes, scores within
+    ``DETECTION_SCORE_TOL``, box coordinates within ``DETECTION_BOX_TOL`` of the image side);
+    otherwise detection agreement is reported only. ``random_gated``: random-pixel inputs
+    count for nrmse (int8 excludes them: they lie outside the calibration range, where
+    saturation is the expected int8 behaviour, not a conversion error).
+    """
+    name: str
+    atol: float | None
+    nrmse: float | None
+    identical: bool
+    random_gated: bool
+    why: str
+
+
+TOLERANCES = {
+    "fp32": Tolerance("fp32", 1e-4, None, True, True,
+                      "float32 end to end, only the order of summation differs: every raw "
+                      "output element within 1e-4 x max(1, largest |TF value| of that output) "
+                      "-- plain 1e-4 for values within +-1; float32 error grows with magnitude: "
+                      "with squeeze-excite (D0) TFLite and ONNX Runtime's default kernels move "
+                      "logits of ~18 by up to 5e-4 (4e-6 without squeeze-excite) -- and "
+                      "detections identical"),
+    "fp16": Tolerance("fp16", None, 0.05, False, True,
+                      "weights stored as float16 (relative rounding <= 2^-11); the error "
+                      "compounds through ~100 layers, so each head's RMSE must stay below 5 % "
+                      "of its spread (SQNR >= 26 dB)"),
+    "dynamic": Tolerance("dynamic", None, 1.0, False, True,
+                         "int8 weights, activations quantised on the fly: each head's RMSE must "
+                         "stay below the spread of the TF values (SQNR > 0 dB), i.e. the file "
+                         "carries the TF signal. This catches broken files, not accuracy loss, "
+                         "which depends on the weights: judge that by AP"),
+    "int8": Tolerance("int8", None, 1.0, False, False,
+                      "8-bit activations, one scale per tensor: on real images each head's RMSE "
+                      "must stay below the spread of the TF values (SQNR > 0 dB), i.e. the file "
+                      "carries the TF signal. This catches broken files (wrong scales, garbage), "
+                      "not accuracy loss, which depends on the weights: judge that by AP"),
+}
+
+
+DETECTION_SCORE_TOL = 1e-4  # scores are in [0, 1]: the raw tolerance, absolute
+DETECTION_BOX_TOL = 1e-3    # of the image side (0.5 px at 512): far below what AP resolves,
+                            # above the decoding noise (anchors reach 2.3x the image side)
+
+
+def tolerance_for(kind: str, atol: float | None = None) -> Tolerance:
+    """The tolerance of ``kind`` (fp32/fp16/dynamic/int8); ``atol`` overrides fp32's 1e-4."""
+    tol = TOLERANCES[kind]
+    if atol is not None and tol.atol is not None:
+        tol = Tolerance(tol.name, float(atol), tol.nrmse, tol.identical, tol.random_gated,
+                        tol.why.replace("1e-4", f"{atol:g}"))
+    return tol
+
+
+def head_of(name: str) -> str:
+    """Pooling group of an output: ``cls_l3`` -> ``cls``; other names are their own group."""
+    return name.split("_l")[0] if name.startswith(("cls_l", "box_l")) else name
+
+
+def describe_index(name: str, index, num_classes: int) -> str:
+    """Readable position of an element: image, cell and anchor/class or box coordinate."""
+    index = tuple(int(i) for i in index)
+    if name.startswith(("cls_l", "box_l")) and len(index) == 4:
+        b, y, x, ch = index
+        what = (f"anchor {ch // num_classes} class {ch % num_classes}" if name.startswith("cls")
+                else f"anchor {ch // 4} {('ty', 'tx', 'th', 'tw')[ch % 4]}")
+        return f"image {b} y={y} x={x} {what}"
+    return "index " + str(list(index))
+
+
+class _Output:
+    """Running figures of one output over all inputs."""
+
+    def __init__(self):
+        self.max_abs, self.max_ref, self.where = 0.0, 0.0, None
+        self.sq_err = self.ref_sum = self.ref_sq = 0.0
+        self.count = 0
+
+    def add(self, label, ref, got, pooled: bool, describe):
+        ref = np.asarray(ref, np.float64)
+        diff = np.abs(np.asarray(got, np.float64) - ref)
+        self.max_ref = max(self.max_ref, float(np.abs(ref).max(initial=0.0)))
+        if diff.size and (self.where is None or float(diff.max()) > self.max_abs):
+            i = np.unravel_index(int(np.argmax(diff)), diff.shape)
+            self.max_abs = float(diff[i])
+            self.where = {"input": label[i[0]] if i else label[0], "index": [int(k) for k in i],
+                          "at": describe(i), "tf": float(ref[i]),
+                          "file": float(np.asarray(got)[i])}
+        if pooled:
+            self.sq_err += float((diff ** 2).sum())
+            self.ref_sum += float(ref.sum())
+            self.ref_sq += float((ref ** 2).sum())
+            self.count += diff.size
+
+    def figures(self) -> dict:
+        return {"max_abs": self.max_abs, "max_ref": self.max_ref,
+                "max_rel": self.max_abs / self.max_ref if self.max_ref else 0.0,
+                "where": self.where, **_pooled([self])}
+
+
+def _pooled(items) -> dict:
+    n = sum(o.count for o in items)
+    if not n:
+        return {"rmse": None, "nrmse": None}
+    rmse = np.sqrt(sum(o.sq_err for o in items) / n)
+    mean = sum(o.ref_sum for o in items) / n
+    std = np.sqrt(max(sum(o.ref_sq for o in items) / n - mean ** 2, 0.0))
+    return {"rmse": float(rmse), "nrmse": float(rmse / std) if std > 0 else None}
+
+
+class ParityGate:
+    """Collects the comparisons of one export and decides pass/fail against a Tolerance."""
+
+    def __init__(self, tolerance: Tolerance, num_classes: int, image_side: int):
+        self.tol, self.num_classes, self.image_side = tolerance, num_classes, image_side
+        self.inputs, self._outputs, self._detections = [], {}, []
+
+    def add_outputs(self, labels, ref: dict, got: dict, real: bool) -> None:
+        """Raw outputs of one batch (``labels`` names its images)."""
+        self._check_names(ref, got)
+        self.inputs.extend(lab for lab in labels if lab not in self.inputs)
+        pooled = real or self.tol.random_gated
+        for name in ref:
+            self._outputs.setdefault(name, _Output()).add(
+                labels, ref[name], got[name], pooled,
+                lambda i, n=name: describe_index(n, i, self.num_classes))
+
+    def add_detections(self, labels, ref: dict, got: dict) -> None:
+        """Padded detections of one batch (``boxes, scores, classes, num_detections``)."""
+        self._check_names(ref, got)
+        self.inputs.extend(lab for lab in labels if lab not in self.inputs)
+        for b, label in enumerate(labels):
+            tols = ((DETECTION_SCORE_TOL, DETECTION_BOX_TOL * self.image_side)
+                    if self.tol.identical else (None, None))
+            self._detections.append(dict(input=label, **compare_detections(ref, got, b, *tols)))
+
+    @staticmethod
+    def _check_names(ref, got):
+        if set(ref) != set(got):
+            raise ExportFailed(f"the file's outputs {sorted(got)} are not the TF outputs "
+                               f"{sorted(ref)}")
+
+    def result(self) -> dict:
+        """JSON-able figures, the list of failures and ``passed``."""
+        outputs = {k: o.figures() for k, o in sorted(self._outputs.items())}
+        heads = {}
+        for name, o in self._outputs.items():
+            heads.setdefault(head_of(name), []).append(o)
+        heads = {h: _pooled(items) for h, items in sorted(heads.items())}
+        failures = self._failures(outputs, heads)
+        t = self.tol
+        return {"tolerance": {"name": t.name, "atol": t.atol, "nrmse": t.nrmse,
+                              "detections": "identical" if t.identical else "reported",
+                              "random_inputs_gated": t.random_gated, "why": t.why},
+                "inputs": list(self.inputs), "outputs": outputs, "heads": heads,
+                "detections": self._detections, "failures": failures, "passed": not failures}
+
+    def _failures(self, outputs, heads) -> list:
+        t, out = self.tol, []
+        for name, f in outputs.items():
+            allowed = None if t.atol is None else t.atol * max(1.0, f["max_ref"])
+            if allowed is not None and f["max_abs"] > allowed:
+                w = f["where"]
+                out.append(f"{name}: max |diff| {f['max_abs']:.3g} > {allowed:.3g} on input "
+                           f"'{w['input']}' at {w['at']} (TF {w['tf']:.6g}, file {w['file']:.6g})")
+        for head, f in heads.items():
+            if t.nrmse is not None and (f["nrmse"] is None or f["nrmse"] >= t.nrmse):
+                worst = max((n for n in outputs if head_of(n) == head),
+                            key=lambda n: outputs[n]["nrmse"] or 0.0)
+                w = outputs[worst]["where"]
+                out.append(f"{head} (all levels): RMSE/std {f['nrmse']} not below {t.nrmse:g}; "
+                           f"worst "
+                           f"output {worst}, largest diff {outputs[worst]['max_abs']:.3g} on "
+                           f"input '{w['input']}' at {w['at']}")
+        if t.identical:
+            out.extend(f"detections on input '{d['input']}': {d['mismatch']}"
+                       for d in self._detections if d["mismatch"])
+        return out
+
+
+def _iou(a, b) -> np.ndarray:
+    """IoU of one box ``a`` against boxes ``b`` ([ymin, xmin, ymax, xmax])."""
+    ih = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
+    iw = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
+    inter = ih * iw
+    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
+    union = area(a) + area(b) - inter
+    # Boxes clipped flat against the image border have no area: equal ones still agree.
+    same = np.all(np.abs(b - a) <= 1e-3 * np.maximum(1.0, np.abs(a)), axis=1)
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), same.astype(float))
+
+
+def compare_detections(ref: dict, got: dict, b: int, score_tol: float | None = None,
+                       box_tol: float | None = None) -> dict:
+    """Image ``b``: one-to-one matching (order-free among equal scores) and IoU agreement.
+
+    With tolerances, a TF detection matches an unused file detection of the same class whose
+    score is within ``score_tol`` and every box coordinate within ``box_tol``; ``mismatch``
+    names the first that has none (or a count difference). Always reported: the share of
+    the top-20 TF detections that the file has with the same class at IoU >= 0.5.
+    """
+    r = {k: np.asarray(ref[k][b], np.float64) for k in ("boxes", "scores", "classes")}
+    g = {k: np.asarray(got[k][b], np.float64) for k in ("boxes", "scores", "classes")}
+    nr, ng = int(np.asarray(ref["num_detections"])[b]), int(np.asarray(got["num_detections"])[b])
+    top = min(nr, 20)
+    agree = sum(bool(ng and np.any((g["classes"][:ng] == r["classes"][i]) &
+                                   (_iou(r["boxes"][i], g["boxes"][:ng]) >= 0.5)))
+                for i in range(top))
+    res = {"tf": nr, "file": ng, "top20_agreement": agree / top if top else None,
+           "tf_top_score": float(r["scores"][:nr].max(initial=0.0)),
+           "tf_classes": int(len(np.unique(r["classes"][:nr]))),
+           "max_score_diff": None, "max_box_diff": None, "mismatch": None}
+    if score_tol is None:
+        return res
+    if nr != ng:
+        res["mismatch"] = f"TF found {nr} detections, the file {ng}"
+        return res
+    used, score_d, box_d = np.zeros(ng, bool), 0.0, 0.0
+    for i in range(nr):
+        ok = (~used & (g["classes"][:ng] == r["classes"][i])
+              & (np.abs(g["scores"][:ng] - r["scores"][i]) <= score_tol)
+              & np.all(np.abs(g["boxes"][:ng] - r["boxes"][i]) <= box_tol, axis=1))
+        if not ok.any():
+            res["mismatch"] = (f"TF detection {i} (class {int(r['classes'][i])}, score "
+                               f"{r['scores'][i]:.6f}, box {np.round(r['boxes'][i], 3).tolist()}) "
+                               f"has no counterpart in the file (its #{i}: class "
+                               f"{int(g['classes'][i])}, score {g['scores'][i]:.6f})")
+            break
+        j = int(np.argmax(ok))
+        used[j] = True
+        score_d = max(score_d, abs(g["scores"][j] - r["scores"][i]))
+        box_d = max(box_d, float(np.abs(g["boxes"][j] - r["boxes"][i]).max()))
+    res.update(max_score_diff=score_d, max_box_diff=box_d)
+    return res
+
+
+def format_parity(p: dict) -> str:
+    """Text table of a :meth:`ParityGate.result`."""
+    t = p["tolerance"]
+    limit = (f"|diff| <= {t['atol']:g} x max(1, max|TF|)" if t["atol"] is not None
+             else f"RMSE/std < {t['nrmse']:g} per head")
+    lines = [f"parity ({t['name']}: {limit}; detections {t['detections']}) on "
+             f"{len(p['inputs'])} inputs: {', '.join(p['inputs'])}"]
+    if p["outputs"]:
+        lines.append(f"  {'output':16s} {'max|diff|':>10s} {'rel':>10s} {'RMSE/std':>9s}  where")
+        for name, f in p["outputs"].items():
+            w = f["where"] or {}
+            nrmse = "-" if f["nrmse"] is None else f"{f['nrmse']:.3g}"
+            lines.append(f"  {name:16s} {f['max_abs']:10.3g} {f['max_rel']:10.3g} {nrmse:>9s}  "
+                         f"{w.get('input', '')} {w.get('at', '')}")
+        lines.append("  per head (levels pooled): " + ", ".join(
+            f"{h} RMSE/std {'-' if f['nrmse'] is None else format(f['nrmse'], '.3g')}"
+            for h, f in p["heads"].items()))
+    for d in p["detections"]:
+        same = "" if d["max_box_diff"] is None else (
+            f"; matched one to one, max |score diff| {d['max_score_diff']:.3g}, "
+            f"max |box diff| {d['max_box_diff']:.3g} px")
+        agree = "-" if d["top20_agreement"] is None else f"{d['top20_agreement']:.0%}"
+        lines.append(f"  detections {d['input']}: TF {d['tf']}, file {d['file']} (TF top score "
+                     f"{d['tf_top_score']:.3f}, {d['tf_classes']} classes), top-20 agreement "
+                     f"{agree}{same}")
+    lines.extend(f"  FAILED: {f}" for f in p["failures"])
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ inputs of the gate
+
+def parity_images(spec, kind: str, num_random: int = 2, seed: int = 0) -> list:
+    """``[(label, image, real)]`` in the exported input format: random pixels, then the
+    official street.jpg and one synthetic scene (``real`` marks the last two)."""
+    from edetgraph.preprocess import read_image
+    from edetgraph.resources import path
+    rng = np.random.default_rng(seed + 1000)
+    h, w = spec.image_size
+    out = []
+    for i in range(num_random):
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        if kind == "uint8":
+            out.append((f"random-{i}", pixels, False))
+        else:
+            mean, inv_std = norm_constants(spec)
+            out.append((f"random-{i}", (pixels.astype(np.float32) - mean) * inv_std, False))
+    out.append(("street.jpg", prepare_image(read_image(path("street.jpg")), spec, kind), True))
+    out.append(("synthetic-0", prepare_image(synthetic_images(spec, 1, seed + 99)[0], spec, kind),
+                True))
+    return out
+
+
+def batches(images: list, batch) -> list:
+    """Group ``[(label, image, real)]`` into ``[(labels, array [B, H, W, 3], real)]``.
+
+    A static batch cycles through the images; a dynamic one (None) runs each image alone and
+    then all of them together, which exercises two batch sizes.
+    """
+    if batch is None:
+        together = [(f"{lab} (in a batch of {len(images)})", im, real) for lab, im, real in images]
+        groups = [[item] for item in images] + ([together] if len(images) > 1 else [])
+    else:
+        n = -(-len(images) // batch) * batch
+        cycled = [images[i % len(images)] for i in range(n)]
+        groups = [cycled[i:i + batch] for i in range(0, n, batch)]
+    return [([g[0] for g in group], np.stack([g[1] for g in group]), all(g[2] for g in group))
+            for group in groups]
+
+
+def run_gate(gate, serve, run_file, spec, input_kind: str, batch, num_random: int,
+             detections: bool, probe=None) -> dict:
+    """Feed every parity batch to the TF function and the file, compare, return the result.
+
+    ``probe(x) -> (ref, got)`` adds intermediate tensors compared like raw outputs.
+    """
+    import tensorflow as tf
+    for labels, x, real in batches(parity_images(spec, input_kind, num_random), batch):
+        ref = {k: v.numpy() for k, v in serve(tf.constant(x)).items()}
+        got = run_file(x)
+        if detections:
+            gate.add_detections(labels, ref, got)
+        else:
+            gate.add_outputs(labels, ref, got, real)
+        if probe is not None:
+            gate.add_outputs(labels, *probe(x), real)
+    return gate.result()

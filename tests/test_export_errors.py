@@ -1,0 +1,99 @@
+"""Impossible export requests: one clear line on stderr, exit status 2, nothing written.
+
+Every request here is refused before TensorFlow would start: the CLIs run with TensorFlow,
+the converters and the runtimes made unimportable, so a refusal that needed any of them
+would crash instead of printing its line.
+"""
+from pathlib import Path
+
+import pytest
+
+import _tiny_models as tiny
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCKED = ["tensorflow", "tf2onnx", "keras", "tf_keras", "onnx", "onnxruntime", "ai_edge_litert"]
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """An output folder, an empty image folder and one with a (not even decodable) jpg."""
+    out, empty, images = tmp_path / "out", tmp_path / "empty", tmp_path / "images"
+    for d in (out, empty, images):
+        d.mkdir()
+    (images / "a.jpg").write_bytes(b"not decoded before TF starts")
+    (empty / "notes.txt").write_text("no images here")
+    return {"out": out, "empty": empty, "images": images, "tmp": tmp_path}
+
+
+def _run(tool, args, folders):
+    script = ROOT / "exporters" / f"to_{tool}.py"
+    proc, log = tiny.run_blocked(script, [str(a) for a in args], BLOCKED,
+                                 folders["tmp"] / "block.json", cwd=ROOT, timeout=60)
+    return proc, log
+
+
+ONNX = "onnx"
+TFLITE = "tflite"
+CASES = [  # (id, tool, extra args with OUT for the output file, words the line must contain)
+    ("int8-without-data", TFLITE, ["--quant", "int8"], ["--quant int8", "--representative-data"]),
+    ("opset-too-new", ONNX, ["--opset", "19"], ["--opset 19", "9-18"]),
+    ("opset-too-old", ONNX, ["--opset", "8"], ["--opset 8", "9-18"]),
+    ("nms-opset-10", ONNX, ["--opset", "10", "--postprocess", "hard-nms"], ["hard-nms", "11-18"]),
+    ("soft-nms-in-onnx", ONNX, ["--postprocess", "soft-nms"], ["soft-NMS", "hard NMS"]),
+    ("unknown-postprocess", ONNX, ["--postprocess", "fast"], ["--postprocess fast", "hard-nms"]),
+    ("hard-nms-in-tflite", TFLITE, ["--quant", "fp32", "--postprocess", "hard-nms"], ["'fast'"]),
+    ("dynamic-batch-tflite", TFLITE, ["--quant", "fp32", "--batch", "dynamic"],
+     ["--batch dynamic"]),
+    ("fast-nms-batch-2", TFLITE, ["--quant", "fp32", "--postprocess", "fast", "--batch", "2"],
+     ["--batch 2", "batch 1"]),
+    ("batch-zero", ONNX, ["--batch", "0"], ["--batch 0"]),
+    ("io-without-int8", TFLITE, ["--quant", "fp16", "--io", "int8"], ["--io int8", "--quant int8"]),
+    ("io-with-nothing-to-do", TFLITE, ["--quant", "int8", "--representative-data", "IMAGES",
+                                       "--input", "uint8", "--postprocess", "fast", "--io", "int8"],
+     ["--io int8", "nothing"]),
+    ("data-without-int8", TFLITE, ["--quant", "fp32", "--representative-data", "IMAGES"],
+     ["only used by --quant int8"]),
+    ("data-folder-without-images", TFLITE, ["--quant", "int8", "--representative-data", "EMPTY"],
+     ["no .jpg"]),
+    ("data-missing", TFLITE, ["--quant", "int8", "--representative-data", "NOWHERE"],
+     ["no such folder or TFRecord"]),
+    ("missing-quant", TFLITE, [], ["--quant"]),
+    ("bad-quant", TFLITE, ["--quant", "int4"], ["int4"]),
+    ("unknown-spec", ONNX, ["--spec", "d99"], ["d99"]),
+    ("unknown-spec-key", ONNX, ["--set", "fpn.colour=blue"], ["fpn.colour"]),
+    ("missing-checkpoint", ONNX, ["--ckpt", "NOWHERE"], ["--ckpt", "no such checkpoint"]),
+    ("wrong-suffix", ONNX, ["--out", "OUTDIR/model.tflite"], [".onnx"]),
+    ("missing-out-folder", TFLITE, ["--quant", "fp32", "--out", "OUTDIR/no/such/m.tflite"],
+     ["does not exist"]),
+]
+
+
+@pytest.mark.parametrize("tool,args,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_request_is_one_line_and_leaves_nothing(folders, tool, args, words):
+    subst = {"IMAGES": folders["images"], "EMPTY": folders["empty"],
+             "NOWHERE": folders["tmp"] / "nowhere", "OUTDIR": folders["out"]}
+    args = [str(subst.get(a, a)).replace("OUTDIR", str(folders["out"])) for a in args]
+    spec = [] if "--spec" in args else ["--spec", "d0"]
+    out = [] if "--out" in args else ["--out", folders["out"] / f"model.{tool}"]
+    proc, log = _run(tool, [*spec, *out, *args], folders)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"to_{tool}: error: "), lines[0]
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert proc.stdout == ""
+    assert log["attempts"] == [] and log["loaded"] == [], log  # refused before TF was needed
+    assert list(folders["out"].iterdir()) == []
+
+
+def test_help_documents_inputs_tolerances_and_the_missing_ap_check():
+    import subprocess
+    import sys
+    for tool in (ONNX, TFLITE):
+        proc = subprocess.run([sys.executable, str(ROOT / "exporters" / f"to_{tool}.py"), "--help"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60)
+        text = " ".join(proc.stdout.split())
+        assert proc.returncode == 0, proc.stderr
+        assert "ALREADY resized" in text and "--eval-data" in text
+    assert "SQNR" in text and "1e-4" in text  # the TFLite help lists every tolerance

@@ -1,0 +1,243 @@
+"""exporters/to_onnx.py: files that compute what the TF model computes, or no file at all.
+
+A small D0-shaped spec (converts in ~10 s) is exported unmarked; D0 and Lite0 themselves are
+`slow`. Random weights go through the exporter's data-dependent init, so heads have a real
+spread and detections real scores; the checks here recompute everything from the files
+with onnxruntime, independently of the exporter's own gate.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import _tiny_models as tiny
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["image_size=128", "backbone.depth=0.1", "backbone.width=0.25", "fpn.channels=16",
+         "fpn.repeats=1", "head.repeats=1", "num_classes=4"]
+DEVICE_BLOCKED = ["tensorflow", "tf2onnx", "keras", "tf_keras", "edetgraph", "exporters", "bench"]
+
+
+def _sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def _export(tmp_dir, name, *args, spec="d0", overrides=SMALL):
+    from exporters import to_onnx
+    out = Path(tmp_dir) / name
+    assert to_onnx.main(["--spec", spec, *_sets(overrides), "--out", str(out), *args]) == 0
+    return out, json.loads(Path(str(out) + ".json").read_text(), parse_constant=_not_json)
+
+
+def _not_json(name):
+    raise AssertionError(f"{name} in the summary: not strict JSON")
+
+
+@pytest.fixture(scope="module")
+def small_tf():
+    """The TF model the exporter builds for the small spec (same seed, same init)."""
+    from edetgraph.spec import load_spec
+    from exporters.common import build_export_model
+    spec = load_spec("d0", SMALL)
+    return spec, build_export_model(spec, None, 0)[0]
+
+
+@pytest.fixture(scope="module")
+def raw_file(tmp_path_factory):
+    return _export(tmp_path_factory.mktemp("onnx_raw"), "small.onnx")
+
+
+@pytest.fixture(scope="module")
+def nms_file(tmp_path_factory):
+    return _export(tmp_path_factory.mktemp("onnx_nms"), "small_nms.onnx", "--postprocess",
+                   "hard-nms", "--batch", "dynamic", "--input", "uint8")
+
+
+def _images(spec, kind):
+    from edetgraph.preprocess import read_image
+    from edetgraph.resources import path
+    from exporters.common import prepare_image, synthetic_images
+    street = read_image(path("street.jpg")).numpy()
+    return np.stack([prepare_image(im, spec, kind)
+                     for im in [street, *synthetic_images(spec, 2, 5)]])
+
+
+def _session(path):
+    import onnxruntime as ort
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda x: dict(zip([o.name for o in s.get_outputs()], s.run(None, {"images": x})))
+
+
+def test_raw_heads_match_tf_within_1e4(raw_file, small_tf):
+    import onnx
+    path, summary = raw_file
+    spec, model = small_tf
+    x = _images(spec, "float")
+    run = _session(path)
+    for i in range(len(x)):
+        got = run(x[i:i + 1])
+        want = {k: v.numpy() for k, v in model.raw_outputs(x[i:i + 1]).items()}
+        assert set(got) == set(want) == set(model.output_shapes(1))
+        for k in want:
+            assert got[k].shape == want[k].shape == model.output_shapes(1)[k]
+            np.testing.assert_allclose(got[k], want[k], rtol=0, atol=1e-4, err_msg=k)
+        assert want["cls_l3"].std() > 0.3 and want["box_l3"].std() > 0.1  # not a vacuous test
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert summary["file"]["bytes"] == path.stat().st_size
+    assert summary["ops"]["Conv"] > 50 and sum(summary["ops"].values()) == len(proto.graph.node)
+    assert summary["parity"]["passed"] and summary["parity"]["tolerance"]["atol"] == 1e-4
+    assert {"street.jpg", "synthetic-0", "random-0"} <= set(summary["parity"]["inputs"])
+    assert max(f["max_abs"] for f in summary["parity"]["outputs"].values()) <= 1e-4
+    assert summary["inputs"] == [{"name": "images", "shape": [1, 128, 128, 3],
+                                  "dtype": "float32", "quantization": None}]
+    assert summary["weights"] == {"source": "random", "seed": 0}
+
+
+def test_hard_nms_detections_identical_to_tf_dynamic_batch_uint8(nms_file, small_tf):
+    from edetgraph.postprocess import postprocess
+    from exporters.common import head_lists, normalize_in_graph, spec_anchors
+    from exporters.parity import compare_detections
+    path, summary = nms_file
+    spec, model = small_tf
+    assert "NonMaxSuppression" in summary["ops"] and summary["inputs"][0]["dtype"] == "uint8"
+    assert summary["inputs"][0]["shape"][0] is None  # dynamic batch
+    x = _images(spec, "uint8")
+    run = _session(path)
+    for batch in (x[:1], x):  # batch sizes 1 and 3 through the same file
+        got = run(batch)
+        cls, box = head_lists(model.raw_outputs(normalize_in_graph(batch, spec)), spec)
+        want = postprocess(cls, box, spec_anchors(spec), None, spec.image_size, method="hard")
+        want = {k: v.numpy() for k, v in want.items()}
+        assert got["boxes"].shape == (len(batch), 100, 4)
+        assert got["num_detections"].dtype == np.int32
+        for b in range(len(batch)):
+            cmp = compare_detections(want, got, b, score_tol=1e-4, box_tol=1e-3 * 128)
+            assert cmp["mismatch"] is None, cmp
+            # scores that mean something: confident boxes of several classes
+            assert cmp["tf"] > 0 and cmp["tf_top_score"] > 0.2 and cmp["tf_classes"] >= 2, cmp
+    assert all(d["mismatch"] is None for d in summary["parity"]["detections"])
+
+
+def test_runs_with_numpy_and_onnxruntime_only(raw_file, small_tf, tmp_path):
+    path, _ = raw_file
+    spec, model = small_tf
+    x = _images(spec, "float")[:1]
+    np.save(tmp_path / "x.npy", x)
+    proc, log = tiny.run_blocked(ROOT / "bench" / "device_runner.py",
+                                 [path, "--runs", 1, "--warmup", 0, "--input", tmp_path / "x.npy",
+                                  "--save-outputs", tmp_path / "out.npz"],
+                                 DEVICE_BLOCKED, tmp_path / "log.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert log == {"attempts": [], "loaded": []}
+    got = np.load(tmp_path / "out.npz")
+    for k, v in model.raw_outputs(x).items():
+        np.testing.assert_allclose(got[k], v.numpy(), rtol=0, atol=1e-4, err_msg=k)
+
+
+def test_foreign_ops_are_found_even_inside_subgraphs():
+    from onnx import TensorProto, helper
+    from exporters.to_onnx import foreign_ops
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    body = helper.make_graph([helper.make_node("NonMaxSuppressionV5", ["x"], ["y"], name="tf_nms")],
+                             "body", [x], [y])
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="ok"),
+             helper.make_node("If", ["c"], ["y"], name="branch", then_branch=body,
+                              else_branch=body),
+             helper.make_node("Softmax", ["r"], ["s"], name="contrib", domain="com.microsoft")]
+    graph = helper.make_graph(nodes, "g", [x], [y])
+    bad = foreign_ops(helper.make_model(graph), 17)
+    assert [b[0] for b in bad] == ["tf_nms", "tf_nms", "contrib"]
+    assert foreign_ops(helper.make_model(helper.make_graph(nodes[:1], "g", [x], [y])), 17) == []
+
+
+def test_parity_failure_exits_1_and_leaves_no_file(raw_file, tmp_path, monkeypatch, capsys):
+    """The seed-0 file offered as the conversion of a seed-1 model must be refused."""
+    import onnx
+    from exporters import common, to_onnx
+    seed0 = onnx.load(str(raw_file[0]))
+    monkeypatch.setattr(to_onnx, "convert", lambda serve, opset: seed0)
+    out = tmp_path / "bad.onnx"
+    argv = ["--spec", "d0", *_sets(SMALL), "--seed", "1", "--out", str(out)]
+    assert common.run_cli("to_onnx", to_onnx.main, argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("to_onnx: error: parity gate failed") and "not written" in err
+    assert "max |diff|" in err and "on input" in err and "(TF " in err  # which output, where
+    assert list(tmp_path.iterdir()) == []  # no file, no summary, no temporary folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec,post", [("d0", "none"), ("d0", "hard-nms"), ("lite0", "none"),
+                                       ("lite0", "hard-nms")])
+def test_official_specs(spec, post, tmp_path):
+    """D0 / Lite0 at full size through the fp32 gate: raw heads within 1e-4 x max(1, |TF|),
+    hard-NMS detections identical one to one (and meaningful: confident, several classes)."""
+    _, s = _export(tmp_path, f"{spec}_{post}.onnx", "--postprocess", post, spec=spec,
+                   overrides=[])
+    assert s["parity"]["passed"]
+    for name, f in s["parity"]["outputs"].items():
+        assert f["max_abs"] <= 1e-4 * max(1.0, f["max_ref"]), name
+    for d in s["parity"]["detections"]:
+        assert d["mismatch"] is None and d["tf"] > 0 and d["tf_top_score"] > 0.2, d
+    assert (post == "none") == (not s["parity"]["detections"])
+    print(f"{spec} {post}: convert {s['timings']['convert_s']:.1f} s, total "
+          f"{s['timings']['total_s']:.1f} s, {s['file']['bytes'] / 2**20:.1f} MB")
+
+
+def _dets(rows, k=5):
+    """Padded detections of one image from (class, score, box) rows."""
+    out = {"boxes": np.zeros((1, k, 4), np.float32), "scores": np.zeros((1, k), np.float32),
+           "classes": np.zeros((1, k), np.float32), "num_detections": np.array([len(rows)])}
+    for i, (c, s, b) in enumerate(rows):
+        out["classes"][0, i], out["scores"][0, i], out["boxes"][0, i] = c, s, b
+    return out
+
+
+def test_detection_matching_is_order_free_among_ties_but_strict():
+    from exporters.parity import compare_detections
+    a, b = (3, 0.9, [10, 10, 50, 50]), (5, 0.9, [60, 60, 90, 99])
+    tie_swapped = compare_detections(_dets([a, b]), _dets([b, a]), 0, 1e-4, 0.1)
+    assert tie_swapped["mismatch"] is None and tie_swapped["top20_agreement"] == 1.0
+    moved = compare_detections(_dets([a, b]), _dets([a, (5, 0.9, [60, 60, 90, 99.5])]), 0,
+                               1e-4, 0.1)
+    assert "TF detection 1 (class 5" in moved["mismatch"]
+    fewer = compare_detections(_dets([a, b]), _dets([a]), 0, 1e-4, 0.1)
+    assert fewer["mismatch"] == "TF found 2 detections, the file 1"
+    assert compare_detections(_dets([a, b]), _dets([a]), 0)["mismatch"] is None  # report only
+
+
+def test_gate_names_the_output_the_input_and_the_anchor():
+    from exporters.parity import ParityGate, tolerance_for
+    ref = {"cls_l3": np.zeros((1, 4, 4, 9 * 4), np.float32), "box_l3": np.ones((1, 4, 4, 36))}
+    got = {k: v.copy() for k, v in ref.items()}
+    got["cls_l3"][0, 2, 1, 4 * 5 + 3] = 2e-4  # anchor 5, class 3
+    gate = ParityGate(tolerance_for("fp32"), num_classes=4, image_side=32)
+    gate.add_outputs(["street.jpg"], ref, got, real=True)
+    result = gate.result()
+    assert not result["passed"] and len(result["failures"]) == 1
+    assert result["failures"][0].startswith("cls_l3: max |diff| 0.0002 > 0.0001 on input "
+                                            "'street.jpg' at image 0 y=2 x=1 anchor 5 class 3")
+    # the same difference on outputs of magnitude 10 is float32 noise: allowed
+    scaled = {k: v * 10 + (k == "cls_l3") * 10 for k, v in ref.items()}
+    gate = ParityGate(tolerance_for("fp32"), num_classes=4, image_side=32)
+    gate.add_outputs(["x"], scaled, {k: v + 2e-4 for k, v in scaled.items()}, real=True)
+    assert gate.result()["passed"]
+
+
+def test_int8_gate_pools_heads_on_real_images_only():
+    from exporters.parity import ParityGate, tolerance_for
+    rng = np.random.default_rng(0)
+    ref = {"cls_l3": rng.normal(size=(1, 4, 4, 36)), "cls_l4": rng.normal(size=(1, 2, 2, 36))}
+    noisy = {k: v + rng.normal(scale=0.3, size=v.shape) for k, v in ref.items()}
+    garbage = {k: rng.normal(size=v.shape) for k, v in ref.items()}
+    gate = ParityGate(tolerance_for("int8"), num_classes=4, image_side=32)
+    gate.add_outputs(["random-0"], ref, garbage, real=False)  # saturated noise input: not gated
+    gate.add_outputs(["street.jpg"], ref, noisy, real=True)
+    result = gate.result()
+    assert result["passed"] and 0.2 < result["heads"]["cls"]["nrmse"] < 0.4
+    broken = ParityGate(tolerance_for("int8"), num_classes=4, image_side=32)
+    broken.add_outputs(["street.jpg"], ref, garbage, real=True)  # unrelated output: RMSE ~1.4 std
+    failed = broken.result()
+    assert not failed["passed"] and failed["failures"][0].startswith("cls (all levels)")
