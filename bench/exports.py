@@ -1,0 +1,163 @@
+"""The files the benchmark runs: exported on demand into the output folder, reused when the
+exporter's summary and a small key beside it say they were made from the same spec,
+weights and options.
+
+The exporter summary (``FILE.json``) records spec name, weights and options; it does not
+record the spec's content, so ``FILE.bench.json`` adds a digest of the resolved spec (a
+``--set`` override changes it) and the checkpoint's size and modification time.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+
+# backend -> (runner kind, file suffix, TFLite quantization)
+FILE_BACKENDS = {"onnxruntime": ("onnxruntime", ".onnx", None),
+                 "tflite-fp32": ("tflite", "_fp32.tflite", "fp32"),
+                 "tflite-fp16": ("tflite", "_fp16.tflite", "fp16"),
+                 "tflite-int8": ("tflite", "_int8.tflite", "int8")}
+OPSET = 17
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def runtime_missing(backend: str) -> str | None:
+    """Why ``backend`` cannot run on this machine (a missing runtime), or None."""
+    have = lambda module: importlib.util.find_spec(module) is not None  # noqa: E731
+    if FILE_BACKENDS[backend][0] == "onnxruntime":
+        for module, what in (("onnxruntime", "onnxruntime"), ("tf2onnx", "tf2onnx (to export)"),
+                             ("onnx", "onnx (to export)")):
+            if not have(module):
+                return f"{what} is not installed here"
+    elif not any(have(m) for m in ("ai_edge_litert", "tflite_runtime", "tensorflow")):
+        return "no TFLite runtime is installed here (pip install ai-edge-litert)"
+    return None
+
+
+def export_path(cfg, backend: str) -> str:
+    """``OUT/<spec>_<H>x<W>_b<batch><suffix>``, e.g. efficientdet-d0_512x512_b1_int8.tflite."""
+    h, w = cfg.spec.image_size
+    suffix = FILE_BACKENDS[backend][1]
+    return os.path.join(os.path.abspath(cfg.out), f"{cfg.spec.name}_{h}x{w}_b{cfg.batch}{suffix}")
+
+
+def spec_digest(spec) -> str:
+    text = json.dumps(spec.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _wanted(cfg, backend: str, representative: str | None) -> dict:
+    """What the exporter summary and the key must say for a file to be reused."""
+    quant = FILE_BACKENDS[backend][2]
+    options = {"batch": cfg.batch, "input": "float", "postprocess": "none"}
+    options.update({"opset": OPSET} if quant is None else {"quant": quant})
+    if quant == "int8":
+        options.update(representative_data=representative,
+                       calibration_images=cfg.calibration_images)
+    weights = ({"source": "random", "seed": cfg.seed} if cfg.ckpt is None
+               else {"source": os.path.abspath(cfg.ckpt)})
+    ckpt_stat = None
+    if cfg.ckpt is not None and os.path.exists(cfg.ckpt):
+        st = os.stat(cfg.ckpt)
+        ckpt_stat = [st.st_size, int(st.st_mtime)]
+    return {"spec": cfg.spec.name, "options": options, "weights": weights,
+            "key": {"spec_sha256": spec_digest(cfg.spec), "ckpt_stat": ckpt_stat}}
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stale_reason(path: str, wanted: dict) -> str | None:
+    """Why the file at ``path`` cannot be reused (None: it can)."""
+    try:
+        with open(path + ".json") as f:
+            summary = json.load(f)
+        with open(path + ".bench.json") as f:
+            key = json.load(f)
+    except (OSError, ValueError):
+        return "no export yet"
+    if not os.path.isfile(path) or _sha256(path) != summary.get("file", {}).get("sha256"):
+        return "the file does not match its summary"
+    if not summary.get("parity", {}).get("passed"):
+        return "its parity gate did not pass"
+    if summary.get("spec") != wanted["spec"] or key != wanted["key"]:
+        return "the spec or checkpoint changed"
+    if any(summary.get("weights", {}).get(k) != v for k, v in wanted["weights"].items()):
+        return "other weights"
+    opts = summary.get("options", {})
+    if any(opts.get(k) != v for k, v in wanted["options"].items()):
+        return "other export options"
+    return None
+
+
+def ensure_export(cfg, backend: str, row: dict, say) -> str:
+    """Path of an up-to-date file for ``backend``, exporting it when needed.
+
+    Raises whatever the exporter raises (ExportFailed when its parity gate fails).
+    ``row`` gets ``export``: reused or not, why, and the export time.
+    """
+    from exporters.to_onnx import export_onnx
+    from exporters.to_tflite import export_tflite
+    path = export_path(cfg, backend)
+    quant = FILE_BACKENDS[backend][2]
+    representative = representative_source(cfg, say) if quant == "int8" else None
+    wanted = _wanted(cfg, backend, representative)
+    why = stale_reason(path, wanted)
+    if why is None:
+        say(f"{backend}: reusing {path}")
+        row["export"] = {"reused": True, "summary": path + ".json"}
+        return path
+    say(f"{backend}: exporting {os.path.basename(path)} ({why})")
+    for stale in (path, path + ".json", path + ".bench.json"):
+        if os.path.exists(stale):
+            os.remove(stale)  # never run a file that no longer matches the request
+    common = dict(ckpt=cfg.ckpt, seed=cfg.seed, batch=cfg.batch, threads=cfg.threads,
+                  verbose=getattr(say, "enabled", True))
+    if quant is None:
+        summary = export_onnx(cfg.spec, path, opset=OPSET, **common)
+    else:
+        summary = export_tflite(cfg.spec, path, quant=quant, representative=representative,
+                                calibration_images=cfg.calibration_images, **common)
+    with open(path + ".bench.json", "w") as f:
+        json.dump(wanted["key"], f, indent=2)
+    row["export"] = {"reused": False, "why": why, "summary": path + ".json",
+                     "seconds": summary.get("timings", {}).get("total_s")}
+    return path
+
+
+def representative_source(cfg, say) -> str:
+    """int8 calibration images: --representative-data, else the --data images, else
+    synthetic scenes written once into OUT/calibration (their content barely matters for
+    random weights; with a trained model pass real images)."""
+    if cfg.representative:
+        return os.path.abspath(cfg.representative)
+    if cfg.data:
+        images = os.path.join(cfg.data, "images")
+        return os.path.abspath(images if os.path.isdir(images) else cfg.data)
+    folder = os.path.join(os.path.abspath(cfg.out), "calibration")
+    images = os.path.join(folder, "train", "images")
+    have = [f for f in os.listdir(images)] if os.path.isdir(images) else []
+    size = max(cfg.spec.image_size)
+    marker = os.path.join(folder, "made_for.json")
+    made_for = {"images": cfg.calibration_images, "size": size}
+    if len(have) < cfg.calibration_images or not _same_json(marker, made_for):
+        from edetgraph.data.synthetic import generate
+        say(f"writing {cfg.calibration_images} synthetic calibration images to {images}")
+        generate(folder, cfg.calibration_images, size, seed=cfg.seed, val_fraction=0.0)
+        with open(marker, "w") as f:
+            json.dump(made_for, f)
+    return images
+
+
+def _same_json(path: str, value) -> bool:
+    try:
+        with open(path) as f:
+            return json.load(f) == value
+    except (OSError, ValueError):
+        return False

@@ -1,0 +1,302 @@
+"""The benchmark harness: export what is missing, then run every backend on the same inputs
+and measure parity with TF, detection agreement, AP, latency, load time and memory.
+
+    results = run_benchmark(BenchConfig(spec=load_spec("d0"), out="bench_out"))
+
+Backends: ``tf`` (the model's ``tf.function``), ``tf-xla`` (the same, ``jit_compile=True``),
+``onnxruntime``, ``tflite-fp32``, ``tflite-fp16``, ``tflite-int8`` (LiteRT). Every requested
+backend ends with a row whose status is ``ok``, ``skipped`` or ``failed``, with the reason.
+The TF model is built once here with the exporters' weights (checkpoint, or the seeded
+random weights of ``exporters.common.build_export_model``), so TF is the reference for
+every file. Latency is measured interleaved (``bench.latency``); see ``describe_method``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bench import exports, probes, quality
+from bench.latency import describe_method, measure_interleaved, measure_peak_memory
+from bench.report import NOTES
+
+BACKENDS = ("tf", "tf-xla", "onnxruntime", "tflite-fp32", "tflite-fp16", "tflite-int8")
+DEFAULT_BACKENDS = ("tf", "onnxruntime", "tflite-fp32", "tflite-fp16", "tflite-int8")
+SCHEMA = "edetgraph.bench/1"
+
+
+@dataclass
+class BenchConfig:
+    """Everything one benchmark run depends on (the CLI's options)."""
+    spec: object
+    out: str = "bench_out"
+    backends: tuple = DEFAULT_BACKENDS
+    ckpt: str | None = None
+    seed: int = 0
+    threads: int = 2
+    runs: int = 50
+    warmup: int = 10
+    batch: int = 1
+    data: str | None = None
+    annotations: str | None = None
+    max_images: int | None = None
+    representative: str | None = None
+    calibration_images: int = 100
+    nms: str = "soft"
+    random_inputs: int = 2
+    memory: bool = True
+    device_results: tuple = ()
+    spec_args: dict = field(default_factory=dict)  # how the spec was named, for the record
+
+    def problem(self) -> str | None:
+        """The first option that cannot work, as a one-line message (None: all fine)."""
+        for name in ("threads", "runs", "batch", "calibration_images", "max_images"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                return f"--{name.replace('_', '-')} {value}: must be at least 1"
+        if self.warmup < 0:
+            return f"--warmup {self.warmup}: must be >= 0"
+        if bool(self.data) != bool(self.annotations):
+            return "--data and --annotations go together (images and their COCO instances file)"
+        if not self.backends:
+            return "--backends: name at least one backend"
+        return None
+
+
+class Progress:
+    """One progress line on stderr: rewritten in place on a terminal, else a line per step."""
+
+    def __init__(self, stream=sys.stderr, enabled: bool = True):
+        self.stream, self.enabled = stream, enabled
+        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
+
+    def __call__(self, message: str) -> None:
+        if self.enabled:
+            self._write(f"[bench] {message}", final=True)
+
+    def rounds(self, done: int, total: int) -> None:
+        """Latency rounds: in place on a terminal, else every 10 %."""
+        if self.enabled and (self.tty or done == total or done % max(1, total // 10) == 0):
+            self._write(f"[bench] latency: round {done}/{total}", final=done == total)
+
+    def _write(self, text: str, final: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def plan_rows(backends) -> dict:
+    """One row per requested backend; unknown names are skipped with the reason."""
+    rows = {}
+    for name in backends:
+        row = {"name": name, "backend": name, "host": True, "status": "pending", "reason": None}
+        if name not in BACKENDS:
+            row.update(status="skipped", reason=f"unknown backend '{name}' (known: "
+                                                f"{', '.join(BACKENDS)})")
+        elif name != "tf" and name != "tf-xla":
+            missing = exports.runtime_missing(name)
+            if missing:
+                row.update(status="skipped", reason=missing)
+        rows[name] = row
+    return rows
+
+
+def _fail(row: dict, step: str, exc: BaseException) -> None:
+    text = str(exc).strip().splitlines()
+    row.update(status="failed", reason=f"{step}: {(text[0] if text else type(exc).__name__)[:300]}")
+
+
+def _pending(rows: dict) -> list:
+    return [n for n, r in rows.items() if r["status"] == "pending"]
+
+
+def set_tf_threads(threads: int) -> str:
+    """Intra-op threads = ``threads``, inter-op 1 (ops run one after another, as the other
+    runtimes do); only possible before TensorFlow's runtime starts. Returns what applies."""
+    import tensorflow as tf
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        return str(threads)
+    except RuntimeError:
+        return f"{threads} (not applied: TensorFlow was already initialised in this process)"
+
+
+def _tf_runners(model, serve, cfg, rows, tf_threads, say) -> dict:
+    """The TF reference runner (always made), and tf-xla when asked; times the first call."""
+    import tensorflow as tf
+    from bench.runners import make_runner
+    h, w = cfg.spec.image_size
+    fns = {"tf": serve}
+    if "tf-xla" in _pending(rows):
+        sig = [tf.TensorSpec([cfg.batch, h, w, 3], tf.float32, name="images")]
+        fns["tf-xla"] = tf.function(model.raw_outputs, input_signature=sig, jit_compile=True,
+                                    autograph=False)
+    x = np.zeros((cfg.batch, h, w, 3), np.float32)
+    runners = {}
+    for name, fn in fns.items():
+        say(f"{name}: tracing" + (" and XLA-compiling" if name == "tf-xla" else ""))
+        try:
+            runner = make_runner("tf", None, None, fn=fn)
+            start = time.perf_counter()
+            runner.run(x)
+            runner.load_seconds = time.perf_counter() - start
+        except Exception as exc:  # a TF/XLA error of any type: reported in the row
+            if name not in rows:
+                raise
+            _fail(rows[name], "tracing", exc)
+            continue
+        runners[name] = runner
+        if name in rows:
+            rows[name].update(runtime="tensorflow", runtime_version=tf.__version__,
+                              threads=tf_threads, load_s=runner.load_seconds, file=None,
+                              file_bytes=None)
+    return runners
+
+
+def _file_runners(cfg, rows, say) -> dict:
+    """Export (or reuse) and load each file backend still pending."""
+    from bench.runners import make_runner
+    runners = {}
+    for name in _pending(rows):
+        if name not in exports.FILE_BACKENDS:
+            continue
+        try:
+            path = exports.ensure_export(cfg, name, rows[name], say)
+        except Exception as exc:  # ExportFailed, or a converter crash: reported in the row
+            _fail(rows[name], "export", exc)
+            continue
+        kind = exports.FILE_BACKENDS[name][0]
+        try:
+            runner = make_runner(kind, path, cfg.threads)
+        except Exception as exc:
+            _fail(rows[name], "load", exc)
+            continue
+        info = runner.info()
+        rows[name].update(file=path, file_bytes=info["file_bytes"], runtime=info["runtime"],
+                          runtime_version=info["runtime_version"], threads=cfg.threads,
+                          load_s=runner.load_seconds, accelerator=info["accelerator"])
+        runners[name] = runner
+    return runners
+
+
+def _check_quality(cfg, runners, rows, say) -> quality.Detector:
+    """Parity and detection agreement of every runner against the TF reference."""
+    inputs = quality.parity_batches(cfg.spec, cfg.batch, cfg.random_inputs, cfg.seed)
+    ref = [runners["tf"].run(x) for _, x, _ in inputs]
+    detector = quality.Detector(cfg.spec, {k: v.shape for k, v in ref[0].items()}, cfg.nms)
+    real = [i for i, item in enumerate(inputs) if item[2]]
+    ref_dets = {i: detector(ref[i]) for i in real}
+    say(f"parity and detection agreement on {len(inputs)} batch(es) "
+        f"({', '.join(lab for labels, _, _ in inputs for lab in labels)})")
+    for name in [n for n in _pending(rows) if n in runners]:
+        try:
+            if name == "tf":  # the reference itself
+                got, rows[name]["parity"] = ref, quality.REFERENCE
+            else:
+                got = [runners[name].run(x) for _, x, _ in inputs]
+                rows[name]["parity"] = quality.raw_parity(name, ref, got, inputs)
+            rows[name]["detections"] = quality.agreement(
+                [quality.match_detections(ref_dets[i], detector(got[i])) for i in real])
+        except Exception as exc:
+            _fail(rows[name], "parity", exc)
+    return detector
+
+
+def _evaluate_ap(cfg, runners, rows, detector, say) -> None:
+    """COCO AP of every runner on --data, one pass over the images shared by all."""
+    from edetgraph.evaluation import to_coco_results
+    names = [n for n in _pending(rows) if n in runners]
+    dets, ids = {n: [] for n in names}, []
+    for batch_ids, x, scales in quality.eval_batches(cfg.data, cfg.annotations, cfg.spec,
+                                                     cfg.batch, cfg.max_images):
+        for name in [n for n in names if rows[n]["status"] == "pending"]:
+            try:
+                dets[name] += to_coco_results(detector(runners[name].run(x), scales), batch_ids)
+            except Exception as exc:
+                _fail(rows[name], "AP", exc)
+        ids += batch_ids
+        say(f"AP: {len(ids)} image(s) detected by {len(names)} backend(s)")
+    for name in [n for n in names if rows[n]["status"] == "pending"]:
+        rows[name]["ap"] = quality.coco_ap(cfg.annotations, dets[name], ids)
+
+
+def _measure_latency(cfg, runners, rows, progress) -> None:
+    timed = {n: runners[n] for n in _pending(rows) if n in runners}
+    if not timed:
+        return
+    progress(f"latency: {cfg.warmup} warm-up + {cfg.runs} interleaved runs of "
+             f"{', '.join(timed)}")
+    x = quality.parity_batches(cfg.spec, cfg.batch, 0, cfg.seed)[0][1]  # street.jpg
+    stats = measure_interleaved(timed, x, warmup=cfg.warmup, runs=cfg.runs,
+                                progress=progress.rounds)
+    for name, s in stats.items():
+        rows[name]["latency"] = s
+
+
+def _measure_memory(cfg, rows, say) -> None:
+    """Peak RSS of each ok backend in a fresh subprocess (see NOTES["memory"])."""
+    for name in _pending(rows):
+        say(f"memory: {name} in a subprocess")
+        try:
+            if name in exports.FILE_BACKENDS:
+                rows[name]["memory"] = measure_peak_memory(
+                    exports.FILE_BACKENDS[name][0], rows[name]["file"], cfg.threads, runs=3)
+            else:
+                rows[name]["memory"] = probes.tf_peak_memory(cfg.spec, cfg.threads, cfg.batch,
+                                                              xla=name == "tf-xla")
+        except Exception as exc:  # memory is a figure, not a verdict: keep the row ok
+            rows[name]["memory"] = {"error": str(exc).strip().splitlines()[0][:300]}
+
+
+def config_record(cfg) -> dict:
+    """The run's options as JSON-able values."""
+    return {"backends": list(cfg.backends), "ckpt": cfg.ckpt, "seed": cfg.seed,
+            "threads": cfg.threads, "runs": cfg.runs, "warmup": cfg.warmup, "batch": cfg.batch,
+            "data": cfg.data, "annotations": cfg.annotations, "max_images": cfg.max_images,
+            "representative": cfg.representative, "calibration_images": cfg.calibration_images,
+            "nms": cfg.nms, "random_inputs": cfg.random_inputs, "out": os.path.abspath(cfg.out),
+            "device_results": list(cfg.device_results)}
+
+
+def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict:
+    """Run the whole benchmark and return the results (see bench.report for the files)."""
+    from bench.device import load_device_results
+    from exporters.common import build_export_model, make_serving_fn
+    progress = progress or Progress()
+    start, load_before = time.perf_counter(), os.getloadavg()
+    device_rows = load_device_results(list(cfg.device_results)) if cfg.device_results else []
+    if cfg.data:
+        quality.check_eval_data(cfg.data, cfg.annotations)
+    os.makedirs(cfg.out, exist_ok=True)
+    rows = plan_rows(cfg.backends)
+    tf_threads = set_tf_threads(cfg.threads)
+    progress(f"building {cfg.spec.name} at {cfg.spec.image_size[0]}x{cfg.spec.image_size[1]} "
+             f"({'random weights, seed %d' % cfg.seed if cfg.ckpt is None else cfg.ckpt})")
+    t0 = time.perf_counter()
+    model, weights = build_export_model(cfg.spec, cfg.ckpt, cfg.seed)
+    build_s = time.perf_counter() - t0
+    serve = make_serving_fn(model, cfg.spec, cfg.batch, "float")
+    runners = _tf_runners(model, serve, cfg, rows, tf_threads, progress)
+    runners.update(_file_runners(cfg, rows, progress))
+    detector = _check_quality(cfg, runners, rows, progress)
+    if cfg.data:
+        _evaluate_ap(cfg, runners, rows, detector, progress)
+    _measure_latency(cfg, runners, rows, progress)
+    if cfg.memory:
+        _measure_memory(cfg, rows, progress)
+    for row in rows.values():
+        if row["status"] == "pending":
+            row["status"] = "ok"
+    return {"schema": SCHEMA, "spec": cfg.spec.name, "spec_source": cfg.spec.source,
+            "spec_args": cfg.spec_args, "image_size": list(cfg.spec.image_size),
+            "weights": weights, "config": config_record(cfg),
+            "machine": probes.machine_record(load_before, os.getloadavg()),
+            "model_build_s": build_s, "total_s": time.perf_counter() - start,
+            "method": describe_method(cfg.warmup, cfg.runs), "notes": NOTES,
+            "rows": list(rows.values()), "device_rows": device_rows}
