@@ -148,6 +148,8 @@ class OnnxModel:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
+        # no busy-waiting between calls: on small shared devices it steals the cores
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [provider, "CPUExecutionProvider"] if provider else ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(path, opts,

@@ -107,7 +107,7 @@ class OnnxRuntimeRunner(_Runner):
     """ONNX Runtime session; ``providers`` defaults to the CPU provider."""
     kind = "onnxruntime"
 
-    def __init__(self, path, threads=None, providers=None):
+    def __init__(self, path, threads=None, providers=None, spinning=False):
         super().__init__(_check_file(path, self.kind), threads)
         try:
             import onnxruntime as ort
@@ -117,6 +117,11 @@ class OnnxRuntimeRunner(_Runner):
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
+        if not spinning:
+            # ORT's workers busy-wait after each call by default; on a small shared machine
+            # that steals the cores from whatever runs next (measured: its own p50 193 -> 109
+            # ms for D0 on 2 cores, and the next backend in an interleaved table slowed too).
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         start = time.perf_counter()
         try:
             self.session = ort.InferenceSession(
