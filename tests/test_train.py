@@ -1,0 +1,363 @@
+"""Training: settings files, schedule, clipping, optimizer/EMA arithmetic, the loop on a tiny
+model (loss goes down, NaN stop and skip, images without boxes, XLA), kill-and-resume, an
+unreachable TPU, and two workers matching one process."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from edetgraph.spec import load_spec
+from edetgraph.train_lib.config import TrainConfigError, from_dict, load_train_config
+from edetgraph.train_lib.optim import EMA, SGDMomentum, clip_gradients
+from edetgraph.train_lib.schedule import WarmupCosine
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["image_size=64", "num_classes=3", "backbone.width=0.25", "backbone.depth=0.1",
+        "fpn.channels=8", "fpn.repeats=1", "head.repeats=1", "anchors.max_level=5"]
+TINY_SET = [x for kv in TINY for x in ("--set", kv)]
+
+
+def tiny_spec():
+    return load_spec("d0", TINY)
+
+
+def tiny_config(**kw):
+    base = {"batch_size": 4, "steps": 4, "warmup_steps": 1, "learning_rate": 0.4,
+            "log_every_steps": 1, "max_instances": 10, "jitter_min": 0.8, "jitter_max": 1.2,
+            "seed": 1, "checkpoint_every_minutes": None}
+    base.update(kw)
+    return from_dict(base)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """12 synthetic 64 px images (some without objects) as TFRecords + COCO json."""
+    from edetgraph.data.synthetic import generate, write_tfrecords
+    out = tmp_path_factory.mktemp("shapes")
+    summary = generate(out, 16, 64, seed=3, val_fraction=0.25, num_classes=3)
+    write_tfrecords(summary)
+    return {"train": str(out / "tfrecord" / "train-*.tfrecord"),
+            "val": str(out / "tfrecord" / "val-*.tfrecord"),
+            "val_json": str(out / "val" / "instances.json")}
+
+
+# ---------------------------------------------------------------- settings and schedule
+
+def test_settings_files_load_and_reject_unknown_keys(tmp_path):
+    default = load_train_config("default")
+    assert (default.batch_size, default.learning_rate, default.momentum, default.clip_norm,
+            default.ema_decay, default.weight_decay) == (64, 0.08, 0.9, 10.0, 0.9998, 4e-5)
+    assert default.total_steps() == 300 * 120000 // 64 and default.warmup() == 120000 // 64
+    demo = load_train_config("demo")
+    assert demo.steps and demo.seed is not None
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batch_size: 8\nsteps: 10\nsynthetic: {num_imagez: 3}\n")
+    with pytest.raises(TrainConfigError, match=r"bad\.yaml: synthetic\.num_imagez: unknown key"):
+        load_train_config(bad)
+    with pytest.raises(TrainConfigError, match="nan_policy"):
+        load_train_config("demo", ["nan_policy=ignore"])
+    with pytest.raises(TrainConfigError, match="exactly one of 'epochs' and 'steps'"):
+        from_dict({"batch_size": 8})
+    # overriding steps replaces the file's epochs
+    assert load_train_config("default", ["steps=7"]).total_steps() == 7
+
+
+def test_warmup_then_cosine_values():
+    s = WarmupCosine(peak=0.08, warmup_init=0.008, warmup_steps=10, total_steps=110)
+    want = {0: 0.008, 5: 0.044, 10: 0.08, 60: 0.04, 110: 0.0}
+    for step, value in want.items():
+        assert s.value(step) == pytest.approx(value, abs=1e-9)
+        assert float(s(tf.constant(step))) == pytest.approx(value, abs=1e-6)
+    assert float(s(35)) == pytest.approx(0.04 * (1 + np.cos(np.pi * 0.25)), rel=1e-5)
+    cfg = from_dict({"batch_size": 16, "learning_rate": 0.08, "steps": 5})
+    assert cfg.scaled_learning_rate() == pytest.approx(0.02)
+
+
+def test_clipping_equals_per_tensor_then_global_clip():
+    rng = np.random.default_rng(0)
+    grads = [tf.constant(rng.normal(0, s, n).astype(np.float32)) for s, n in
+             ((10.0, 5), (0.1, 3), (3.0, 7))]
+    got, norm = clip_gradients(grads, 10.0)
+    want = [tf.clip_by_norm(g, 10.0) for g in grads]
+    want, _ = tf.clip_by_global_norm(want, 10.0)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+    assert float(norm) == pytest.approx(float(tf.linalg.global_norm(grads)), rel=1e-6)
+
+
+def test_sgd_momentum_and_ema_arithmetic_and_skipped_step():
+    w = tf.Variable([1.0, -2.0])
+    opt, ema = SGDMomentum({"w": w}, 0.9), EMA({"w": w}, 0.9998)
+    ema.reset()
+    strategy = tf.distribute.get_strategy()
+
+    @tf.function
+    def step(g, lr, s, ok):
+        def replica(g):
+            glr, mom = opt.gates(lr, ok)
+            rate = ema.rate(s, ok)
+
+            def merge(strat, g, glr, mom, rate):
+                with tf.control_dependencies([opt.apply(strat, [g], glr, mom, ok)]):
+                    return ema.apply(strat, rate)
+            tf.distribute.get_replica_context().merge_call(merge, args=(g, glr, mom, rate))
+        strategy.run(replica, args=(g,))
+
+    accum, ref, shadow = np.zeros(2), np.array([1.0, -2.0]), np.array([1.0, -2.0])
+    for s, (g, lr) in enumerate([([0.5, 1.0], 0.1), ([-1.0, 2.0], 0.05), ([3.0, 3.0], 0.2)]):
+        step(tf.constant(g), tf.constant(lr), tf.constant(s), tf.constant(True))
+        accum = 0.9 * accum + np.array(g)
+        ref = ref - lr * accum
+        d = min(0.9998, (1 + s) / (10 + s))
+        shadow = d * shadow + (1 - d) * ref
+        np.testing.assert_allclose(w.numpy(), ref, rtol=1e-6)
+        np.testing.assert_allclose(ema.shadows["w"].numpy(), shadow, rtol=1e-6)
+    step(tf.constant([np.nan, 1.0]), tf.constant(0.1), tf.constant(3), tf.constant(False))
+    np.testing.assert_allclose(w.numpy(), ref, rtol=1e-6)
+    np.testing.assert_allclose(opt.slots["w"].numpy(), accum, rtol=1e-6)
+    np.testing.assert_allclose(ema.shadows["w"].numpy(), shadow, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- the step on a tiny model
+
+def _step_fn(spec, config, batch, jit=False):
+    from edetgraph.train_lib.step import build_state, make_train_function
+    state = build_state(spec, config, config.steps, 1)
+    fn = make_train_function(tf.distribute.get_strategy(), state, config, jit)
+    it = iter(tf.data.Dataset.from_tensors(batch).repeat())
+    return state, lambda n=1: {k: float(v) for k, v in fn(it, tf.constant(n))[0].items()}
+
+
+def test_a_few_steps_decrease_the_loss():
+    from edetgraph.train_lib.benchmark import _fixed_batch
+    spec = tiny_spec()
+    state, run = _step_fn(spec, tiny_config(steps=12), _fixed_batch(spec, 4))
+    first = run()["loss"]
+    for _ in range(9):
+        last = run()
+    assert last["ok"] == 1.0 and last["loss"] < 0.6 * first
+    assert int(state.step.numpy()) == 10
+
+
+def test_images_without_boxes_give_finite_loss_and_updates():
+    from edetgraph.train_lib.data import make_labeler
+    spec = tiny_spec()
+    empty = make_labeler(spec).label(tf.zeros([0, 4]), tf.zeros([0], tf.int32))
+    batch = {k: tf.stack([v, v]) for k, v in empty.items()}
+    batch["image"] = tf.random.normal([2, 64, 64, 3])
+    state, run = _step_fn(spec, tiny_config(), batch)
+    before = state.variables["class_net/class-predict/bias"].numpy().copy()
+    out = run(2)
+    assert out["ok"] == 1.0 and np.isfinite(out["loss"]) and out["box_loss"] == 0.0
+    after = state.variables["class_net/class-predict/bias"].numpy()
+    assert (after < before).all()          # pushed towards background everywhere
+
+
+@pytest.mark.slow
+def test_xla_compiled_train_step_runs_on_cpu():
+    from edetgraph.train_lib.benchmark import _fixed_batch
+    spec = load_spec("d0", TINY[:1] + ["num_classes=2", "backbone.width=0.1", "backbone.depth=0.1",
+                                       "fpn.channels=4", "fpn.repeats=1", "head.repeats=0",
+                                       "anchors.max_level=4", "anchors.min_level=3"])
+    batch = _fixed_batch(spec, 2)
+    _, run_xla = _step_fn(spec, tiny_config(batch_size=2), batch, jit=True)
+    _, run_graph = _step_fn(spec, tiny_config(batch_size=2), batch, jit=False)
+    a, b = run_xla(), run_graph()
+    assert a["ok"] == 1.0 and a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    assert run_xla()["loss"] == pytest.approx(run_graph()["loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_two_replicas_of_a_mirrored_strategy_match_one_device(tiny_data):
+    from edetgraph.train_lib.data import distributed_input
+    from edetgraph.train_lib.step import build_state, make_train_function
+    cpus = tf.config.list_logical_devices("CPU")
+    if len(cpus) < 2:
+        pytest.skip("needs two logical CPUs (configured in conftest before TF starts)")
+    spec, cfg = tiny_spec(), tiny_config(steps=3)
+
+    def run(strategy):
+        with strategy.scope():
+            state = build_state(spec, cfg, 3, 1)
+        it = iter(distributed_input(strategy, tiny_data["train"], spec, cfg, seed=1))
+        fn = make_train_function(strategy, state, cfg)
+        losses = [float(fn(it, tf.constant(1))[0]["loss"]) for _ in range(3)]
+        return losses, {k: v.numpy() for k, v in state.variables.items()}
+
+    one_loss, one = run(tf.distribute.get_strategy())
+    two_loss, two = run(tf.distribute.MirroredStrategy([d.name for d in cpus[:2]]))
+    np.testing.assert_allclose(one_loss, two_loss, rtol=1e-4)
+    for k in one:        # sync BN + summed gradients: the same step as one device
+        np.testing.assert_allclose(one[k], two[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+# ---------------------------------------------------------------- the loop (in process)
+
+def test_nan_stop_keeps_the_last_good_checkpoint(tmp_path, tiny_data):
+    from edetgraph.trainer import TrainError, train
+    cfg = tiny_config(steps=8, checkpoint_every_steps=2)
+    with pytest.raises(TrainError) as err:
+        train(tiny_spec(), cfg, tmp_path, data=tiny_data["train"], inject_nan_at=5,
+              log=lambda m: None)
+    assert err.value.code == 3
+    msg = str(err.value)
+    assert "NaN/Inf at step 5" in msg and "ckpt-4" in msg and "\n" not in msg
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-4")
+    assert not list(tmp_path.glob("ckpt-5*"))
+    reader = tf.train.load_checkpoint(str(tmp_path / "ckpt-4"))
+    values = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+              if k.startswith(("variables/", "ema/"))]
+    assert values and all(np.isfinite(v).all() for v in values)
+
+
+def test_nan_skip_leaves_weights_alone_and_counts(tmp_path, tiny_data):
+    from edetgraph.trainer import train
+    cfg = tiny_config(steps=5, checkpoint_every_steps=2, nan_policy="skip")
+    result = train(tiny_spec(), cfg, tmp_path, data=tiny_data["train"], inject_nan_at=3,
+                   log=lambda m: None)
+    assert (result.step, result.skipped_steps) == (5, 3)
+    a, b = (tf.train.load_checkpoint(str(tmp_path / f"ckpt-{s}")) for s in (2, 5))
+    keys = [k for k in a.get_variable_to_shape_map() if k.startswith(("variables/", "ema/"))
+            and "moving_" not in k]      # BN statistics do move in the forward pass
+    assert keys and all(np.array_equal(a.get_tensor(k), b.get_tensor(k)) for k in keys)
+
+
+def test_train_and_evaluate_with_images_without_boxes(tmp_path, tiny_data):
+    from edetgraph.data.tfexample import encode_example
+    from edetgraph.trainer import train
+    path = tmp_path / "empty.tfrecord"
+    png = tf.io.encode_png(tf.fill([48, 64, 3], tf.constant(90, tf.uint8))).numpy()
+    with tf.io.TFRecordWriter(str(path)) as w:
+        for i in range(4):
+            w.write(encode_example(png, 48, 64, str(i), "e.png",
+                                   image_format="png").SerializeToString())
+    result = train(tiny_spec(), tiny_config(steps=3, batch_size=2, eval_batch_size=4),
+                   tmp_path / "run", data=str(path), val_data=tiny_data["val"],
+                   val_json=tiny_data["val_json"], log=lambda m: None)
+    assert result.step == 3 and all(np.isfinite(h["loss"]) for h in result.history)
+    assert result.metrics["images"] == 4 and 0.0 <= result.metrics["AP50"] <= 1.0
+    assert json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["step"] == 3
+    assert list((tmp_path / "run" / "train").glob("events.out.tfevents.*"))
+
+
+# ---------------------------------------------------------------- the CLI (subprocesses)
+
+def _cli(args, env=None, **kw):
+    e = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+    return subprocess.Popen([sys.executable, "-m", "edetgraph.train", *args], cwd=ROOT, env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_unreachable_tpu_is_one_line(capsys):
+    from edetgraph.train import main
+    code = main(["--spec", "d0", *TINY_SET, "--train-config", "demo", "--model-dir",
+                 "/nonexistent/never-written", "--tpu", "no-such-tpu-edetgraph"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: cannot find TPU 'no-such-tpu-edetgraph'")
+    assert "\n" not in err and "Traceback" not in err
+
+
+def test_tpu_address_that_never_answers_times_out():
+    # Connecting to a closed grpc port hangs in TF; the strategy setup must give up.
+    code = ("import sys, time\n"
+            "from edetgraph.train_lib.distribute import DistributeError, tpu_strategy\n"
+            "t = time.time()\n"
+            "try:\n"
+            "    tpu_strategy(sys.argv[1], timeout=3)\n"
+            "except DistributeError as e:\n"
+            "    print('ERR', e, round(time.time() - t))\n")
+    proc = subprocess.run([sys.executable, "-c", code, f"grpc://127.0.0.1:{_free_ports(1)[0]}"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    line = proc.stdout.strip()
+    assert line.startswith("ERR connecting to TPU") and "no answer after 3 s" in line
+    assert int(line.rsplit(" ", 1)[1]) < 30
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_at_the_saved_step(tmp_path, tiny_data):
+    args = ["--spec", "d0", *TINY_SET, "--train-config", "demo", "--data", tiny_data["train"],
+            "--model-dir", str(tmp_path / "run"), "--train-set", "steps=12",
+            "--train-set", "batch_size=4", "--train-set", "checkpoint_every_steps=3",
+            "--train-set", "log_every_steps=1", "--train-set", "warmup_steps=1"]
+    proc = _cli(args)
+    saved = None
+    for line in proc.stdout:            # kill right after the second checkpoint is written
+        if "saved " in line and "ckpt-6" in line:
+            saved = 6
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert saved == 6 and proc.returncode == -signal.SIGKILL
+    latest = tf.train.latest_checkpoint(str(tmp_path / "run"))
+    assert latest.endswith(("ckpt-6", "ckpt-9"))   # a save may have slipped in before the kill
+    resumed_at = int(latest.rsplit("-", 1)[1])
+    out = _cli(args).communicate(timeout=600)[0]
+    assert f"resumed from {latest} at step {resumed_at}" in out
+    assert "done: step 12/12" in out
+    first_logged = [ln for ln in out.splitlines() if ln.startswith("step ")][0]
+    assert first_logged.startswith(f"step {resumed_at + 1}/12")
+
+
+@pytest.mark.slow
+def test_nan_from_a_huge_learning_rate_exits_3_with_one_line(tmp_path, tiny_data):
+    args = ["--spec", "d0", *TINY_SET, "--train-config", "demo", "--data", tiny_data["train"],
+            "--model-dir", str(tmp_path / "run"), "--train-set", "steps=20",
+            "--train-set", "batch_size=4", "--train-set", "checkpoint_every_steps=1",
+            "--train-set", "learning_rate=1e30", "--train-set", "warmup_steps=0"]
+    proc = _cli(args)
+    out = proc.communicate(timeout=600)[0]
+    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert proc.returncode == 3 and len(errors) == 1 and "Traceback" not in out
+    assert "NaN/Inf" in errors[0] and "Last good checkpoint" in errors[0]
+    latest = tf.train.latest_checkpoint(str(tmp_path / "run"))
+    assert latest is None or latest in errors[0]
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_workers_match_one_process(tmp_path, tiny_data):
+    common = ["--spec", "d0", *TINY_SET, "--train-config", "demo", "--data", tiny_data["train"],
+              "--train-set", "steps=3", "--train-set", "batch_size=4",
+              "--train-set", "warmup_steps=1", "--train-set", "checkpoint_input=false"]
+    single = _cli(common + ["--model-dir", str(tmp_path / "single")])
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = [_cli(common + ["--model-dir", str(tmp_path / "multi"), "--strategy", "multiworker"],
+                    env={"TF_CONFIG": json.dumps({"cluster": cluster,
+                                                  "task": {"type": "worker", "index": i}})})
+               for i in range(2)]
+    outs = [p.communicate(timeout=900)[0] for p in [single] + workers]
+    assert [p.returncode for p in [single] + workers] == [0, 0, 0], "\n".join(outs)
+    assert "2 replica(s)" in outs[1] and "1 replica(s)" in outs[0]
+    a = tf.train.load_checkpoint(str(tmp_path / "single" / "ckpt-3"))
+    b = tf.train.load_checkpoint(str(tmp_path / "multi" / "ckpt-3"))
+    keys = [k for k in a.get_variable_to_shape_map() if k.startswith(("variables/", "ema/"))]
+    assert keys and set(keys) <= set(b.get_variable_to_shape_map())
+    for k in keys:
+        # summation order differs (all-reduce vs one batch): float rounding only
+        np.testing.assert_allclose(a.get_tensor(k), b.get_tensor(k), rtol=1e-4, atol=1e-5,
+                                   err_msg=k)
+    assert not list((tmp_path / "multi").glob(".worker-*"))
+
+
+def test_benchmark_reports_images_per_second():
+    from edetgraph.train_lib.benchmark import benchmark_train_step
+    out = benchmark_train_step(tiny_spec(), batch_size=2, steps=2, warmup=1)
+    assert out["images_per_sec"] > 0 and np.isfinite(out["final_loss"])
