@@ -173,6 +173,7 @@ class _Loop:
     total: int
     model_dir: str
     log: object
+    train_data: str = ""
     evaluator: object = None
     preemption: object = None
     chief: bool = True
@@ -206,6 +207,8 @@ def _after_call(loop: _Loop, step: int, sigterm: _SigtermFlag) -> None:
     last = step >= loop.total
     if loop.preemption is not None:
         loop.preemption.save_checkpoint_if_preempted(checkpoint_number=step)
+    if last and config.bn_recalibration_batches:
+        _recalibrate_bn(loop)
     if sigterm.raised or last or loop.checkpointer.due(step):
         loop.checkpointer, path = _save(loop.checkpointer, step, loop.log)
         if path and not last:
@@ -215,6 +218,19 @@ def _after_call(loop: _Loop, step: int, sigterm: _SigtermFlag) -> None:
     eval_due = config.eval_every_steps and step % config.eval_every_steps < config.steps_per_call
     if loop.evaluator is not None and (last or (eval_due and step > 0)):
         loop.metrics = _evaluate(loop.evaluator, loop.state, step, loop.progress, loop.model_dir)
+
+
+def _recalibrate_bn(loop: _Loop) -> None:
+    """Precise BN on the weights that get evaluated and exported (EMA when kept)."""
+    from edetgraph.train_lib.precise_bn import assign, recalibrate
+    start = time.perf_counter()
+    targets = loop.state.ema.shadows if loop.state.ema is not None else loop.state.variables
+    stats = recalibrate(loop.state.spec, targets, loop.train_data,
+                        loop.config.bn_recalibration_batches, loop.config.eval_batch_size)
+    assign(targets, stats)
+    loop.progress.message(f"[train] recomputed BN statistics over "
+                          f"{loop.config.bn_recalibration_batches} training batches "
+                          f"({time.perf_counter() - start:.0f} s)")
 
 
 def _run_loop(loop: _Loop) -> int:
@@ -268,7 +284,7 @@ def _make_loop(spec, config, model_dir, paths, strategy, ckpt, log, inject_nan_a
     progress = Progress(total, config.batch_size, config.log_every_steps,
                         os.path.join(model_dir, "train") if chief else None)
     return _Loop(strategy, state, config, train_fn, iterator, checkpointer, progress, total,
-                 model_dir, log, chief=chief)
+                 model_dir, log, train_data=paths.train, chief=chief)
 
 
 def _attach_extras(loop: _Loop, spec, paths) -> None:

@@ -199,6 +199,31 @@ def test_two_replicas_of_a_mirrored_strategy_match_one_device(tiny_data):
         np.testing.assert_allclose(one[k], two[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
+def test_precise_bn_is_the_plain_average_of_per_batch_statistics(tmp_path):
+    from edetgraph.data.tfexample import encode_example
+    from edetgraph.model import build_model
+    from edetgraph.train_lib.precise_bn import recalibrate
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(2):
+        png = tf.io.encode_png(rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)).numpy()
+        records.append(encode_example(png, 64, 64, str(i), "x.png",
+                                      image_format="png").SerializeToString())
+    for name, recs in (("a", records[:1]), ("b", records[1:]), ("ab", records)):
+        with tf.io.TFRecordWriter(str(tmp_path / f"{name}.tfrecord")) as w:
+            for r in recs:
+                w.write(r)
+    spec = tiny_spec()
+    values = {k: v.numpy() for k, v in build_model(spec, seed=2).variables_by_name().items()}
+    a, b, ab = (recalibrate(spec, values, str(tmp_path / f"{n}.tfrecord"), batches=2,
+                            batch_size=1) for n in ("a", "b", "ab"))
+    assert ab and all(k.endswith(("moving_mean", "moving_variance")) for k in ab)
+    for k in ab:
+        np.testing.assert_allclose(ab[k], (a[k] + b[k]) / 2, rtol=1e-4, atol=1e-6, err_msg=k)
+    assert not np.allclose(a["efficientnet-b0/stem/tpu_batch_normalization/moving_mean"],
+                           values["efficientnet-b0/stem/tpu_batch_normalization/moving_mean"])
+
+
 # ---------------------------------------------------------------- the loop (in process)
 
 def test_nan_stop_keeps_the_last_good_checkpoint(tmp_path, tiny_data):
@@ -239,7 +264,8 @@ def test_train_and_evaluate_with_images_without_boxes(tmp_path, tiny_data):
         for i in range(4):
             w.write(encode_example(png, 48, 64, str(i), "e.png",
                                    image_format="png").SerializeToString())
-    result = train(tiny_spec(), tiny_config(steps=3, batch_size=2, eval_batch_size=4),
+    cfg = tiny_config(steps=3, batch_size=2, eval_batch_size=4, bn_recalibration_batches=1)
+    result = train(tiny_spec(), cfg,
                    tmp_path / "run", data=str(path), val_data=tiny_data["val"],
                    val_json=tiny_data["val_json"], log=lambda m: None)
     assert result.step == 3 and all(np.isfinite(h["loss"]) for h in result.history)

@@ -78,6 +78,7 @@ class TrainConfig:
     seed: Optional[int] = None
     precision: str = "float32"
     jit_compile: Optional[bool] = None     # None: on for TPU, off on CPU/GPU
+    bn_recalibration_batches: int = 0      # >0: precise BN over that many training batches
     synthetic: SyntheticData = field(default_factory=SyntheticData)
     source: Optional[str] = None           # file it came from (set by the loader)
 
@@ -180,6 +181,8 @@ def _check(c: TrainConfig) -> None:
                                  ("iou_loss", c.iou_loss, IOU_LOSSES + (None,))):
         if value not in choices:
             _fail(name, f"{value!r} not one of {', '.join(str(x) for x in choices)}")
+    if c.bn_recalibration_batches < 0:
+        _fail("bn_recalibration_batches", f"must be >= 0, got {c.bn_recalibration_batches}")
     if min(c.weight_decay, c.clip_norm, c.label_smoothing, c.lr_warmup_init) < 0:
         _fail("weight_decay", "weight_decay, clip_norm, label_smoothing, lr_warmup_init must be >= 0")
     s = c.synthetic
