@@ -90,6 +90,8 @@ def check_common(args, suffix: str):
         raise ExportError(f"--random-inputs {args.random_inputs}: must be >= 0")
     if args.threads is not None and args.threads < 1:
         raise ExportError(f"--threads {args.threads}: must be >= 1")
+    from exporters.ap_check import check_request as check_eval
+    check_eval(args)
     if args.ckpt is not None:
         from edetgraph.ckpt_archive import CheckpointError, resolve_checkpoint
         try:
@@ -320,6 +322,10 @@ def keep_if_passed(staged: "StagedOutput", summary: dict, out: str) -> None:
         more = len(parity["failures"]) - 1
         raise ExportFailed(f"parity gate failed, {out} not written: {parity['failures'][0]}"
                            + (f" (+{more} more)" if more else ""))
+    accuracy = summary.get("accuracy")
+    if accuracy is not None and not accuracy["passed"]:
+        from exporters.ap_check import format_ap
+        raise ExportFailed(f"AP check failed, {out} not written: {format_ap(accuracy)}")
     staged.commit(summary)
 
 
@@ -369,5 +375,8 @@ def format_summary(s: dict) -> str:
     lines.append(f"  ops ({sum(s['ops'].values())}): {ops}")
     from exporters.parity import format_parity
     lines.extend("  " + line for line in format_parity(s["parity"]).splitlines())
+    if s.get("accuracy"):
+        from exporters.ap_check import format_ap
+        lines.append("  " + format_ap(s["accuracy"]))
     lines.append(f"  summary: {s['file']['path']}.json")
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from collections import Counter
 if __package__ in (None, ""):  # run as a file from a checkout: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from exporters import ap_check
 from exporters.common import (NORMALISED_HELP, ExportError, ExportFailed, OneLineParser,
                               StagedOutput, add_model_args, build_export_model, check_common,
                               file_facts, format_summary, head_lists, keep_if_passed, log,
@@ -35,9 +36,10 @@ def build_parser() -> OneLineParser:
     p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
                       epilog="Exit status: 0 written and proven, 1 conversion or parity gate "
                       "failed (nothing written), 2 request refused. Soft-NMS is refused: tf2onnx "
-                      "turns TF's soft-NMS into hard NMS without a word. The optional AP check "
-                      "(--eval-data) is not implemented yet.")
+                      "turns TF's soft-NMS into hard NMS without a word. With --eval-data the "
+                      "file's COCO AP is also compared with TF's (see --max-ap-drop).")
     add_model_args(p, ".onnx")
+    ap_check.add_args(p)
     p.add_argument("--opset", type=int, default=17,
                    help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} ({NMS_MIN_OPSET}+ with hard-nms); "
                    "default 17")
@@ -156,10 +158,13 @@ def export_onnx(spec, out: str, *, ckpt=None, seed: int = 0, opset: int = 17,
                 postprocess: str = "none", batch=1, input_kind: str = "float",
                 max_detections: int = 100, score_threshold: float = float("-inf"),
                 iou_threshold: float = 0.5, random_inputs: int = 2, threads=None,
-                atol=None, verbose: bool = True) -> dict:
+                atol=None, eval_data: str | None = None, eval_annotations: str | None = None,
+                eval_images: int | None = None, eval_nms: str = "soft",
+                max_ap_drop: float | None = None, verbose: bool = True) -> dict:
     """Build, convert, gate, and keep ``out`` only if the gate passes; returns the summary.
 
-    Raises ExportFailed (nothing written) when conversion or the parity gate fails.
+    Raises ExportFailed (nothing written) when conversion or the parity gate fails, or, with
+    ``eval_data``, when the file loses more AP than its kind allows (exporters.ap_check).
     """
     import onnx
     from bench.runners import RunnerError, make_runner
@@ -208,6 +213,14 @@ def export_onnx(spec, out: str, *, ckpt=None, seed: int = 0, opset: int = 17,
             "timings": {"convert_s": convert_s, "parity_s": time.perf_counter() - t0,
                         "total_s": time.perf_counter() - start},
             "versions": versions("tensorflow-cpu", "tensorflow", "tf2onnx", "onnx", "onnxruntime")}
+        if eval_data:
+            from exporters.ap_check import annotations_for, measure
+            say("AP check: running the file and TF on the annotated images of " + eval_data)
+            t0 = time.perf_counter()
+            summary["accuracy"] = measure(
+                spec, serve, runner.run, eval_data, annotations_for(eval_data, eval_annotations),
+                input_kind, batch or 1, "fp32", eval_images, eval_nms, max_ap_drop, say)
+            summary["timings"]["ap_check_s"] = time.perf_counter() - t0
         keep_if_passed(staged, summary, out)
     return summary
 
@@ -219,7 +232,10 @@ def main(argv=None) -> int:
                           postprocess=args.postprocess, batch=batch, input_kind=args.input,
                           max_detections=args.max_detections,
                           score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
-                          random_inputs=args.random_inputs, threads=args.threads, atol=args.atol)
+                          random_inputs=args.random_inputs, threads=args.threads, atol=args.atol,
+                          eval_data=args.eval_data, eval_annotations=args.eval_annotations,
+                          eval_images=args.eval_images, eval_nms=args.eval_nms,
+                          max_ap_drop=args.max_ap_drop)
     print(format_summary(summary))
     return 0
 

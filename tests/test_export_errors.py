@@ -22,7 +22,11 @@ def folders(tmp_path):
         d.mkdir()
     (images / "a.jpg").write_bytes(b"not decoded before TF starts")
     (empty / "notes.txt").write_text("no images here")
-    return {"out": out, "empty": empty, "images": images, "tmp": tmp_path}
+    coco = tmp_path / "coco.json"
+    coco.write_text('{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [], '
+                    '"categories": [{"id": 1, "name": "x"}]}')
+    return {"out": out, "empty": empty, "images": images, "tmp": tmp_path, "coco": coco,
+            "jpg": images / "a.jpg"}
 
 
 def _run(tool, args, folders):
@@ -62,6 +66,19 @@ CASES = [  # (id, tool, extra args with OUT for the output file, words the line 
     ("unknown-spec", ONNX, ["--spec", "d99"], ["d99"]),
     ("unknown-spec-key", ONNX, ["--set", "fpn.colour=blue"], ["fpn.colour"]),
     ("missing-checkpoint", ONNX, ["--ckpt", "NOWHERE"], ["--ckpt", "no such checkpoint"]),
+    ("eval-annotations-alone", ONNX, ["--eval-annotations", "NOWHERE"],
+     ["--eval-annotations needs --eval-data"]),
+    ("eval-data-missing", TFLITE, ["--quant", "fp32", "--eval-data", "NOWHERE"],
+     ["--eval-data", "no such folder or TFRecord"]),
+    ("eval-data-without-annotations", ONNX, ["--eval-data", "IMAGES"],
+     ["--eval-annotations", "instances.json"]),
+    ("eval-annotations-not-json", ONNX, ["--eval-data", "IMAGES", "--eval-annotations", "JPG"],
+     ["--eval-annotations", "not a COCO instances file"]),
+    ("eval-image-not-in-folder", TFLITE, ["--quant", "fp16", "--eval-data", "EMPTY",
+                                          "--eval-annotations", "COCO"],
+     ["--eval-data", "1 image(s)", "a.jpg"]),
+    ("eval-images-zero", ONNX, ["--eval-data", "IMAGES", "--eval-annotations", "COCO",
+                                "--eval-images", "0"], ["--eval-images 0"]),
     ("wrong-suffix", ONNX, ["--out", "OUTDIR/model.tflite"], [".onnx"]),
     ("missing-out-folder", TFLITE, ["--quant", "fp32", "--out", "OUTDIR/no/such/m.tflite"],
      ["does not exist"]),
@@ -70,7 +87,8 @@ CASES = [  # (id, tool, extra args with OUT for the output file, words the line 
 
 @pytest.mark.parametrize("tool,args,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_request_is_one_line_and_leaves_nothing(folders, tool, args, words):
-    subst = {"IMAGES": folders["images"], "EMPTY": folders["empty"],
+    subst = {"IMAGES": folders["images"], "EMPTY": folders["empty"], "COCO": folders["coco"],
+             "JPG": folders["jpg"],
              "NOWHERE": folders["tmp"] / "nowhere", "OUTDIR": folders["out"]}
     args = [str(subst.get(a, a)).replace("OUTDIR", str(folders["out"])) for a in args]
     spec = [] if "--spec" in args else ["--spec", "d0"]
@@ -87,7 +105,7 @@ def test_bad_request_is_one_line_and_leaves_nothing(folders, tool, args, words):
     assert list(folders["out"].iterdir()) == []
 
 
-def test_help_documents_inputs_tolerances_and_the_missing_ap_check():
+def test_help_documents_inputs_tolerances_and_the_ap_check():
     import subprocess
     import sys
     for tool in (ONNX, TFLITE):
@@ -96,4 +114,6 @@ def test_help_documents_inputs_tolerances_and_the_missing_ap_check():
         text = " ".join(proc.stdout.split())
         assert proc.returncode == 0, proc.stderr
         assert "ALREADY resized" in text and "--eval-data" in text
+        assert "--max-ap-drop" in text
     assert "SQNR" in text and "1e-4" in text  # the TFLite help lists every tolerance
+    assert "int8 3" in text                    # ... and the AP bounds
