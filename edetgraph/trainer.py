@@ -114,9 +114,15 @@ def _save(checkpointer: Checkpointer, step: int, log):
         return reduced, reduced.save(step)
 
 
-def _evaluate(evaluator, state, step: int, progress: Progress, model_dir: str) -> dict:
+def _evaluate(evaluator, state, step: int, progress: Progress, model_dir: str,
+              recalibrate=None) -> dict:
+    """COCO metrics of the weights that get exported (EMA when kept). ``recalibrate(values)
+    -> {name: statistic}``, when given, evaluates with precise-BN statistics of a copy of
+    them (the training state is left as it is)."""
     from edetgraph.evaluation import EvalError
     values = state.ema.values() if state.ema is not None else state.variables
+    if recalibrate is not None:
+        values = {**values, **recalibrate(values)}
     try:
         metrics = evaluator(values,
                             detections_out=os.path.join(model_dir, "eval", "detections.json"))
@@ -217,7 +223,18 @@ def _after_call(loop: _Loop, step: int, sigterm: _SigtermFlag) -> None:
         raise _Preempted()
     eval_due = config.eval_every_steps and step % config.eval_every_steps < config.steps_per_call
     if loop.evaluator is not None and (last or (eval_due and step > 0)):
-        loop.metrics = _evaluate(loop.evaluator, loop.state, step, loop.progress, loop.model_dir)
+        # The last step's statistics were recomputed in place above; earlier evaluations
+        # recompute them on a copy, so the curve measures what the final model would be.
+        recal = (_recalibrator(loop) if config.bn_recalibration_batches and not last else None)
+        loop.metrics = _evaluate(loop.evaluator, loop.state, step, loop.progress, loop.model_dir,
+                                 recal)
+
+
+def _recalibrator(loop: _Loop):
+    from edetgraph.train_lib.precise_bn import recalibrate
+    c = loop.config
+    return lambda values: recalibrate(loop.state.spec, values, loop.train_data,
+                                      c.bn_recalibration_batches, c.eval_batch_size)
 
 
 def _recalibrate_bn(loop: _Loop) -> None:

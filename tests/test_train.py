@@ -387,3 +387,27 @@ def test_benchmark_reports_images_per_second():
     from edetgraph.train_lib.benchmark import benchmark_train_step
     out = benchmark_train_step(tiny_spec(), batch_size=2, steps=2, warmup=1)
     assert out["images_per_sec"] > 0 and np.isfinite(out["final_loss"])
+
+
+def test_train_throughput_script_compares_pipeline_and_step(tmp_path, monkeypatch, capsys):
+    from bench import train_throughput
+    monkeypatch.setenv("EDETGRAPH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "r.json"
+    code = train_throughput.main(["--spec", "demo", "--set", "image_size=128", "--batch-size", "2",
+                                  "--synthetic-images", "12", "--pipeline-batches", "3",
+                                  "--steps", "2", "--json", str(out)])
+    r = json.loads(out.read_text())
+    assert code == (0 if r["passed"] else 1)
+    assert r["pipeline_images_per_sec"] > 0 and r["train_step_images_per_sec"] > 0
+    assert r["ratio"] == pytest.approx(r["pipeline_images_per_sec"]
+                                       / r["train_step_images_per_sec"])
+    assert r["passed"] == (r["ratio"] >= 2.0) and r["data"].endswith("train-*.tfrecord")
+    printed = capsys.readouterr().out
+    assert "input pipeline" in printed and "train step" in printed and "ratio" in printed
+
+
+def test_train_throughput_refuses_missing_data(tmp_path, capsys):
+    from bench import train_throughput
+    code = train_throughput.main(["--spec", "demo", "--data", str(tmp_path / "none-*.tfrecord")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--data" in err[0] and "none-*" in err[0]
