@@ -139,6 +139,8 @@ def representative_source(cfg, say) -> str:
         return os.path.abspath(cfg.representative)
     if cfg.data:
         images = os.path.join(cfg.data, "images")
+        say("warning: int8 calibrates on the --data images that AP is measured on, which "
+            "flatters int8's AP; pass --representative-data with training images")
         return os.path.abspath(images if os.path.isdir(images) else cfg.data)
     folder = os.path.join(os.path.abspath(cfg.out), "calibration")
     images = os.path.join(folder, "train", "images")

@@ -221,7 +221,9 @@ def _evaluate_ap(cfg, runners, rows, detector, say) -> None:
             except Exception as exc:
                 _fail(rows[name], "AP", exc)
         ids += batch_ids
-        say(f"AP: {len(ids)} image(s) detected by {len(names)} backend(s)")
+        if len(ids) % 50 < cfg.batch:
+            say(f"AP: {len(ids)} image(s) detected by {len(names)} backend(s)")
+    say(f"AP: {len(ids)} image(s) detected by {len(names)} backend(s), scoring")
     for name in [n for n in names if rows[n]["status"] == "pending"]:
         rows[name]["ap"] = quality.coco_ap(cfg.annotations, dets[name], ids)
 

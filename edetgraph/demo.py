@@ -77,7 +77,7 @@ def d0_on_street(out: Path) -> None:
     _done(t0)
 
 
-def train_demo(out: Path, steps: int | None) -> tuple[str, Path]:
+def train_demo(out: Path, steps: int | None) -> tuple[str, Path, Path]:
     """Generate the built-in dataset, train specs/demo.yaml from scratch, evaluate it."""
     from edetgraph import train
     from edetgraph.spec import load_spec
@@ -95,16 +95,18 @@ def train_demo(out: Path, steps: int | None) -> tuple[str, Path]:
     if train.main(argv) != 0:
         raise SystemExit("training failed (see above); rerun to resume from its last checkpoint")
     _done(t0)
-    return str(model_dir), Path(data.val_json).parent
+    val_dir = Path(data.val_json).parent
+    return str(model_dir), val_dir, val_dir.parent / "train"
 
 
-def bench_demo(out: Path, ckpt: str, val_dir: Path) -> None:
+def bench_demo(out: Path, ckpt: str, val_dir: Path, train_dir: Path) -> None:
     from bench import run as bench_run
 
     t0 = _stage("4. export the trained demo model and benchmark every backend on the val split")
     argv = ["--spec", "demo", "--ckpt", ckpt, "--backends",
             "tf,onnxruntime,tflite-fp32,tflite-fp16,tflite-int8", "--data", str(val_dir),
-            "--annotations", str(val_dir / "instances.json"), "--max-images", "100",
+            "--annotations", str(val_dir / "instances.json"),
+            "--representative-data", str(train_dir / "images"),  # never calibrate on val
             "--runs", "30", "--warmup", "5", "--out", str(out / "bench")]
     print("    python -m bench.run " + " ".join(argv), flush=True)
     code = bench_run.main(argv)
@@ -127,8 +129,8 @@ def main(argv=None) -> int:
     inspect_d0(out)
     d0_on_street(out)
     if not args.skip_train:
-        ckpt, val_dir = train_demo(out, args.steps)
-        bench_demo(out, ckpt, val_dir)
+        ckpt, val_dir, train_dir = train_demo(out, args.steps)
+        bench_demo(out, ckpt, val_dir, train_dir)
     print(f"\nall stages done in {time.perf_counter() - t0:.0f} s; outputs in {out}/")
     return 0
 
