@@ -17,7 +17,7 @@ class Head(tf.Module):
                  levels: range, act: str, separable: bool, bn_kw: dict, bias_value: float = 0.0,
                  survival: float | None = None, seed: int = 0):
         super().__init__(name=None)
-        self.act, self.levels, self.survival = act, list(levels), survival
+        self.scope, self.act, self.levels, self.survival = scope, act, list(levels), survival
 
         def make(name, cout, bias_value=0.0):
             if separable:
@@ -33,6 +33,12 @@ class Head(tf.Module):
         self.predict = make(f"{prefix}-predict", outputs, bias_value)
 
     def __call__(self, feats: dict[int, tf.Tensor], training=False) -> list[tf.Tensor]:
+        # Traced ops are named class_net/... and box_net/...: exporters find the heads'
+        # ops by these names (e.g. to keep them in float in an int8 file).
+        with tf.name_scope(self.scope):
+            return self._levels(feats, training)
+
+    def _levels(self, feats, training):
         outs = []
         for li, lvl in enumerate(self.levels):
             x = feats[lvl]

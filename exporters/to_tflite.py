@@ -55,6 +55,10 @@ def build_parser() -> OneLineParser:
                    "TFRecord file(s) (a glob is fine) of tf.Examples with image/encoded")
     p.add_argument("--calibration-images", type=int, default=100, metavar="N",
                    help="how many representative images to calibrate on (default 100)")
+    p.add_argument("--float-heads", action="store_true",
+                   help="int8 only: keep the class and box heads in float32 and quantise the "
+                   "rest (measured on the trained demo model: the heads carry most of full "
+                   "int8's AP loss; the file is larger and slower than full int8)")
     p.add_argument("--postprocess", default="none", metavar="none|fast",
                    help="none: raw head outputs (default); fast: TFLite_Detection_PostProcess "
                    "in the graph (batch 1)")
@@ -86,6 +90,12 @@ def check_request(args):
     if args.io != "float" and args.input == "uint8" and args.postprocess == "fast":
         raise ExportError(f"--io {args.io} has nothing to apply to: with --input uint8 the input "
                           "is uint8 pixels and --postprocess fast keeps its outputs float")
+    if args.float_heads and args.quant != "int8":
+        raise ExportError(f"--float-heads needs --quant int8 (a {args.quant} file is float "
+                          "throughout or has no activation quantisation to undo)")
+    if args.float_heads and args.io != "float":
+        raise ExportError(f"--float-heads with --io {args.io}: the heads' float outputs cannot "
+                          "be int8; use --io float")
     if args.calibration_images < 1:
         raise ExportError(f"--calibration-images {args.calibration_images}: must be >= 1")
     if args.atol is not None and not args.atol > 0:
@@ -153,6 +163,44 @@ def _converter(serve, model, quant, io, input_kind, postprocess, representative)
     return conv
 
 
+HEAD_SCOPES = ("class_net/", "box_net/")  # the name scopes of edetgraph.heads
+
+
+def _head_nodes(serve, model) -> list:
+    """Names of the heads' ops in the converted graph (and of the raw outputs they produce),
+    read from a float conversion of the same function."""
+    import tensorflow as tf
+    flat = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()],
+                                                          model).convert()
+    interp = _interpreter(None, model_content=flat, no_delegates=True)
+    outputs = {d["name"] for d in interp.get_output_details()}
+    ops = interp._get_ops_details()
+    names = []
+    for op in ops:
+        for index in op["outputs"]:
+            name = interp._get_tensor_details(index, 0)["name"]
+            if name.startswith(HEAD_SCOPES) or (name in outputs and op["op_name"] == "CONV_2D"):
+                names.append(name)
+    return names
+
+
+def _float_heads_int8(conv, serve, model, calibration) -> tuple[bytes, int]:
+    """Full-integer conversion except the class/box heads, which stay float32 (the
+    converter's selective quantisation, via tf.lite's QuantizationDebugger)."""
+    import tensorflow as tf
+    nodes = _head_nodes(serve, model)
+    if not nodes:
+        raise ExportFailed("--float-heads: found no class_net/ or box_net/ ops in the graph")
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                      tf.lite.OpsSet.TFLITE_BUILTINS]
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=conv, debug_dataset=calibration, debug_options=options)
+        return debugger.get_nondebug_quantized_model(), len(nodes)
+
+
 def _interpreter(path, **kw):
     try:
         from ai_edge_litert import interpreter as lite
@@ -160,6 +208,8 @@ def _interpreter(path, **kw):
         import tensorflow.lite as lite
     if kw.pop("no_delegates", False):
         kw["experimental_op_resolver_type"] = lite.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    if path is None:
+        return lite.Interpreter(**kw)
     return lite.Interpreter(model_path=path, **kw)
 
 
@@ -232,7 +282,8 @@ def export_tflite(spec, out: str, *, quant: str = "fp32", representative: str | 
                   iou_threshold: float = 0.5, random_inputs: int = 2, threads=None, atol=None,
                   eval_data: str | None = None, eval_annotations: str | None = None,
                   eval_images: int | None = None, eval_nms: str = "soft",
-                  max_ap_drop: float | None = None, verbose: bool = True) -> dict:
+                  max_ap_drop: float | None = None, float_heads: bool = False,
+                  verbose: bool = True) -> dict:
     """Build, convert, gate, and keep ``out`` only if the gate passes; returns the summary.
 
     Raises ExportFailed (nothing written) when conversion or the parity gate fails, or, with
@@ -265,13 +316,21 @@ def export_tflite(spec, out: str, *, quant: str = "fp32", representative: str | 
 
     if quant == "int8":  # a bad TFRecord fails here, not deep inside the converter
         next(representative_images(representative, 1), None)
+    if float_heads:
+        say("the class/box heads stay float32 (--float-heads); the rest is int8")
     say(f"converting to TFLite ({quant}, batch {batch}, postprocess {postprocess}, input "
         f"{input_kind}, io {io})" + (f", calibrating on up to {calibration_images} images of "
                                     f"{representative}" if quant == "int8" else ""))
     t0 = time.perf_counter()
+    float_nodes = None
     try:
-        flatbuffer = _converter(serve, model, quant, io, input_kind, postprocess,
-                                calibration).convert()
+        conv = _converter(serve, model, quant, io, input_kind, postprocess, calibration)
+        if float_heads:
+            flatbuffer, float_nodes = _float_heads_int8(conv, serve, model, calibration)
+        else:
+            flatbuffer = conv.convert()
+    except ExportFailed:
+        raise
     except Exception as e:  # ConverterError and friends
         raise ExportFailed(f"TFLite converter failed ({quant}): "
                            f"{str(e).strip().splitlines()[0][:300]}") from None
@@ -299,6 +358,7 @@ def export_tflite(spec, out: str, *, quant: str = "fp32", representative: str | 
             "options": {"quant": quant, "io": io, "input": input_kind, "postprocess": postprocess,
                         "batch": batch, "representative_data": representative,
                         "calibration_images": calibration_images if quant == "int8" else None,
+                        "float_heads": float_heads, "float_head_ops": float_nodes,
                         "max_detections": max_detections, "score_threshold": score_threshold,
                         "iou_threshold": iou_threshold},
             "inputs": info["inputs"], "outputs": info["outputs"], "runtime": info["runtime"],
@@ -329,7 +389,8 @@ def main(argv=None) -> int:
         iou_threshold=args.iou_threshold, random_inputs=args.random_inputs,
         threads=args.threads, atol=args.atol,
         eval_data=args.eval_data, eval_annotations=args.eval_annotations,
-        eval_images=args.eval_images, eval_nms=args.eval_nms, max_ap_drop=args.max_ap_drop)
+        eval_images=args.eval_images, eval_nms=args.eval_nms, max_ap_drop=args.max_ap_drop,
+        float_heads=args.float_heads)
     print(format_summary(summary))
     return 0
 

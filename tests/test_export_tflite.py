@@ -163,6 +163,28 @@ def test_int8_uint8_io_from_tfrecord(tmp_path, small_tf):
     print("int8 small heads RMSE/std:", {h: round(v["nrmse"], 3) for h, v in heads.items()})
 
 
+def test_int8_with_float_heads_keeps_only_the_heads_float(tmp_path, small_tf):
+    from exporters.common import synthetic_images
+    from exporters.to_tflite import _interpreter
+    spec, model = small_tf
+    _write_tfrecord(tmp_path / "cal.tfrecord", synthetic_images(spec, 8, 123))
+    path, summary = _export(tmp_path, "small_int8fh.tflite", "--quant", "int8", "--float-heads",
+                            "--representative-data", str(tmp_path / "cal.tfrecord"),
+                            "--calibration-images", "8")
+    assert summary["options"]["float_heads"] and summary["options"]["float_head_ops"] > 0
+    assert summary["parity"]["passed"]
+    interp = _interpreter(str(path), no_delegates=True)
+    float_convs = {True: 0, False: 0}
+    for op in interp._get_ops_details():
+        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+            out = interp._get_tensor_details(op["outputs"][0], 0)
+            head = out["name"].startswith(("class_net/", "box_net/")) or \
+                out["name"] in {d["name"] for d in interp.get_output_details()}
+            assert (out["dtype"] == np.float32) == head, out["name"]
+            float_convs[head] += 1
+    assert float_convs[True] > 0 and float_convs[False] > 20  # heads float, the rest int8
+
+
 def test_fast_file_runs_with_numpy_and_litert_only(fast_file, small_tf, tmp_path):
     path, _ = fast_file
     spec, model = small_tf
