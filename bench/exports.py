@@ -17,7 +17,9 @@ import os
 FILE_BACKENDS = {"onnxruntime": ("onnxruntime", ".onnx", None),
                  "tflite-fp32": ("tflite", "_fp32.tflite", "fp32"),
                  "tflite-fp16": ("tflite", "_fp16.tflite", "fp16"),
-                 "tflite-int8": ("tflite", "_int8.tflite", "int8")}
+                 "tflite-int8": ("tflite", "_int8.tflite", "int8"),
+                 "tflite-int8-fh": ("tflite", "_int8fh.tflite", "int8")}
+FLOAT_HEADS = {"tflite-int8-fh"}  # int8 with the class/box heads kept float32
 OPSET = 17
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -54,7 +56,8 @@ def _wanted(cfg, backend: str, representative: str | None) -> dict:
     options.update({"opset": OPSET} if quant is None else {"quant": quant})
     if quant == "int8":
         options.update(representative_data=representative,
-                       calibration_images=cfg.calibration_images)
+                       calibration_images=cfg.calibration_images,
+                       float_heads=backend in FLOAT_HEADS)
     weights = ({"source": "random", "seed": cfg.seed} if cfg.ckpt is None
                else {"source": os.path.abspath(cfg.ckpt)})
     ckpt_stat = None
@@ -123,7 +126,8 @@ def ensure_export(cfg, backend: str, row: dict, say) -> str:
         summary = export_onnx(cfg.spec, path, opset=OPSET, **common)
     else:
         summary = export_tflite(cfg.spec, path, quant=quant, representative=representative,
-                                calibration_images=cfg.calibration_images, **common)
+                                calibration_images=cfg.calibration_images,
+                                float_heads=backend in FLOAT_HEADS, **common)
     with open(path + ".bench.json", "w") as f:
         json.dump(wanted["key"], f, indent=2)
     row["export"] = {"reused": False, "why": why, "summary": path + ".json",

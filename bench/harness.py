@@ -4,8 +4,9 @@ and measure parity with TF, detection agreement, AP, latency, load time and memo
     results = run_benchmark(BenchConfig(spec=load_spec("d0"), out="bench_out"))
 
 Backends: ``tf`` (the model's ``tf.function``), ``tf-xla`` (the same, ``jit_compile=True``),
-``onnxruntime``, ``tflite-fp32``, ``tflite-fp16``, ``tflite-int8`` (LiteRT). Every requested
-backend ends with a row whose status is ``ok``, ``skipped`` or ``failed``, with the reason.
+``onnxruntime``, and on LiteRT ``tflite-fp32``, ``tflite-fp16``, ``tflite-int8`` and
+``tflite-int8-fh`` (int8 with the class/box heads kept float32). Every requested backend
+ends with a row whose status is ``ok``, ``skipped`` or ``failed``, with the reason.
 The TF model is built once here with the exporters' weights (checkpoint, or the seeded
 random weights of ``exporters.common.build_export_model``), so TF is the reference for
 every file. Latency is measured interleaved (``bench.latency``); see ``describe_method``.
@@ -23,7 +24,8 @@ from bench import exports, probes, quality
 from bench.latency import describe_method, measure_interleaved, measure_peak_memory
 from bench.report import NOTES
 
-BACKENDS = ("tf", "tf-xla", "onnxruntime", "tflite-fp32", "tflite-fp16", "tflite-int8")
+BACKENDS = ("tf", "tf-xla", "onnxruntime", "tflite-fp32", "tflite-fp16", "tflite-int8",
+            "tflite-int8-fh")
 DEFAULT_BACKENDS = ("tf", "onnxruntime", "tflite-fp32", "tflite-fp16", "tflite-int8")
 SCHEMA = "edetgraph.bench/1"
 

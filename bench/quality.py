@@ -18,7 +18,7 @@ AGREE_IOU = 0.9    # ... by a detection of the same class overlapping this much
 REFERENCE = {"max_abs": 0.0, "max_rel": 0.0, "tolerance": "ref", "passed": True,
              "why": "TF is the reference every other backend is compared with"}
 TOLERANCE = {"tf": "fp32", "tf-xla": "fp32", "onnxruntime": "fp32", "tflite-fp32": "fp32",
-             "tflite-fp16": "fp16", "tflite-int8": "int8"}
+             "tflite-fp16": "fp16", "tflite-int8": "int8", "tflite-int8-fh": "int8"}
 
 
 def parity_batches(spec, batch: int, num_random: int = 2, seed: int = 0) -> list:
