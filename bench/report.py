@@ -92,7 +92,7 @@ def flat_row(row: dict, speedup=None) -> dict:
     return out
 
 
-HOST_HEADER = (f"{'backend':12s} {'status':7s} {'MB':>6s} {'max|diff|':>9s} {'max rel':>8s} "
+HOST_HEADER = (f"{'backend':14s} {'status':7s} {'MB':>6s} {'max|diff|':>9s} {'max rel':>8s} "
                f"{'tol':>4s} {'agree/n':>8s} {'dscore':>7s} {'AP':>6s} {'AP50':>6s} {'p50 ms':>8s} "
                f"{'p90 ms':>8s} {'mean ms':>8s} {'min ms':>8s} {'img/s':>6s} {'x TF':>5s} "
                f"{'load s':>7s} {'mem MB':>7s}")
@@ -109,7 +109,7 @@ def _host_line(f: dict) -> str:
     tol = f["parity_tolerance"] or "-"
     if f["parity_passed"] is False:
         tol += "!"
-    return (f"{f['name']:12s} {f['status']:7s} {_fmt(f['file_mb'], '6.1f')} "
+    return (f"{f['name']:14s} {f['status']:7s} {_fmt(f['file_mb'], '6.1f')} "
             f"{_fmt(f['max_abs'], '9.2e')} {_fmt(f['max_rel'], '8.1e')} {tol:>4s} "
             f"{_agree(f):>8s} {_fmt(f['det_mean_score_diff'], '7.4f')} "
             f"{_fmt(f['AP'], '6.3f')} {_fmt(f['AP50'], '6.3f')} {_fmt(f['p50_ms'], '8.1f')} "
