@@ -164,44 +164,6 @@ def _converter(serve, model, quant, io, input_kind, postprocess, representative)
     return conv
 
 
-HEAD_SCOPES = ("class_net/", "box_net/")  # the name scopes of edetgraph.heads
-
-
-def _head_nodes(serve, model) -> list:
-    """Names of the heads' ops in the converted graph (and of the raw outputs they produce),
-    read from a float conversion of the same function."""
-    import tensorflow as tf
-    flat = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()],
-                                                          model).convert()
-    interp = _interpreter(None, model_content=flat, no_delegates=True)
-    outputs = {d["name"] for d in interp.get_output_details()}
-    ops = interp._get_ops_details()
-    names = []
-    for op in ops:
-        for index in op["outputs"]:
-            name = interp._get_tensor_details(index, 0)["name"]
-            if name.startswith(HEAD_SCOPES) or (name in outputs and op["op_name"] == "CONV_2D"):
-                names.append(name)
-    return names
-
-
-def _float_heads_int8(conv, serve, model, calibration) -> tuple[bytes, int]:
-    """Full-integer conversion except the class/box heads, which stay float32 (the
-    converter's selective quantisation, via tf.lite's QuantizationDebugger)."""
-    import tensorflow as tf
-    nodes = _head_nodes(serve, model)
-    if not nodes:
-        raise ExportFailed("--float-heads: found no class_net/ or box_net/ ops in the graph")
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                      tf.lite.OpsSet.TFLITE_BUILTINS]
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=conv, debug_dataset=calibration, debug_options=options)
-        return debugger.get_nondebug_quantized_model(), len(nodes)
-
-
 def _interpreter(path, **kw):
     try:
         from ai_edge_litert import interpreter as lite
@@ -327,7 +289,8 @@ def export_tflite(spec, out: str, *, quant: str = "fp32", representative: str | 
     try:
         conv = _converter(serve, model, quant, io, input_kind, postprocess, calibration)
         if float_heads:
-            flatbuffer, float_nodes = _float_heads_int8(conv, serve, model, calibration)
+            from exporters.float_heads import convert_with_float_heads
+            flatbuffer, float_nodes = convert_with_float_heads(conv, serve, model, calibration)
         else:
             flatbuffer = conv.convert()
     except ExportFailed:
