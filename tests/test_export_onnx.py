@@ -179,6 +179,8 @@ def test_official_specs(spec, post, tmp_path):
     assert s["parity"]["passed"]
     for name, f in s["parity"]["outputs"].items():
         assert f["max_abs"] <= 1e-4 * max(1.0, f["max_ref"]), name
+        if spec == "d0" and post == "none":  # the two-stage SE mean keeps D0 within 1e-4 flat
+            assert f["max_abs"] <= 1e-4, name
     for d in s["parity"]["detections"]:
         assert d["mismatch"] is None and d["tf"] > 0 and d["tf_top_score"] > 0.2, d
     assert (post == "none") == (not s["parity"]["detections"])
