@@ -361,7 +361,11 @@ def _free_ports(n):
 def test_two_workers_match_one_process(tmp_path, tiny_data):
     common = ["--spec", "d0", *TINY_SET, "--train-config", "demo", "--data", tiny_data["train"],
               "--train-set", "steps=3", "--train-set", "batch_size=4",
-              "--train-set", "warmup_steps=1", "--train-set", "checkpoint_input=false"]
+              "--train-set", "warmup_steps=1", "--train-set", "checkpoint_input=false",
+              # Precise BN recomputes near-zero means from the final weights in training mode,
+              # which amplifies the all-reduce's rounding past this tolerance (seen: 1.5e-5
+              # on a mean of -0.0012); it has its own test.
+              "--train-set", "bn_recalibration_batches=0"]
     single = _cli(common + ["--model-dir", str(tmp_path / "single")])
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
