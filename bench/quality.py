@@ -163,17 +163,13 @@ def agreement(matches: list) -> dict:
 
 # ------------------------------------------------------------------------------ COCO AP
 
-def _images_folder(data: str) -> str:
-    sub = os.path.join(data, "images")
-    return sub if os.path.isdir(sub) else data
-
-
 def check_eval_data(data: str, annotations: str) -> None:
     """Refuse --data/--annotations that cannot work, before anything slow runs (EvalError)."""
     from edetgraph.evaluation import EvalError, load_coco
     gt = load_coco(annotations)
     if os.path.isdir(data):
-        folder = _images_folder(data)
+        from exporters.ap_check import images_folder
+        folder = images_folder(data)
         missing = [im["file_name"] for im in gt.dataset["images"]
                    if not os.path.isfile(os.path.join(folder, im["file_name"]))]
         if missing:
@@ -215,7 +211,8 @@ def _eval_images(data, annotations, spec, batch, limit):
     if os.path.isdir(data):
         from edetgraph.evaluation import load_coco
         from edetgraph.preprocess import preprocess, read_image
-        folder = _images_folder(data)
+        from exporters.ap_check import images_folder
+        folder = images_folder(data)
         for im in load_coco(annotations).dataset["images"][:limit]:
             x, scale = preprocess(read_image(os.path.join(folder, im["file_name"])),
                                   spec.image_size, pre.mean_rgb, pre.stddev_rgb)

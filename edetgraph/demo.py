@@ -104,7 +104,8 @@ def bench_demo(out: Path, ckpt: str, val_dir: Path, train_dir: Path) -> None:
 
     t0 = _stage("4. export the trained demo model and benchmark every backend on the val split")
     argv = ["--spec", "demo", "--ckpt", ckpt, "--backends",
-            "tf,onnxruntime,tflite-fp32,tflite-fp16,tflite-int8,tflite-int8-fh", "--data", str(val_dir),
+            "tf,onnxruntime,tflite-fp32,tflite-fp16,tflite-int8,tflite-int8-fh",
+            "--data", str(val_dir),
             "--annotations", str(val_dir / "instances.json"),
             "--representative-data", str(train_dir / "images"),  # never calibrate on val
             "--runs", "30", "--warmup", "5", "--out", str(out / "bench")]

@@ -239,12 +239,10 @@ def _recalibrator(loop: _Loop):
 
 def _recalibrate_bn(loop: _Loop) -> None:
     """Precise BN on the weights that get evaluated and exported (EMA when kept)."""
-    from edetgraph.train_lib.precise_bn import assign, recalibrate
+    from edetgraph.train_lib.precise_bn import assign
     start = time.perf_counter()
     targets = loop.state.ema.shadows if loop.state.ema is not None else loop.state.variables
-    stats = recalibrate(loop.state.spec, targets, loop.train_data,
-                        loop.config.bn_recalibration_batches, loop.config.eval_batch_size)
-    assign(targets, stats)
+    assign(targets, _recalibrator(loop)(targets))
     loop.progress.message(f"[train] recomputed BN statistics over "
                           f"{loop.config.bn_recalibration_batches} training batches "
                           f"({time.perf_counter() - start:.0f} s)")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import time
 
 import numpy as np
 
@@ -180,6 +181,19 @@ def measure(spec, serve, run_file, data: str, annotations: str, input_kind: str,
             "nms": "in-graph" if detector is None else nms, "tf": ref, "file": got,
             "ap_drop_points": drop, "max_ap_drop_points": bound, "why": AP_DROP_WHY,
             "passed": drop <= bound}
+
+
+def attach(summary: dict, spec, serve, run_file, kind: str, input_kind: str, batch, data,
+           annotations=None, limit=None, nms: str = "soft", max_drop=None, say=lambda m: None):
+    """The exporters' step: with ``data``, measure and store the result under
+    ``summary["accuracy"]`` (keep_if_passed then refuses a file that failed it)."""
+    if not data:
+        return
+    say("AP check: running the file and TF on the annotated images of " + data)
+    t0 = time.perf_counter()
+    summary["accuracy"] = measure(spec, serve, run_file, data, annotations_for(data, annotations),
+                                  input_kind, batch or 1, kind, limit, nms, max_drop, say)
+    summary["timings"]["ap_check_s"] = time.perf_counter() - t0
 
 
 def format_ap(r: dict) -> str:

@@ -213,14 +213,8 @@ def export_onnx(spec, out: str, *, ckpt=None, seed: int = 0, opset: int = 17,
             "timings": {"convert_s": convert_s, "parity_s": time.perf_counter() - t0,
                         "total_s": time.perf_counter() - start},
             "versions": versions("tensorflow-cpu", "tensorflow", "tf2onnx", "onnx", "onnxruntime")}
-        if eval_data:
-            from exporters.ap_check import annotations_for, measure
-            say("AP check: running the file and TF on the annotated images of " + eval_data)
-            t0 = time.perf_counter()
-            summary["accuracy"] = measure(
-                spec, serve, runner.run, eval_data, annotations_for(eval_data, eval_annotations),
-                input_kind, batch or 1, "fp32", eval_images, eval_nms, max_ap_drop, say)
-            summary["timings"]["ap_check_s"] = time.perf_counter() - t0
+        ap_check.attach(summary, spec, serve, runner.run, "fp32", input_kind, batch, eval_data,
+                        eval_annotations, eval_images, eval_nms, max_ap_drop, say)
         keep_if_passed(staged, summary, out)
     return summary
 

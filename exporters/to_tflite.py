@@ -330,14 +330,8 @@ def export_tflite(spec, out: str, *, quant: str = "fp32", representative: str | 
             "timings": {"convert_s": convert_s, "parity_s": time.perf_counter() - t0,
                         "total_s": time.perf_counter() - start},
             "versions": versions("tensorflow-cpu", "tensorflow", "ai-edge-litert")}
-        if eval_data:
-            from exporters.ap_check import annotations_for, measure
-            say("AP check: running the file and TF on the annotated images of " + eval_data)
-            t0 = time.perf_counter()
-            summary["accuracy"] = measure(
-                spec, serve, runner.run, eval_data, annotations_for(eval_data, eval_annotations),
-                input_kind, batch or 1, quant, eval_images, eval_nms, max_ap_drop, say)
-            summary["timings"]["ap_check_s"] = time.perf_counter() - t0
+        ap_check.attach(summary, spec, serve, runner.run, quant, input_kind, batch, eval_data,
+                        eval_annotations, eval_images, eval_nms, max_ap_drop, say)
         keep_if_passed(staged, summary, out)
     return summary
 
