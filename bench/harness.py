@@ -187,10 +187,17 @@ def _file_runners(cfg, rows, say) -> dict:
     return runners
 
 
-def _check_quality(cfg, runners, rows, say) -> quality.Detector:
-    """Parity and detection agreement of every runner against the TF reference."""
+def _check_quality(cfg, model, runners, rows, say) -> quality.Detector:
+    """Parity and detection agreement of every runner against the TF reference (and, for
+    float32 backends, of both against the model run in float64: exporters.exact)."""
+    from exporters.exact import ExactReference
     inputs = quality.parity_batches(cfg.spec, cfg.batch, cfg.random_inputs, cfg.seed)
     ref = [runners["tf"].run(x) for _, x, _ in inputs]
+    exact = None
+    if any(n != "tf" and quality.TOLERANCE.get(n, "fp32") == "fp32"
+           for n in _pending(rows) if n in runners):
+        reference = ExactReference(model, cfg.spec)
+        exact = [reference(x) for _, x, _ in inputs]
     detector = quality.Detector(cfg.spec, {k: v.shape for k, v in ref[0].items()}, cfg.nms)
     real = [i for i, item in enumerate(inputs) if item[2]]
     ref_dets = {i: detector(ref[i]) for i in real}
@@ -202,7 +209,8 @@ def _check_quality(cfg, runners, rows, say) -> quality.Detector:
                 got, rows[name]["parity"] = ref, quality.REFERENCE
             else:
                 got = [runners[name].run(x) for _, x, _ in inputs]
-                rows[name]["parity"] = quality.raw_parity(name, ref, got, inputs)
+                wide = exact if quality.TOLERANCE.get(name, "fp32") == "fp32" else None
+                rows[name]["parity"] = quality.raw_parity(name, ref, got, inputs, wide)
             rows[name]["detections"] = quality.agreement(
                 [quality.match_detections(ref_dets[i], detector(got[i])) for i in real])
         except Exception as exc:
@@ -288,7 +296,7 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict:
     serve = make_serving_fn(model, cfg.spec, cfg.batch, "float")
     runners = _tf_runners(model, serve, cfg, rows, tf_threads, progress)
     runners.update(_file_runners(cfg, rows, progress))
-    detector = _check_quality(cfg, runners, rows, progress)
+    detector = _check_quality(cfg, model, runners, rows, progress)
     if cfg.data:
         _evaluate_ap(cfg, runners, rows, detector, progress)
     _measure_latency(cfg, runners, rows, progress)

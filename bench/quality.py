@@ -31,20 +31,23 @@ def parity_batches(spec, batch: int, num_random: int = 2, seed: int = 0) -> list
     return (batches(random, batch) if random else []) + batches(real, batch)
 
 
-def raw_parity(backend: str, ref: list, got: list, inputs: list) -> dict:
+def raw_parity(backend: str, ref: list, got: list, inputs: list, exact: list | None = None
+               ) -> dict:
     """Raw outputs of ``backend`` against TF's over ``inputs`` (three lists in step).
 
     max_abs: largest |backend - TF| over every element of every output and input; max_rel:
     per output, its largest difference / its largest |TF|, worst output; nrmse: per head
     (``cls``/``box``, levels pooled) RMSE / std(TF). The tolerance is the exporters' for the
-    file's kind (exporters.parity): ``atol`` bounds each output's largest difference by
-    ``atol * max(1, largest |TF|)``; ``nrmse`` bounds each head, on real pictures only when
-    the kind does not gate random pixels (int8: they lie outside the calibration range).
+    file's kind (exporters.parity): ``atol`` bounds each output's largest difference, or,
+    beyond it, with ``exact`` (the same outputs in float64, in step with ``inputs``), the
+    backend's distance from float64 by a multiple of TF float32's own; ``nrmse`` bounds each
+    head, on real pictures only when the kind does not gate random pixels (int8: they lie
+    outside the calibration range).
     """
-    from exporters.parity import tolerance_for
+    from exporters.parity import atol_failure, tolerance_for
     tol = tolerance_for(TOLERANCE.get(backend, "fp32"))
-    per_output, pooled, worst = {}, {}, (-1.0, None, None)
-    for (labels, _, real), r, g in zip(inputs, ref, got):
+    per_output, pooled, worst, wide = {}, {}, (-1.0, None, None), {}
+    for i, ((labels, _, real), r, g) in enumerate(zip(inputs, ref, got)):
         if set(r) != set(g):
             raise ValueError(f"outputs {sorted(g)} are not TF's {sorted(r)}")
         for name in r:
@@ -53,22 +56,29 @@ def raw_parity(backend: str, ref: list, got: list, inputs: list) -> dict:
             worst = max(worst, (float(diff.max()), name, labels), key=lambda w: w[0])
             big, peak = per_output.get(name, (0.0, 0.0))
             per_output[name] = (max(big, float(diff.max())), max(peak, float(np.abs(want).max())))
+            if exact is not None:
+                e, x = wide.get(name, (0.0, 0.0)), np.asarray(exact[i][name], np.float64)
+                wide[name] = (max(e[0], float(np.abs(want - x).max())),
+                              max(e[1], float(np.abs(np.asarray(g[name], np.float64) - x).max())))
             if real or tol.random_gated:
                 acc = pooled.setdefault(name.split("_l")[0], np.zeros(4))
                 acc += (float((diff ** 2).sum()), float(want.sum()), float((want ** 2).sum()),
                         want.size)
     nrmse = {h: _nrmse(*acc) for h, acc in sorted(pooled.items())}
-    failures = [f"{n}: max |diff| {d:.3g} > {tol.atol:g} x max(1, {p:.3g})"
-                for n, (d, p) in sorted(per_output.items())
-                if tol.atol is not None and d > tol.atol * max(1.0, p)]
+    float64 = {n: {"tf_max_abs": t, "file_max_abs": f} for n, (t, f) in sorted(wide.items())}
+    failures = [why for why in (atol_failure(n, d, float64.get(n), tol)
+                                for n, (d, _) in sorted(per_output.items())) if why]
     failures += [f"{h}: RMSE/std {v} not below {tol.nrmse:g}" for h, v in nrmse.items()
                  if tol.nrmse is not None and (v is None or v >= tol.nrmse)]
     return {"max_abs": max(d for d, _ in per_output.values()),
             "max_rel": max(d / p if p else 0.0 for d, p in per_output.values()),
             "worst": {"output": worst[1], "inputs": list(worst[2])}, "nrmse": nrmse,
             "tolerance": tol.name,
-            "limit": (f"max |diff| <= {tol.atol:g} x max(1, max |TF|) per output"
+            "limit": (f"max |diff| <= {tol.atol:g} per output, or within "
+                      f"{tol.exact_factor:g} x TF float32's distance from float64"
                       if tol.atol is not None else f"RMSE/std < {tol.nrmse:g} per head"),
+            "float64": ({"tf_max_abs": max(t for t, _ in wide.values()),
+                         "file_max_abs": max(f for _, f in wide.values())} if wide else None),
             "why": tol.why, "passed": not failures, "failures": failures[:3],
             "inputs": [lab for labels, _, _ in inputs for lab in labels]}
 

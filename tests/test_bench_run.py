@@ -91,6 +91,7 @@ def test_parity_fp32_within_1e4_and_int8_on_its_own_tolerance(bench_runs):
     for name in ("onnxruntime", "tflite-fp32"):
         p = rows[name]["parity"]
         assert p["tolerance"] == "fp32" and p["passed"] and p["max_abs"] <= 1e-4, (name, p)
+        assert 0 < p["float64"]["tf_max_abs"] < 1e-4 and 0 < p["float64"]["file_max_abs"] < 1e-4
         assert "street.jpg" in p["inputs"] and "random-0" in p["inputs"]
         det = rows[name]["detections"]
         assert det["tf_detections"] > 0 and det["fraction"] == 1.0, det
@@ -201,6 +202,15 @@ def test_raw_parity_uses_the_kind_tolerance():
     off = [dict(r, box_l3=r["box_l3"] + 1e-3) for r in ref]
     p = quality.raw_parity("tflite-fp32", ref, off, inputs)
     assert not p["passed"] and p["failures"][0].startswith("box_l3: max |diff|")
+    # beyond 1e-4, float64 decides: TF 1.5e-4 above it, the backend 1e-4 below: rounding
+    exact = [{k: v - 1.5e-4 for k, v in r.items()} for r in ref]
+    below = [{k: v - 2.5e-4 for k, v in r.items()} for r in ref]
+    assert not quality.raw_parity("onnxruntime", ref, below, inputs)["passed"]
+    p = quality.raw_parity("onnxruntime", ref, below, inputs, exact)
+    assert p["passed"] and p["float64"] == pytest.approx({"tf_max_abs": 1.5e-4,
+                                                          "file_max_abs": 1e-4})
+    p = quality.raw_parity("onnxruntime", ref, off, inputs, exact)  # 1e-3 off: 7x TF's own
+    assert not p["passed"] and "from the float64 result" in p["failures"][0]
     # int8: garbage on random pixels is outside its gate, garbage on real pictures is not
     noisy = [dict(ref[0], cls_l3=ref[0]["cls_l3"] + 10.0), ref[1]]
     assert quality.raw_parity("tflite-int8", ref, noisy, inputs)["passed"]
