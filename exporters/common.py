@@ -70,6 +70,10 @@ def add_model_args(p: argparse.ArgumentParser, suffix: str) -> None:
     p.add_argument("--random-inputs", type=int, default=2, metavar="N",
                    help="parity gate: random images besides the real ones (default 2)")
     p.add_argument("--threads", type=int, metavar="N", help="runtime threads for the parity run")
+    p.add_argument("--float64-factor", type=float, default=None, metavar="F",
+                   help="fp32 parity gate: an output beyond --atol still passes if the file is "
+                   "no further from the same network run in float64 than F times TF float32 "
+                   "itself (default 2); 0: the flat --atol alone, no float64 run")
 
 
 def check_common(args, suffix: str):
@@ -90,6 +94,9 @@ def check_common(args, suffix: str):
         raise ExportError(f"--random-inputs {args.random_inputs}: must be >= 0")
     if args.threads is not None and args.threads < 1:
         raise ExportError(f"--threads {args.threads}: must be >= 1")
+    if args.float64_factor is not None and not args.float64_factor >= 0:
+        raise ExportError(f"--float64-factor {args.float64_factor}: must be >= 0 (0: no "
+                          "float64 reference)")
     from exporters.ap_check import check_request as check_eval
     check_eval(args)
     if args.ckpt is not None:

@@ -73,14 +73,23 @@ DETECTION_BOX_TOL = 1e-3    # of the image side (0.5 px at 512): far below what 
                             # above the decoding noise (anchors reach 2.3x the image side)
 
 
-def tolerance_for(kind: str, atol: float | None = None) -> Tolerance:
-    """The tolerance of ``kind`` (fp32/fp16/dynamic/int8); ``atol`` overrides fp32's 1e-4."""
+def tolerance_for(kind: str, atol: float | None = None,
+                  float64_factor: float | None = None) -> Tolerance:
+    """The tolerance of ``kind`` (fp32/fp16/dynamic/int8); ``atol`` overrides fp32's 1e-4,
+    ``float64_factor`` its 2 (0: no float64 arbitration, the flat ``atol`` alone)."""
     tol = TOLERANCES[kind]
-    if atol is not None and tol.atol is not None:
-        tol = Tolerance(tol.name, float(atol), tol.nrmse, tol.identical, tol.random_gated,
-                        tol.why.replace("within 1e-4", f"within {atol:g}")
-                        .replace("beyond 1e-4", f"beyond {atol:g}"), tol.exact_factor)
-    return tol
+    if tol.atol is None:
+        return tol
+    why, factor = tol.why, tol.exact_factor
+    if atol is not None:
+        why = why.replace("within 1e-4", f"within {atol:g}").replace("beyond 1e-4",
+                                                                     f"beyond {atol:g}")
+    if float64_factor is not None:
+        factor = float(float64_factor) or None
+        why = (why.replace("than 2x", f"than {float64_factor:g}x") if factor else
+               why.split(". An output beyond")[0] + " (no float64 arbitration asked)")
+    return Tolerance(tol.name, tol.atol if atol is None else float(atol), tol.nrmse,
+                     tol.identical, tol.random_gated, why, factor)
 
 
 def atol_failure(name: str, max_abs: float, exact: dict | None, tol: Tolerance) -> str | None:

@@ -160,8 +160,9 @@ def export_onnx(spec, out: str, *, ckpt=None, seed: int = 0, opset: int = 17,
                 postprocess: str = "none", batch=1, input_kind: str = "float",
                 max_detections: int = 100, score_threshold: float = float("-inf"),
                 iou_threshold: float = 0.5, random_inputs: int = 2, threads=None,
-                atol=None, eval_data: str | None = None, eval_annotations: str | None = None,
-                eval_images: int | None = None, eval_nms: str = "soft",
+                atol=None, float64_factor=None, eval_data: str | None = None,
+                eval_annotations: str | None = None, eval_images: int | None = None,
+                eval_nms: str = "soft",
                 max_ap_drop: float | None = None, verbose: bool = True) -> dict:
     """Build, convert, gate, and keep ``out`` only if the gate passes; returns the summary.
 
@@ -200,9 +201,11 @@ def export_onnx(spec, out: str, *, ckpt=None, seed: int = 0, opset: int = 17,
             raise ExportFailed(str(e).replace(staged.path, out)) from None
         say("parity gate: running the file and TF on the same inputs")
         t0 = time.perf_counter()
-        gate = ParityGate(tolerance_for("fp32", atol), spec.num_classes,
+        tolerance = tolerance_for("fp32", atol, float64_factor)
+        gate = ParityGate(tolerance, spec.num_classes,
                           max(spec.image_size))
-        exact = None if head is not None else ExactReference(model, spec, input_kind)
+        exact = (ExactReference(model, spec, input_kind)
+                 if head is None and tolerance.exact_factor else None)
         parity = run_gate(gate, serve, runner.run, spec, input_kind, batch, random_inputs,
                           detections=head is not None, exact=exact)
         summary = {
@@ -231,6 +234,7 @@ def main(argv=None) -> int:
                           max_detections=args.max_detections,
                           score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
                           random_inputs=args.random_inputs, threads=args.threads, atol=args.atol,
+                          float64_factor=args.float64_factor,
                           eval_data=args.eval_data, eval_annotations=args.eval_annotations,
                           eval_images=args.eval_images, eval_nms=args.eval_nms,
                           max_ap_drop=args.max_ap_drop)

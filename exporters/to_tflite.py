@@ -244,6 +244,7 @@ def export_tflite(spec, out: str, *, quant: str = "fp32", representative: str | 
                   input_kind: str = "float", batch: int = 1, ckpt=None, seed: int = 0,
                   max_detections: int = 100, score_threshold: float = float("-inf"),
                   iou_threshold: float = 0.5, random_inputs: int = 2, threads=None, atol=None,
+                  float64_factor=None,
                   eval_data: str | None = None, eval_annotations: str | None = None,
                   eval_images: int | None = None, eval_nms: str = "soft",
                   max_ap_drop: float | None = None, float_heads: bool = False,
@@ -312,10 +313,11 @@ def export_tflite(spec, out: str, *, quant: str = "fp32", representative: str | 
                  if postprocess == "fast" else None)
         say("parity gate: running the file and TF on the same inputs")
         t0 = time.perf_counter()
-        gate = ParityGate(tolerance_for(quant, atol), spec.num_classes,
+        tolerance = tolerance_for(quant, atol, float64_factor)
+        gate = ParityGate(tolerance, spec.num_classes,
                           max(spec.image_size))
         exact = (ExactReference(model, spec, input_kind, probe=head is not None)
-                 if quant == "fp32" else None)
+                 if tolerance.exact_factor else None)
         parity = run_gate(gate, serve, runner.run, spec, input_kind, batch, random_inputs,
                           detections=head is not None, probe=probe, exact=exact)
         info = runner.info()
@@ -349,7 +351,7 @@ def main(argv=None) -> int:
         input_kind=args.input, batch=batch, ckpt=args.ckpt, seed=args.seed,
         max_detections=args.max_detections, score_threshold=args.score_threshold,
         iou_threshold=args.iou_threshold, random_inputs=args.random_inputs,
-        threads=args.threads, atol=args.atol,
+        threads=args.threads, atol=args.atol, float64_factor=args.float64_factor,
         eval_data=args.eval_data, eval_annotations=args.eval_annotations,
         eval_images=args.eval_images, eval_nms=args.eval_nms, max_ap_drop=args.max_ap_drop,
         float_heads=args.float_heads)

@@ -84,6 +84,8 @@ CASES = [  # (id, tool, extra args with OUT for the output file, words the line 
     ("float-heads-with-int8-io", TFLITE, ["--quant", "int8", "--representative-data", "IMAGES",
                                           "--float-heads", "--io", "int8"],
      ["--float-heads", "--io int8"]),
+    ("float64-factor-negative", ONNX, ["--float64-factor", "-1"], ["--float64-factor -1",
+                                                                    ">= 0"]),
     ("wrong-suffix", ONNX, ["--out", "OUTDIR/model.tflite"], [".onnx"]),
     ("missing-out-folder", TFLITE, ["--quant", "fp32", "--out", "OUTDIR/no/such/m.tflite"],
      ["does not exist"]),

@@ -97,6 +97,14 @@ def test_raw_heads_match_tf_within_1e4(raw_file, small_tf):
     assert summary["weights"] == {"source": "random", "seed": 0}
 
 
+def test_float64_factor_zero_skips_the_float64_run(tmp_path):
+    _, summary = _export(tmp_path, "flat.onnx", "--float64-factor", "0", "--random-inputs", "0")
+    p = summary["parity"]
+    assert p["passed"] and p["tolerance"]["float64_factor"] is None
+    assert all(f["float64"] is None for f in p["outputs"].values())
+    assert "no float64 arbitration" in p["tolerance"]["why"]
+
+
 def test_hard_nms_detections_identical_to_tf_dynamic_batch_uint8(nms_file, small_tf):
     from edetgraph.postprocess import postprocess
     from exporters.common import head_lists, normalize_in_graph, spec_anchors
@@ -248,6 +256,11 @@ def test_fp32_gate_beyond_1e4_asks_float64_who_is_off():
         {"tf_max_abs": 1.2e-4, "file_max_abs": 1e-4})
     assert "TF-f64" in format_parity(ok) and "float64" in format_parity(ok)
     assert not gate_of(rounded, None)["passed"]  # without float64, 1e-4 is all there is
+    strict = ParityGate(tolerance_for("fp32", float64_factor=0), num_classes=4, image_side=32)
+    strict.add_outputs(["street.jpg"], tf32, rounded, real=True, exact=exact)
+    assert not strict.result()["passed"]  # --float64-factor 0: the flat bound alone
+    assert tolerance_for("fp32", float64_factor=0).exact_factor is None
+    assert "3x" in tolerance_for("fp32", float64_factor=3).why
     off = {k: v + 5e-4 for k, v in exact.items()}
     bad = gate_of(off, exact)
     assert not bad["passed"] and len(bad["failures"]) == 2
