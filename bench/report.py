@@ -19,8 +19,8 @@ NOTES = {
               "the largest |TF| value of its output (worst output). Tolerance by kind (the "
               "exporters' parity gate): fp32 every output within 1e-4, or, beyond, the "
               "backend no further from the model run in float64 than 2x TF float32 itself "
-              "(results.json: parity.float64); fp16 and int8 RMSE/std per head (int8 on real pictures only); a '!' "
-              "after the kind marks a miss. 'ref' is TF itself.",
+              "(results.json: parity.float64); fp16 and int8 RMSE/std per head (int8 on "
+              "real pictures only); a '!' after the kind marks a miss. 'ref' is TF itself.",
     "detections": "The same post-processing (edetgraph.postprocess, TF) applied to each "
                   "backend's raw outputs on the real pictures; agree = share of TF detections "
                   f"with score >= {AGREE_SCORE} that the backend has with the same "

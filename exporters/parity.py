@@ -134,15 +134,13 @@ class _Output:
         self.exact = None  # {"tf_max_abs", "file_max_abs"} once a float64 result is given
 
     def add(self, label, ref, got, pooled: bool, describe, exact=None):
-        ref = np.asarray(ref, np.float64)
-        diff = np.abs(np.asarray(got, np.float64) - ref)
+        ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+        diff = np.abs(got - ref)
         if exact is not None:
             exact = np.asarray(exact, np.float64)
             e = self.exact or {"tf_max_abs": 0.0, "file_max_abs": 0.0}
             self.exact = {"tf_max_abs": max(e["tf_max_abs"], float(np.abs(ref - exact).max())),
-                          "file_max_abs": max(e["file_max_abs"],
-                                              float(np.abs(np.asarray(got, np.float64)
-                                                           - exact).max()))}
+                          "file_max_abs": max(e["file_max_abs"], float(np.abs(got - exact).max()))}
         self.max_ref = max(self.max_ref, float(np.abs(ref).max(initial=0.0)))
         if diff.size and (self.where is None or float(diff.max()) > self.max_abs):
             i = np.unravel_index(int(np.argmax(diff)), diff.shape)
