@@ -166,47 +166,66 @@ def build_export_model(spec, ckpt=None, seed: int = 0):
                    "ema": bool(report.used_ema), "variables": len(report.loaded)}
 
 
-def randomize_weights(model, spec, seed: int = 0, num_images: int = 8) -> None:
+RANDOMIZE_PIXELS = 8 * 512 * 512  # images per pass in randomize_weights: 8 at D0's 512 px
+
+
+def randomize_weights(model, spec, seed: int = 0, num_images: int = 8,
+                      max_pixels: int = RANDOMIZE_PIXELS) -> None:
     """Give random weights realistic output ranges: batch-norm statistics from synthetic images,
     prediction layers scaled so logits span about the prior +-6 and box codes about +-3.
 
     Near-constant channels would get a tiny variance and magnify any rounding downstream
     (weights in fp16 then moved the outputs by >10 %), so variances are floored at their
-    layer's median. Relies on BatchNorm.momentum and the blocks' ``survival`` attribute.
+    layer's median. The images go through in passes of at most ``max_pixels`` pixels (all 8
+    at once up to 512 px; one at a time at D7x's 1536 px, where a single 8-image pass peaked
+    at 20 GB), each BN layer keeping the image-weighted mean of the passes' statistics.
+    Relies on BatchNorm.momentum and the blocks' ``survival`` attribute.
     """
     import tensorflow as tf
     from edetgraph.layers import BatchNorm
-    images = tf.constant(np.stack([prepare_image(im, spec, "float")
-                                   for im in synthetic_images(spec, num_images, seed + 7)]))
+    images = np.stack([prepare_image(im, spec, "float")
+                       for im in synthetic_images(spec, num_images, seed + 7)])
+    per_pass = max(1, max_pixels // int(np.prod(images.shape[1:3])))
+    passes = [tf.constant(images[i:i + per_pass]) for i in range(0, len(images), per_pass)]
     saved, bns = [], [m for m in model.submodules if isinstance(m, BatchNorm)]
-    for m in model.submodules:  # one training pass with momentum 0 stores the batch statistics
+    for m in model.submodules:
         if isinstance(m, BatchNorm):
             saved.append((m, "momentum", m.momentum))
-            m.momentum = 0.0
         if isinstance(getattr(m, "survival", None), float) and m.survival < 1.0:
             saved.append((m, "survival", m.survival))  # no stochastic depth: deterministic
             m.survival = 1.0
     try:
-        model(images, training=True)
+        seen = 0
+        for x in passes:  # momentum seen/(seen+n): a running mean; 0 on the first pass
+            for bn in bns:
+                bn.momentum = seen / (seen + len(x))
+            model(x, training=True)
+            seen += len(x)
     finally:
         for m, attr, value in saved:
             setattr(m, attr, value)
     for bn in bns:
         var = bn.moving_variance.numpy()
         bn.moving_variance.assign(np.maximum(var, np.median(var)))
-    _scale_predictions(model, images)
+    _scale_predictions(model, passes)
 
 
-def _scale_predictions(model, images) -> None:
-    out = model.raw_outputs(images)
+def _scale_predictions(model, passes) -> None:
+    """Scale the predict kernels so each head's largest |output - bias| over ``passes`` is
+    its target: 6 for class logits, 3 for box codes."""
     variables = model.variables_by_name()
-    for head, prefix, target in (("class", "cls_", 6.0), ("box", "box_", 3.0)):
-        bias = next(v for n, v in variables.items() if n.endswith(f"{head}-predict/bias"))
-        spread = max(float(np.abs(t.numpy() - bias.numpy()).max())
-                     for k, t in out.items() if k.startswith(prefix))
+    targets = {"class": 6.0, "box": 3.0}
+    bias = {head: next(v for n, v in variables.items() if n.endswith(f"{head}-predict/bias"))
+            .numpy() for head in targets}
+    spread = dict.fromkeys(targets, 0.0)
+    for x in passes:
+        for k, t in model.raw_outputs(x).items():
+            head = "class" if k.startswith("cls_") else "box"
+            spread[head] = max(spread[head], float(np.abs(t.numpy() - bias[head]).max()))
+    for head, target in targets.items():
         for name, v in variables.items():
             if name.endswith((f"{head}-predict/pointwise_kernel", f"{head}-predict/kernel")):
-                v.assign(v * (target / max(spread, 1e-12)))
+                v.assign(v * (target / max(spread[head], 1e-12)))
 
 
 def norm_constants(spec):
