@@ -210,7 +210,8 @@ def _check_quality(cfg, model, runners, rows, say) -> quality.Detector:
             else:
                 got = [runners[name].run(x) for _, x, _ in inputs]
                 wide = exact if quality.TOLERANCE.get(name, "fp32") == "fp32" else None
-                rows[name]["parity"] = quality.raw_parity(name, ref, got, inputs, wide)
+                rows[name]["parity"] = quality.raw_parity(name, ref, got, inputs, wide,
+                                                          num_classes=cfg.spec.num_classes)
             rows[name]["detections"] = quality.agreement(
                 [quality.match_detections(ref_dets[i], detector(got[i])) for i in real])
         except Exception as exc:

@@ -31,62 +31,41 @@ def parity_batches(spec, batch: int, num_random: int = 2, seed: int = 0) -> list
     return (batches(random, batch) if random else []) + batches(real, batch)
 
 
-def raw_parity(backend: str, ref: list, got: list, inputs: list, exact: list | None = None
-               ) -> dict:
-    """Raw outputs of ``backend`` against TF's over ``inputs`` (three lists in step).
+def raw_parity(backend: str, ref: list, got: list, inputs: list, exact: list | None = None,
+               *, num_classes: int) -> dict:
+    """Raw outputs of ``backend`` against TF's over ``inputs`` (three lists in step), judged
+    by :class:`exporters.parity.ParityGate` under the tolerance of the file's kind; ``exact``:
+    the same outputs in float64, in step with ``inputs``, for the fp32 kinds.
 
     max_abs: largest |backend - TF| over every element of every output and input; max_rel:
-    per output, its largest difference / its largest |TF|, worst output; nrmse: per head
-    (``cls``/``box``, levels pooled) RMSE / std(TF). The tolerance is the exporters' for the
-    file's kind (exporters.parity): ``atol`` bounds each output's largest difference, or,
-    beyond it, with ``exact`` (the same outputs in float64, in step with ``inputs``), the
-    backend's distance from float64 by a multiple of TF float32's own; ``nrmse`` bounds each
-    head, on real pictures only when the kind does not gate random pixels (int8: they lie
-    outside the calibration range).
+    per output, its largest difference / its largest |TF|, worst output; worst: the output
+    with the largest difference and the inputs of its batch; nrmse: per head (``cls``/``box``,
+    levels pooled) RMSE / std(TF); float64: the largest distances of TF and of the backend
+    from the float64 result; failures: the gate's first three.
     """
-    from exporters.parity import atol_failure, tolerance_for
+    from exporters.parity import ParityGate, tolerance_for
     tol = tolerance_for(TOLERANCE.get(backend, "fp32"))
-    per_output, pooled, worst, wide = {}, {}, (-1.0, None, None), {}
+    gate = ParityGate(tol, num_classes, image_side=0)  # no detections: the side is unused
     for i, ((labels, _, real), r, g) in enumerate(zip(inputs, ref, got)):
-        if set(r) != set(g):
-            raise ValueError(f"outputs {sorted(g)} are not TF's {sorted(r)}")
-        for name in r:
-            want = np.asarray(r[name], np.float64)
-            diff = np.abs(np.asarray(g[name], np.float64) - want)
-            worst = max(worst, (float(diff.max()), name, labels), key=lambda w: w[0])
-            big, peak = per_output.get(name, (0.0, 0.0))
-            per_output[name] = (max(big, float(diff.max())), max(peak, float(np.abs(want).max())))
-            if exact is not None:
-                e, x = wide.get(name, (0.0, 0.0)), np.asarray(exact[i][name], np.float64)
-                wide[name] = (max(e[0], float(np.abs(want - x).max())),
-                              max(e[1], float(np.abs(np.asarray(g[name], np.float64) - x).max())))
-            if real or tol.random_gated:
-                acc = pooled.setdefault(name.split("_l")[0], np.zeros(4))
-                acc += (float((diff ** 2).sum()), float(want.sum()), float((want ** 2).sum()),
-                        want.size)
-    nrmse = {h: _nrmse(*acc) for h, acc in sorted(pooled.items())}
-    float64 = {n: {"tf_max_abs": t, "file_max_abs": f} for n, (t, f) in sorted(wide.items())}
-    failures = [why for why in (atol_failure(n, d, float64.get(n), tol)
-                                for n, (d, _) in sorted(per_output.items())) if why]
-    failures += [f"{h}: RMSE/std {v} not below {tol.nrmse:g}" for h, v in nrmse.items()
-                 if tol.nrmse is not None and (v is None or v >= tol.nrmse)]
-    return {"max_abs": max(d for d, _ in per_output.values()),
-            "max_rel": max(d / p if p else 0.0 for d, p in per_output.values()),
-            "worst": {"output": worst[1], "inputs": list(worst[2])}, "nrmse": nrmse,
+        gate.add_outputs(labels, r, g, real, None if exact is None else exact[i])
+    result = gate.result()
+    outputs = result["outputs"]
+    worst = max(outputs, key=lambda n: outputs[n]["max_abs"])
+    image = outputs[worst]["where"]["input"]
+    wide = [f["float64"] for f in outputs.values() if f["float64"]]
+    return {"max_abs": outputs[worst]["max_abs"],
+            "max_rel": max(f["max_rel"] for f in outputs.values()),
+            "worst": {"output": worst,
+                      "inputs": next(list(labels) for labels, _, _ in inputs if image in labels)},
+            "nrmse": {h: f["nrmse"] for h, f in result["heads"].items()},
             "tolerance": tol.name,
             "limit": (f"max |diff| <= {tol.atol:g} per output, or within "
                       f"{tol.exact_factor:g} x TF float32's distance from float64"
                       if tol.atol is not None else f"RMSE/std < {tol.nrmse:g} per head"),
-            "float64": ({"tf_max_abs": max(t for t, _ in wide.values()),
-                         "file_max_abs": max(f for _, f in wide.values())} if wide else None),
-            "why": tol.why, "passed": not failures, "failures": failures[:3],
+            "float64": ({"tf_max_abs": max(w["tf_max_abs"] for w in wide),
+                         "file_max_abs": max(w["file_max_abs"] for w in wide)} if wide else None),
+            "why": tol.why, "passed": result["passed"], "failures": result["failures"][:3],
             "inputs": [lab for labels, _, _ in inputs for lab in labels]}
-
-
-def _nrmse(sq_err, total, sq_total, count):
-    mean = total / count
-    std = np.sqrt(max(sq_total / count - mean ** 2, 0.0))
-    return float(np.sqrt(sq_err / count) / std) if std > 0 else None
 
 
 class Detector:

@@ -285,6 +285,15 @@ def head_lists(raw: dict, spec):
     return [raw[f"cls_l{lvl}"] for lvl in spec.levels], [raw[f"box_l{lvl}"] for lvl in spec.levels]
 
 
+def detection_op_inputs(raw: dict, spec) -> dict:
+    """Raw outputs -> what TFLite_Detection_PostProcess takes: ``box_encodings`` (flattened
+    box codes) and ``class_scores`` (sigmoid of the flattened logits)."""
+    import tensorflow as tf
+    from edetgraph.postprocess import flatten_outputs
+    cls, box = flatten_outputs(*head_lists(raw, spec), spec.num_classes)
+    return {"box_encodings": box, "class_scores": tf.sigmoid(cls)}
+
+
 def make_serving_fn(model, spec, batch, input_kind: str, head=None):
     """The function that is converted: ``images -> dict``, a static-shape ``tf.function``.
 

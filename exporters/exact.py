@@ -61,8 +61,7 @@ class ExactReference:
 
     def __init__(self, model, spec, input_kind: str = "float", probe: bool = False):
         import tensorflow as tf
-        from edetgraph.postprocess import flatten_outputs
-        from exporters.common import head_lists, normalize_in_graph
+        from exporters.common import detection_op_inputs, normalize_in_graph
         twin = float64_copy(model)
         h, w = spec.image_size
         dtype = tf.uint8 if input_kind == "uint8" else tf.float32
@@ -71,10 +70,7 @@ class ExactReference:
         def run(images):
             x = normalize_in_graph(images, spec) if input_kind == "uint8" else images
             raw = twin.raw_outputs(tf.cast(x, tf.float64))
-            if not probe:
-                return raw
-            cls, box = flatten_outputs(*head_lists(raw, spec), spec.num_classes)
-            return {"box_encodings": box, "class_scores": tf.sigmoid(cls)}
+            return detection_op_inputs(raw, spec) if probe else raw
 
         self._run, self._dtype = run, dtype.as_numpy_dtype
 

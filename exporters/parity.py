@@ -378,14 +378,19 @@ def batches(images: list, batch) -> list:
 
 
 def run_gate(gate, serve, run_file, spec, input_kind: str, batch, num_random: int,
-             detections: bool, probe=None, exact=None) -> dict:
+             detections: bool, probe=None, model=None) -> dict:
     """Feed every parity batch to the TF function and the file, compare, return the result.
 
-    ``probe(x) -> (ref, got)`` adds intermediate tensors compared like raw outputs;
-    ``exact(x) -> dict`` gives the compared tensors (raw outputs, or the probe's when there
-    are detections) in float64 (exporters.exact.ExactReference).
+    ``probe(x) -> (ref, got)`` adds the detection op's inputs, compared like raw outputs.
+    With ``model`` (the served detector) and a tolerance that asks for it, the compared
+    tensors (raw outputs, or the probe's when there are detections) are also computed in
+    float64 (exporters.exact.ExactReference).
     """
     import tensorflow as tf
+    exact = None
+    if model is not None and gate.tol.exact_factor and (probe is not None or not detections):
+        from exporters.exact import ExactReference
+        exact = ExactReference(model, spec, input_kind, probe=detections)
     for labels, x, real in batches(parity_images(spec, input_kind, num_random), batch):
         ref = {k: v.numpy() for k, v in serve(tf.constant(x)).items()}
         got = run_file(x)

@@ -172,7 +172,6 @@ def export_onnx(spec, out: str, *, ckpt=None, seed: int = 0, opset: int = 17,
     import onnx
     from bench.runners import RunnerError, make_runner
     from edetgraph.postprocess import postprocess as nms
-    from exporters.exact import ExactReference
     from exporters.parity import ParityGate, run_gate, tolerance_for
     say = (lambda m: log(PROG, m)) if verbose else (lambda m: None)
     start = time.perf_counter()
@@ -201,13 +200,10 @@ def export_onnx(spec, out: str, *, ckpt=None, seed: int = 0, opset: int = 17,
             raise ExportFailed(str(e).replace(staged.path, out)) from None
         say("parity gate: running the file and TF on the same inputs")
         t0 = time.perf_counter()
-        tolerance = tolerance_for("fp32", atol, float64_factor)
-        gate = ParityGate(tolerance, spec.num_classes,
+        gate = ParityGate(tolerance_for("fp32", atol, float64_factor), spec.num_classes,
                           max(spec.image_size))
-        exact = (ExactReference(model, spec, input_kind)
-                 if head is None and tolerance.exact_factor else None)
         parity = run_gate(gate, serve, runner.run, spec, input_kind, batch, random_inputs,
-                          detections=head is not None, exact=exact)
+                          detections=head is not None, model=model)
         summary = {
             "schema": "edetgraph.export/1", "format": "onnx",
             "file": {"path": staged.out, **file_facts(staged.path)},

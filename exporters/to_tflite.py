@@ -221,14 +221,12 @@ class DetectionInputProbe:
 def _probe_reference(model, spec, serve):
     """TF side of the probe: the flattened box codes and sigmoid class scores."""
     import tensorflow as tf
-    from edetgraph.postprocess import flatten_outputs
-    from exporters.common import normalize_in_graph
+    from exporters.common import detection_op_inputs, normalize_in_graph
 
     @tf.function(input_signature=serve.input_signature, autograph=False)
     def reference(images):
         x = normalize_in_graph(images, spec) if images.dtype == tf.uint8 else images
-        cls, box = flatten_outputs(*head_lists(model.raw_outputs(x), spec), spec.num_classes)
-        return {"box_encodings": box, "class_scores": tf.sigmoid(cls)}
+        return detection_op_inputs(model.raw_outputs(x), spec)
 
     return reference
 
@@ -256,7 +254,6 @@ def export_tflite(spec, out: str, *, quant: str = "fp32", representative: str | 
     """
     from bench.runners import RunnerError, make_runner
     from edetgraph.postprocess import make_tflite_detection_postprocess
-    from exporters.exact import ExactReference
     from exporters.parity import ParityGate, run_gate, tolerance_for
     say = (lambda m: log(PROG, m)) if verbose else (lambda m: None)
     start = time.perf_counter()
@@ -313,13 +310,10 @@ def export_tflite(spec, out: str, *, quant: str = "fp32", representative: str | 
                  if postprocess == "fast" else None)
         say("parity gate: running the file and TF on the same inputs")
         t0 = time.perf_counter()
-        tolerance = tolerance_for(quant, atol, float64_factor)
-        gate = ParityGate(tolerance, spec.num_classes,
+        gate = ParityGate(tolerance_for(quant, atol, float64_factor), spec.num_classes,
                           max(spec.image_size))
-        exact = (ExactReference(model, spec, input_kind, probe=head is not None)
-                 if tolerance.exact_factor else None)
         parity = run_gate(gate, serve, runner.run, spec, input_kind, batch, random_inputs,
-                          detections=head is not None, probe=probe, exact=exact)
+                          detections=head is not None, probe=probe, model=model)
         info = runner.info()
         summary = {
             "schema": "edetgraph.export/1", "format": "tflite",

@@ -197,24 +197,26 @@ def test_raw_parity_uses_the_kind_tolerance():
     ref = [{"cls_l3": rng.normal(size=(1, 4, 4, 9)), "box_l3": rng.normal(size=(1, 4, 4, 36))}
            for _ in inputs]
     close = [{k: v + 5e-5 for k, v in r.items()} for r in ref]
-    p = quality.raw_parity("onnxruntime", ref, close, inputs)
+    p = quality.raw_parity("onnxruntime", ref, close, inputs, num_classes=1)
     assert p["passed"] and p["max_abs"] == pytest.approx(5e-5) and p["tolerance"] == "fp32"
     off = [dict(r, box_l3=r["box_l3"] + 1e-3) for r in ref]
-    p = quality.raw_parity("tflite-fp32", ref, off, inputs)
+    p = quality.raw_parity("tflite-fp32", ref, off, inputs, num_classes=1)
     assert not p["passed"] and p["failures"][0].startswith("box_l3: max |diff|")
     # beyond 1e-4, float64 decides: TF 1.5e-4 above it, the backend 1e-4 below: rounding
     exact = [{k: v - 1.5e-4 for k, v in r.items()} for r in ref]
     below = [{k: v - 2.5e-4 for k, v in r.items()} for r in ref]
-    assert not quality.raw_parity("onnxruntime", ref, below, inputs)["passed"]
-    p = quality.raw_parity("onnxruntime", ref, below, inputs, exact)
+    assert not quality.raw_parity("onnxruntime", ref, below, inputs, num_classes=1)["passed"]
+    p = quality.raw_parity("onnxruntime", ref, below, inputs, exact, num_classes=1)
     assert p["passed"] and p["float64"] == pytest.approx({"tf_max_abs": 1.5e-4,
                                                           "file_max_abs": 1e-4})
-    p = quality.raw_parity("onnxruntime", ref, off, inputs, exact)  # 1e-3 off: 7x TF's own
+    p = quality.raw_parity("onnxruntime", ref, off, inputs, exact,  # 1e-3 off: 7x TF's own
+                           num_classes=1)
     assert not p["passed"] and "from the float64 result" in p["failures"][0]
     # int8: garbage on random pixels is outside its gate, garbage on real pictures is not
     noisy = [dict(ref[0], cls_l3=ref[0]["cls_l3"] + 10.0), ref[1]]
-    assert quality.raw_parity("tflite-int8", ref, noisy, inputs)["passed"]
-    assert not quality.raw_parity("tflite-int8", ref, noisy[::-1], inputs)["passed"]
+    assert quality.raw_parity("tflite-int8", ref, noisy, inputs, num_classes=1)["passed"]
+    assert not quality.raw_parity("tflite-int8", ref, noisy[::-1], inputs,
+                                  num_classes=1)["passed"]
 
 
 def _fake_results(tmp_path, with_ap: bool):
