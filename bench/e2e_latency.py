@@ -37,8 +37,8 @@ def _times(fn, arg, runs: int, warmup: int) -> dict:
 def _stages(det, image) -> dict:
     """Pre-processing, network and post-processing as separate traced functions + inputs."""
     import tensorflow as tf
-    from edetgraph.postprocess import postprocess
-    from edetgraph.preprocess import preprocess_batch
+    from edetgraph.task.postprocess import postprocess
+    from edetgraph.task.preprocess import preprocess_batch
     spec, pre = det.spec, det.spec.preprocess
     x = tf.constant(image[None])
     pre_fn = tf.function(lambda im: preprocess_batch(im, spec.image_size, pre.mean_rgb, pre.stddev_rgb))
@@ -61,7 +61,7 @@ def measure(spec, image, ckpt=None, method: str = "soft", threads: int = 2, runs
 
     ``threads`` is only recorded: call :func:`set_threads` before TensorFlow runs anything."""
     import tensorflow as tf
-    from edetgraph.detector import Detector
+    from edetgraph.task.detector import Detector
     det = Detector.from_spec(spec, ckpt, method=method)
     fn = det.function(1)
     t0 = time.perf_counter()
@@ -96,10 +96,10 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     set_threads(args.threads)
-    from edetgraph.checkpoint import CheckpointError
-    from edetgraph.preprocess import read_image
+    from edetgraph.checkpoints.checkpoint import CheckpointError
+    from edetgraph.task.preprocess import read_image
     from edetgraph.resources import path
-    from edetgraph.spec import SpecError, load_spec
+    from edetgraph.graph.spec import SpecError, load_spec
     try:
         spec = load_spec(args.spec, args.set)
         image = read_image(args.image or path("street.jpg")).numpy()

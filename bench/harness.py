@@ -221,7 +221,7 @@ def _check_quality(cfg, model, runners, rows, say) -> quality.Detector:
 
 def _evaluate_ap(cfg, runners, rows, detector, say) -> None:
     """COCO AP of every runner on --data, one pass over the images shared by all."""
-    from edetgraph.evaluation import to_coco_results
+    from edetgraph.task.evaluation import to_coco_results
     names = [n for n in _pending(rows) if n in runners]
     dets, ids = {n: [] for n in names}, []
     for batch_ids, x, scales in quality.eval_batches(cfg.data, cfg.annotations, cfg.spec,

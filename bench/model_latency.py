@@ -20,7 +20,7 @@ def measure(spec, threads: int, runs: int, warmup: int, batch: int = 1, seed: in
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from edetgraph.model import build_model
+    from edetgraph.nn.model import build_model
 
     t0 = time.perf_counter()
     model = build_model(spec, seed=seed)
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
-    from edetgraph.spec import SpecError, load_spec
+    from edetgraph.graph.spec import SpecError, load_spec
     try:
         spec = load_spec(args.spec, args.set)
     except SpecError as e:

@@ -17,8 +17,8 @@ from bench import latency
 spec_data, threads, batch, xla, runs = json.loads(sys.argv[1])
 tf.config.threading.set_intra_op_parallelism_threads(threads)
 tf.config.threading.set_inter_op_parallelism_threads(1)
-from edetgraph.model import build_model
-from edetgraph.spec import from_dict
+from edetgraph.nn.model import build_model
+from edetgraph.graph.spec import from_dict
 spec = from_dict(spec_data)
 tf.constant(0.0) + 1.0  # start TF's runtime before the baseline
 base = latency.peak_rss_mb()

@@ -4,7 +4,7 @@ and COCO AP, all computed the same way for every backend.
 Parity compares raw head outputs element by element on the same inputs (random pixels and
 real pictures) with :class:`exporters.parity.ParityGate`, under the tolerance of the file's
 numeric kind. Detections come from ONE post-processing for all backends, the project's TF
-``edetgraph.postprocess`` applied to each backend's raw outputs, so a difference in the
+``edetgraph.task.postprocess`` applied to each backend's raw outputs, so a difference in the
 table is a difference in the network, never in the NMS.
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ class Detector:
 
     def __init__(self, spec, shapes: dict, method: str = "soft", max_dets: int = 100):
         import tensorflow as tf
-        from edetgraph.postprocess import postprocess
+        from edetgraph.task.postprocess import postprocess
         from exporters.common import spec_anchors
         anchors, levels = spec_anchors(spec), list(spec.levels)
         self.batch = int(next(iter(shapes.values()))[0])
@@ -154,7 +154,7 @@ def agreement(matches: list) -> dict:
 
 def check_eval_data(data: str, annotations: str) -> None:
     """Refuse --data/--annotations that cannot work, before anything slow runs (EvalError)."""
-    from edetgraph.evaluation import EvalError, load_coco
+    from edetgraph.task.evaluation import EvalError, load_coco
     gt = load_coco(annotations)
     if os.path.isdir(data):
         from exporters.ap_check import images_folder
@@ -194,12 +194,12 @@ def eval_batches(data: str, annotations: str, spec, batch: int, limit: int | Non
 
 def _eval_images(data, annotations, spec, batch, limit):
     """One ``(id, normalised image, scale)`` at a time: a folder through
-    edetgraph.preprocess, a TFRecord through the project's evaluation pipeline."""
+    edetgraph.task.preprocess, a TFRecord through the project's evaluation pipeline."""
     pre = spec.preprocess
     count = 0
     if os.path.isdir(data):
-        from edetgraph.evaluation import load_coco
-        from edetgraph.preprocess import preprocess, read_image
+        from edetgraph.task.evaluation import load_coco
+        from edetgraph.task.preprocess import preprocess, read_image
         from exporters.ap_check import images_folder
         folder = images_folder(data)
         for im in load_coco(annotations).dataset["images"][:limit]:
@@ -220,8 +220,8 @@ def _eval_images(data, annotations, spec, batch, limit):
 
 
 def coco_ap(annotations, detections: list, image_ids: list) -> dict:
-    """AP and AP50 (pycocotools, via edetgraph.evaluation) of COCO-format detections."""
-    from edetgraph.evaluation import coco_metrics
+    """AP and AP50 (pycocotools, via edetgraph.task.evaluation) of COCO-format detections."""
+    from edetgraph.task.evaluation import coco_metrics
     m = coco_metrics(annotations, detections, image_ids)
     return {"AP": m["AP"], "AP50": m["AP50"], "AP75": m["AP75"], "images": len(image_ids),
             "detections": len(detections)}

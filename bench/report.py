@@ -21,7 +21,7 @@ NOTES = {
               "backend no further from the model run in float64 than 2x TF float32 itself "
               "(results.json: parity.float64); fp16 and int8 RMSE/std per head (int8 on "
               "real pictures only); a '!' after the kind marks a miss. 'ref' is TF itself.",
-    "detections": "The same post-processing (edetgraph.postprocess, TF) applied to each "
+    "detections": "The same post-processing (edetgraph.task.postprocess, TF) applied to each "
                   "backend's raw outputs on the real pictures; agree = share of TF detections "
                   f"with score >= {AGREE_SCORE} that the backend has with the same "
                   f"class at IoU >= {AGREE_IOU}; dscore = mean |score difference| of "

@@ -64,9 +64,9 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from bench.device import DeviceResultError
     from bench.report import format_report, write_report
-    from edetgraph.ckpt_archive import CheckpointError, resolve_checkpoint
-    from edetgraph.evaluation import EvalError
-    from edetgraph.spec import SpecError, load_spec
+    from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
+    from edetgraph.task.evaluation import EvalError
+    from edetgraph.graph.spec import SpecError, load_spec
     problem = config(args, None).problem()
     if problem:
         p.error(problem)

@@ -57,8 +57,8 @@ def _check(args, p) -> None:
 
 def _training_data(spec, pattern, images: int, log) -> str:
     from edetgraph.data.pipeline import list_files
-    from edetgraph.train_lib.config import SyntheticData
-    from edetgraph.train_lib.data import synthetic_data
+    from edetgraph.training.config import SyntheticData
+    from edetgraph.training.inputs import synthetic_data
     if pattern:
         list_files(pattern)     # a clear error now rather than deep inside tf.data
         return pattern
@@ -75,8 +75,8 @@ def measure(spec, batch_size: int, data: str, pipeline_batches: int, steps: int,
             jit_compile: bool = False) -> dict:
     """Both rates and their ratio; pipeline first, then the step, never overlapping."""
     from edetgraph.data.pipeline import benchmark_pipeline
-    from edetgraph.train_lib.benchmark import benchmark_train_step
-    from edetgraph.train_lib.data import make_labeler
+    from edetgraph.training.benchmark import benchmark_train_step
+    from edetgraph.training.inputs import make_labeler
     a = spec.preprocess
     pipe = benchmark_pipeline(data, spec.image_size, batch_size, training=True,
                               num_batches=pipeline_batches, warmup=5,
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     _check(args, p)
-    from edetgraph.spec import SpecError, load_spec
+    from edetgraph.graph.spec import SpecError, load_spec
     try:
         spec = load_spec(args.spec, args.set)
     except SpecError as e:

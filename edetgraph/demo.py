@@ -30,10 +30,10 @@ def _done(t0: float) -> None:
 
 
 def inspect_d0(out: Path) -> None:
-    from edetgraph.draw import draw
+    from edetgraph.graph.draw import draw
     from edetgraph.inspect import format_report, report
-    from edetgraph.passes import build_ir
-    from edetgraph.spec import load_spec
+    from edetgraph.graph.build import build_ir
+    from edetgraph.graph.spec import load_spec
 
     t0 = _stage("1. inspect EfficientDet-D0 (no TensorFlow needed)")
     spec = load_spec("d0")
@@ -50,10 +50,10 @@ def d0_on_street(out: Path) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from edetgraph import anchors, postprocess, preprocess
-    from edetgraph.model import build_model
+    from edetgraph.task import anchors, postprocess, preprocess
+    from edetgraph.nn.model import build_model
     from edetgraph.resources import path
-    from edetgraph.spec import load_spec
+    from edetgraph.graph.spec import load_spec
 
     t0 = _stage("2. D0 on street.jpg (random weights: released checkpoints cannot be fetched here)")
     spec = load_spec("d0")
@@ -80,9 +80,9 @@ def d0_on_street(out: Path) -> None:
 def train_demo(out: Path, steps: int | None) -> tuple[str, Path, Path]:
     """Generate the built-in dataset, train specs/demo.yaml from scratch, evaluate it."""
     from edetgraph import train
-    from edetgraph.spec import load_spec
-    from edetgraph.train_lib.config import load_train_config
-    from edetgraph.train_lib.data import synthetic_data
+    from edetgraph.graph.spec import load_spec
+    from edetgraph.training.config import load_train_config
+    from edetgraph.training.inputs import synthetic_data
 
     t0 = _stage("3. built-in dataset + train specs/demo.yaml from scratch + COCO evaluation")
     config = load_train_config("demo")

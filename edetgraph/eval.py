@@ -39,14 +39,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
 
-    from edetgraph.spec import SpecError, load_spec
+    from edetgraph.graph.spec import SpecError, load_spec
     try:
         spec = load_spec(args.spec, args.set)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from edetgraph.checkpoint import CheckpointError, load_checkpoint
-    from edetgraph.evaluation import EvalError, Evaluator, format_table
+    from edetgraph.checkpoints.checkpoint import CheckpointError, load_checkpoint
+    from edetgraph.task.evaluation import EvalError, Evaluator, format_table
     detections = args.detections or str(Path(args.out).parent / "detections.json"
                                         if args.out else "detections.json")
     try:

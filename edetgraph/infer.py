@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-METHODS = ("soft", "hard", "fast")  # edetgraph.postprocess.METHODS, without importing TF for --help
+METHODS = ("soft", "hard", "fast")  # edetgraph.task.postprocess.METHODS, without importing TF for --help
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _read_inputs(paths: list) -> list:
     """Decode every image before any model is built, so a bad file fails in a second."""
-    from edetgraph.preprocess import read_image
+    from edetgraph.task.preprocess import read_image
     return [read_image(p).numpy() for p in paths]
 
 
@@ -71,8 +71,8 @@ def _output_stems(paths: list) -> list[str]:
 
 
 def _load_detector(args):
-    from edetgraph.detector import Detector, load_labels
-    from edetgraph.spec import load_spec
+    from edetgraph.task.detector import Detector, load_labels
+    from edetgraph.graph.spec import load_spec
     spec = load_spec(args.spec, args.set)
     labels = load_labels(args.labels) if args.labels else None
     use_ema = {"auto": "auto", "yes": True, "no": False}[args.ema]
@@ -119,8 +119,8 @@ def _outputs(paths: list, out: Path) -> list[tuple[str, Path]]:
 def _one_image(det, args, path, image, stem: str, pic: Path) -> dict:
     """Detect, draw, optionally dump; returns the image's detections.json entry."""
     import numpy as np
-    from edetgraph.postprocess import to_detections_json
-    from edetgraph.visualize import draw_detections, save_picture
+    from edetgraph.task.postprocess import to_detections_json
+    from edetgraph.task.visualize import draw_detections, save_picture
     t0 = time.perf_counter()
     raw = det.raw([image])[0]
     ms = (time.perf_counter() - t0) * 1000
@@ -161,8 +161,8 @@ def main(argv=None) -> int:
     if args.max_dets < 1:
         print(f"error: --max-dets must be >= 1, got {args.max_dets}", file=sys.stderr)
         return 2
-    from edetgraph.checkpoint import CheckpointError
-    from edetgraph.spec import SpecError
+    from edetgraph.checkpoints.checkpoint import CheckpointError
+    from edetgraph.graph.spec import SpecError
     try:
         run(args)
     except (SpecError, CheckpointError, FileNotFoundError, ValueError, OSError) as e:

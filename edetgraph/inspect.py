@@ -18,9 +18,9 @@ import json
 import sys
 from collections import Counter
 
-from edetgraph.cost import COMPONENTS, model_cost
-from edetgraph.passes import build_ir
-from edetgraph.spec import SpecError, load_spec
+from edetgraph.graph.cost import COMPONENTS, model_cost
+from edetgraph.graph.build import build_ir
+from edetgraph.graph.spec import SpecError, load_spec
 
 
 def report(spec, g=None, diffs=None) -> dict:
@@ -104,7 +104,7 @@ def _pass_change(p: dict) -> str:
 def verify(spec, r: dict, g=None) -> list[str]:
     """Build the TF model (from IR ``g`` if given, e.g. after --prune) and compare its
     variables with the cost model; returns problems."""
-    from edetgraph.model import DetectionModel
+    from edetgraph.nn.model import DetectionModel
     import numpy as np
 
     model = DetectionModel(spec, graph=g)
@@ -156,7 +156,7 @@ def _build(spec, args):
 
 
 def _main_compare(args) -> int:
-    from edetgraph.compare import compare, format_table
+    from edetgraph.graph.compare import compare, format_table
     try:
         specs = [load_spec(name, args.set) for name in args.compare]
         built = [_build(spec, args) for spec in specs]
@@ -164,7 +164,7 @@ def _main_compare(args) -> int:
         for row, (_, diffs) in zip(rows, built):
             row["passes"] = [d.as_dict() for d in diffs]
         if args.draw:
-            from edetgraph.draw import draw
+            from edetgraph.graph.draw import draw
             for row, spec, (g, _) in zip(rows, specs, built):
                 out = _draw_path(args.draw, spec, len(specs))
                 row["drawing"] = str(draw(g, out, title=f"{spec.name}: feature network"))
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         g, diffs = _build(spec, args)
         r = report(spec, g, diffs)
         if args.draw:
-            from edetgraph.draw import draw
+            from edetgraph.graph.draw import draw
             r["drawing"] = str(draw(g, args.draw, title=f"{spec.name}: feature network"))
     except (SpecError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

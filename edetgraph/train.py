@@ -41,15 +41,15 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
 
-    from edetgraph.spec import SpecError, load_spec
-    from edetgraph.train_lib.config import TrainConfigError, load_train_config
+    from edetgraph.graph.spec import SpecError, load_spec
+    from edetgraph.training.config import TrainConfigError, load_train_config
     try:
         spec = load_spec(args.spec, args.set)
         config = load_train_config(args.train_config, args.train_set)
     except (SpecError, TrainConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from edetgraph.trainer import TrainError, train
+    from edetgraph.training.trainer import TrainError, train
     try:
         result = train(spec, config, args.model_dir, args.data, args.val_data, args.val_json,
                        args.ckpt, args.strategy, args.tpu, args.precision)
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     print(f"done: step {result.step}/{result.total_steps} in {result.seconds:.0f} s; "
           f"checkpoint {result.checkpoint}")
     if result.metrics:
-        from edetgraph.evaluation import format_table
+        from edetgraph.task.evaluation import format_table
         print(format_table(result.metrics))
     return 0
 

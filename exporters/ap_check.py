@@ -107,8 +107,8 @@ def add_args(p) -> None:
 
 def _images(data: str, annotations: str, limit: int | None):
     """``(image id, uint8 image)`` for the annotated images of a folder or TFRecord."""
-    from edetgraph.evaluation import load_coco
-    from edetgraph.preprocess import read_image
+    from edetgraph.task.evaluation import load_coco
+    from edetgraph.task.preprocess import read_image
     if os.path.isdir(data):
         folder = images_folder(data)
         for im in load_coco(annotations).dataset["images"][:limit]:
@@ -128,7 +128,7 @@ def _images(data: str, annotations: str, limit: int | None):
 
 def _batches(data, annotations, spec, input_kind, batch: int, limit):
     """``(ids, x [batch, H, W, 3], scale_to_original [batch])``; the last batch is padded."""
-    from edetgraph.preprocess import scaled_size
+    from edetgraph.task.preprocess import scaled_size
     ids, xs, scales = [], [], []
 
     def flush():
@@ -155,7 +155,7 @@ def measure(spec, serve, run_file, data: str, annotations: str, input_kind: str,
     both, the drop in points, the bound and ``passed``."""
     import tensorflow as tf
     from bench.quality import Detector, coco_ap
-    from edetgraph.evaluation import to_coco_results
+    from edetgraph.task.evaluation import to_coco_results
     detector, dets, ids = None, {"tf": [], "file": []}, []
     for batch_ids, x, scales in _batches(data, annotations, spec, input_kind, batch, limit):
         outs = {"tf": {k: v.numpy() for k, v in serve(tf.constant(x)).items()},

@@ -17,13 +17,13 @@ import tempfile
 
 import numpy as np
 
-from edetgraph.spec import SpecError, load_spec
+from edetgraph.graph.spec import SpecError, load_spec
 
-NORMALISED_HELP = ("float: float32 images already normalised as edetgraph.preprocess does "
+NORMALISED_HELP = ("float: float32 images already normalised as edetgraph.task.preprocess does "
                    "(mean/std of the spec, resized keeping the aspect ratio, zero-padded to the "
                    "spec's size). uint8: RGB pixels [B, H, W, 3] of the spec's size, ALREADY "
                    "resized (aspect kept) and padded bottom/right (pad with the spec's mean colour "
-                   "to match edetgraph.preprocess); the graph only normalises. Resizing stays "
+                   "to match edetgraph.task.preprocess); the graph only normalises. Resizing stays "
                    "outside because the official pipeline resizes the normalised float image, "
                    "which a uint8 input cannot reproduce")
 
@@ -100,7 +100,7 @@ def check_common(args, suffix: str):
     from exporters.ap_check import check_request as check_eval
     check_eval(args)
     if args.ckpt is not None:
-        from edetgraph.ckpt_archive import CheckpointError, resolve_checkpoint
+        from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
         try:
             resolve_checkpoint(args.ckpt)
         except CheckpointError as e:
@@ -140,7 +140,7 @@ def log(prog: str, message: str) -> None:
 def run_cli(prog: str, main, argv=None) -> int:
     """Run ``main(argv)``; any refusal or failure becomes one ``prog: error: ...`` line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from edetgraph.ckpt_archive import CheckpointError
+    from edetgraph.checkpoints.archive import CheckpointError
     try:
         return main(argv)
     except (ExportError, SpecError, CheckpointError) as e:
@@ -155,8 +155,8 @@ def run_cli(prog: str, main, argv=None) -> int:
 
 def build_export_model(spec, ckpt=None, seed: int = 0):
     """``(model, weights)``: the detector with checkpoint or random weights, and which."""
-    from edetgraph.checkpoint import load_checkpoint
-    from edetgraph.model import build_model
+    from edetgraph.checkpoints.checkpoint import load_checkpoint
+    from edetgraph.nn.model import build_model
     model = build_model(spec, seed=seed)
     if ckpt is None:
         randomize_weights(model, spec, seed)
@@ -182,7 +182,7 @@ def randomize_weights(model, spec, seed: int = 0, num_images: int = 8,
     Relies on BatchNorm.momentum and the blocks' ``survival`` attribute.
     """
     import tensorflow as tf
-    from edetgraph.layers import BatchNorm
+    from edetgraph.nn.layers import BatchNorm
     images = np.stack([prepare_image(im, spec, "float")
                        for im in synthetic_images(spec, num_images, seed + 7)])
     per_pass = max(1, max_pixels // int(np.prod(images.shape[1:3])))
@@ -229,7 +229,7 @@ def _scale_predictions(model, passes) -> None:
 
 
 def norm_constants(spec):
-    """``(mean, 1/std)`` float32 RGB: the arithmetic edetgraph.preprocess uses."""
+    """``(mean, 1/std)`` float32 RGB: the arithmetic edetgraph.task.preprocess uses."""
     mean = np.asarray(spec.preprocess.mean_rgb, np.float32)
     return mean, np.float32(1) / np.asarray(spec.preprocess.stddev_rgb, np.float32)
 
@@ -243,9 +243,9 @@ def normalize_in_graph(images, spec):
 
 def letterbox_uint8(image, spec) -> np.ndarray:
     """uint8 ``[h, w, 3]`` -> uint8 network-size image: bilinear resize keeping the aspect
-    ratio (the sizes edetgraph.preprocess uses), padded bottom/right with the mean colour."""
+    ratio (the sizes edetgraph.task.preprocess uses), padded bottom/right with the mean colour."""
     import tensorflow as tf
-    from edetgraph.preprocess import scaled_size
+    from edetgraph.task.preprocess import scaled_size
     out_h, out_w = spec.image_size
     _, sh, sw = scaled_size(image.shape[0], image.shape[1], spec.image_size)
     resized = tf.image.resize(tf.cast(image, tf.float32)[None], tf.stack([sh, sw]))[0].numpy()
@@ -257,10 +257,10 @@ def letterbox_uint8(image, spec) -> np.ndarray:
 
 def prepare_image(image, spec, kind: str) -> np.ndarray:
     """One uint8 image of any size -> the exported model's input ``[H, W, 3]`` (``kind``
-    ``float``: edetgraph.preprocess; ``uint8``: :func:`letterbox_uint8`)."""
+    ``float``: edetgraph.task.preprocess; ``uint8``: :func:`letterbox_uint8`)."""
     if kind == "uint8":
         return letterbox_uint8(np.asarray(image), spec)
-    from edetgraph.preprocess import preprocess
+    from edetgraph.task.preprocess import preprocess
     return preprocess(image, spec.image_size, spec.preprocess.mean_rgb,
                       spec.preprocess.stddev_rgb)[0].numpy()
 
@@ -274,7 +274,7 @@ def synthetic_images(spec, count: int, seed: int) -> list:
 
 def spec_anchors(spec) -> np.ndarray:
     """The spec's anchors ``[N, 4]`` in network pixels, in head-output order."""
-    from edetgraph.anchors import generate_anchors
+    from edetgraph.task.anchors import generate_anchors
     a = spec.anchors
     return generate_anchors(spec.image_size, a.min_level, a.max_level, a.num_scales,
                             a.aspect_ratios, a.scale)
@@ -289,7 +289,7 @@ def detection_op_inputs(raw: dict, spec) -> dict:
     """Raw outputs -> what TFLite_Detection_PostProcess takes: ``box_encodings`` (flattened
     box codes) and ``class_scores`` (sigmoid of the flattened logits)."""
     import tensorflow as tf
-    from edetgraph.postprocess import flatten_outputs
+    from edetgraph.task.postprocess import flatten_outputs
     cls, box = flatten_outputs(*head_lists(raw, spec), spec.num_classes)
     return {"box_encodings": box, "class_scores": tf.sigmoid(cls)}
 

@@ -5,7 +5,7 @@ Why: in swish models a few channels of the heads' activations span +-30 while mo
 on a swish demo model: full int8 lost 5.6 AP points, float heads 0.6). Bounded activations
 (relu6, the Lite models) do not need this.
 
-How: edetgraph.heads traces its ops under the name scopes ``class_net/`` and ``box_net/``;
+How: edetgraph.nn.heads traces its ops under the name scopes ``class_net/`` and ``box_net/``;
 the converter's selective quantisation (tf.lite's QuantizationDebugger with denylisted
 nodes) keeps those ops float and quantises everything else.
 """
@@ -16,7 +16,7 @@ import warnings
 from exporters.common import ExportFailed
 from exporters.to_tflite import _interpreter
 
-HEAD_SCOPES = ("class_net/", "box_net/")  # the name scopes of edetgraph.heads
+HEAD_SCOPES = ("class_net/", "box_net/")  # the name scopes of edetgraph.nn.heads
 
 
 def head_nodes(serve, model) -> list:

@@ -342,7 +342,7 @@ def format_parity(p: dict) -> str:
 def parity_images(spec, kind: str, num_random: int = 2, seed: int = 0) -> list:
     """``[(label, image, real)]`` in the exported input format: random pixels, then the
     official street.jpg and one synthetic scene (``real`` marks the last two)."""
-    from edetgraph.preprocess import read_image
+    from edetgraph.task.preprocess import read_image
     from edetgraph.resources import path
     rng = np.random.default_rng(seed + 1000)
     h, w = spec.image_size

@@ -171,7 +171,7 @@ def export_onnx(spec, out: str, *, ckpt=None, seed: int = 0, opset: int = 17,
     """
     import onnx
     from bench.runners import RunnerError, make_runner
-    from edetgraph.postprocess import postprocess as nms
+    from edetgraph.task.postprocess import postprocess as nms
     from exporters.parity import ParityGate, run_gate, tolerance_for
     say = (lambda m: log(PROG, m)) if verbose else (lambda m: None)
     start = time.perf_counter()

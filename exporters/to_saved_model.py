@@ -32,7 +32,7 @@ SIGNATURES = ("serving_default", "raw", "network")
 
 
 def export_saved_model(detector, out_dir, batch_size: int | None = None) -> str:
-    """Write ``detector`` (an ``edetgraph.detector.Detector``) as a SavedModel; returns the path."""
+    """Write ``detector`` (an ``edetgraph.task.detector.Detector``) as a SavedModel; returns the path."""
     import tensorflow as tf
     spec = detector.spec
     h, w = spec.image_size
@@ -102,8 +102,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from edetgraph.checkpoint import CheckpointError
-    from edetgraph.spec import SpecError
+    from edetgraph.checkpoints.checkpoint import CheckpointError
+    from edetgraph.graph.spec import SpecError
     try:
         return _export(args)
     except (SpecError, CheckpointError, ValueError, OSError) as e:
@@ -121,10 +121,10 @@ def _staging(out: Path) -> Path:
 
 
 def _export(args) -> int:
-    from edetgraph.detector import Detector
-    from edetgraph.preprocess import read_image
+    from edetgraph.task.detector import Detector
+    from edetgraph.task.preprocess import read_image
     from edetgraph.resources import path
-    from edetgraph.spec import load_spec
+    from edetgraph.graph.spec import load_spec
     spec = load_spec(args.spec, args.set)
     out = Path(args.out)
     staging = _staging(out)

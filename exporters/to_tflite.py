@@ -128,7 +128,7 @@ def representative_files(source: str) -> tuple:
 def representative_images(source: str, limit: int):
     """Yield up to ``limit`` uint8 RGB images, decoded with TensorFlow's decoders."""
     import tensorflow as tf
-    from edetgraph.preprocess import read_image
+    from edetgraph.task.preprocess import read_image
     kind, files = representative_files(source)
     if kind == "dir":
         for f in files[:limit]:
@@ -253,7 +253,7 @@ def export_tflite(spec, out: str, *, quant: str = "fp32", representative: str | 
     ``eval_data``, when the file loses more AP than its kind allows (exporters.ap_check).
     """
     from bench.runners import RunnerError, make_runner
-    from edetgraph.postprocess import make_tflite_detection_postprocess
+    from edetgraph.task.postprocess import make_tflite_detection_postprocess
     from exporters.parity import ParityGate, run_gate, tolerance_for
     say = (lambda m: log(PROG, m)) if verbose else (lambda m: None)
     start = time.perf_counter()

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from edetgraph.anchors import (anchors_to_center_size, feature_sizes, generate_anchors, num_anchors,
+from edetgraph.task.anchors import (anchors_to_center_size, feature_sizes, generate_anchors, num_anchors,
                                num_anchors_per_location, parse_image_size)
 
 
@@ -135,5 +135,5 @@ def test_center_size_and_bad_sizes():
 
 
 def test_no_tensorflow_import():
-    code = "import sys, edetgraph.anchors, edetgraph.labels; sys.exit('tensorflow' in sys.modules)"
+    code = "import sys, edetgraph.task.anchors, edetgraph.task.labels; sys.exit('tensorflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

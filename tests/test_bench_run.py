@@ -121,7 +121,7 @@ def test_rerun_reuses_exports_and_merges_device_results(bench_runs):
 
 @pytest.mark.slow
 def test_changed_spec_or_options_are_not_reused(bench_runs):
-    from edetgraph.spec import load_spec
+    from edetgraph.graph.spec import load_spec
     path = bench_runs["rows1"]["tflite-int8"]["file"]
     rep = str(bench_runs["data"] / "val" / "images")
     cfg = harness.BenchConfig(spec=load_spec("demo", TINY), out=str(bench_runs["out"]),

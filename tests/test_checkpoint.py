@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edetgraph.checkpoint import (EMA_SUFFIX, CheckpointError, load_checkpoint, resolve_checkpoint,
+from edetgraph.checkpoints.checkpoint import (EMA_SUFFIX, CheckpointError, load_checkpoint, resolve_checkpoint,
                                   save_checkpoint, write_released)
 from edetgraph.resources import path as resource
 

@@ -1,9 +1,9 @@
 """The cost model reproduces the official parameter and FLOP counts, per component."""
 import pytest
 
-from edetgraph.cost import COMPONENTS, Cost, model_cost
+from edetgraph.graph.cost import COMPONENTS, Cost, model_cost
 from edetgraph.inspect import report
-from edetgraph.spec import load_spec
+from edetgraph.graph.spec import load_spec
 from conftest import OFFICIAL
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edetgraph.evaluation import METRIC_NAMES, coco_metrics, format_table, to_coco_results
+from edetgraph.task.evaluation import METRIC_NAMES, coco_metrics, format_table, to_coco_results
 
 
 def _gt(num_images=6, seed=0):
@@ -75,7 +75,7 @@ def test_metrics_are_identical_to_pycocotools(tmp_path):
 
 
 def test_no_detections_and_unknown_images():
-    from edetgraph.evaluation import EvalError
+    from edetgraph.task.evaluation import EvalError
     gt = _gt()
     assert coco_metrics(gt, [])["AP"] == 0.0
     with pytest.raises(EvalError, match="not in the annotations"):
@@ -105,10 +105,10 @@ def tiny_val(tmp_path_factory):
 
 def test_eval_cli_end_to_end_matches_pycocotools_on_its_own_detections(tmp_path, tiny_val,
                                                                        capsys):
-    from edetgraph.checkpoint import save_checkpoint
+    from edetgraph.checkpoints.checkpoint import save_checkpoint
     from edetgraph.eval import main
-    from edetgraph.model import build_model
-    from edetgraph.spec import load_spec
+    from edetgraph.nn.model import build_model
+    from edetgraph.graph.spec import load_spec
     sets = ["image_size=64", "num_classes=3", "backbone.width=0.25", "backbone.depth=0.1",
             "fpn.channels=8", "fpn.repeats=1", "head.repeats=1", "anchors.max_level=5"]
     model = build_model(load_spec("d0", sets), seed=3)

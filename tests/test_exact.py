@@ -8,7 +8,7 @@ SMALL = ["image_size=128", "backbone.depth=0.1", "backbone.width=0.25", "fpn.cha
 
 @pytest.fixture(scope="module")
 def small():
-    from edetgraph.spec import load_spec
+    from edetgraph.graph.spec import load_spec
     from exporters.common import build_export_model
     from exporters.parity import parity_images
     spec = load_spec("d0", SMALL)  # fastattn fusion: its weights are a list of variables

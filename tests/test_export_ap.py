@@ -52,7 +52,7 @@ def _from_ground_truth(val_dir, spec, shift_px=0.0):
 
 
 def test_measure_scores_detections_in_the_original_frame_and_catches_a_loss(val_dir):
-    from edetgraph.spec import load_spec
+    from edetgraph.graph.spec import load_spec
     from exporters.ap_check import measure
     spec = load_spec("d0", SMALL)
     annotations = str(val_dir / "instances.json")

@@ -37,7 +37,7 @@ def _not_json(name):
 @pytest.fixture(scope="module")
 def small_tf():
     """The TF model the exporter builds for the small spec (same seed, same init)."""
-    from edetgraph.spec import load_spec
+    from edetgraph.graph.spec import load_spec
     from exporters.common import build_export_model
     spec = load_spec("d0", SMALL)
     return spec, build_export_model(spec, None, 0)[0]
@@ -55,7 +55,7 @@ def nms_file(tmp_path_factory):
 
 
 def _images(spec, kind):
-    from edetgraph.preprocess import read_image
+    from edetgraph.task.preprocess import read_image
     from edetgraph.resources import path
     from exporters.common import prepare_image, synthetic_images
     street = read_image(path("street.jpg")).numpy()
@@ -106,7 +106,7 @@ def test_float64_factor_zero_skips_the_float64_run(tmp_path):
 
 
 def test_hard_nms_detections_identical_to_tf_dynamic_batch_uint8(nms_file, small_tf):
-    from edetgraph.postprocess import postprocess
+    from edetgraph.task.postprocess import postprocess
     from exporters.common import head_lists, normalize_in_graph, spec_anchors
     from exporters.parity import compare_detections
     path, summary = nms_file

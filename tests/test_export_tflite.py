@@ -34,7 +34,7 @@ def _not_json(name):
 
 @pytest.fixture(scope="module")
 def small_tf():
-    from edetgraph.spec import load_spec
+    from edetgraph.graph.spec import load_spec
     from exporters.common import build_export_model
     spec = load_spec("d0", SMALL)
     return spec, build_export_model(spec, None, 0)[0]
@@ -44,7 +44,7 @@ def small_tf():
 def fp32_file(tmp_path_factory, small_tf):
     """Exported from a checkpoint of the reference weights, with another --seed: the file
     matches TF only if the weights really came from --ckpt."""
-    from edetgraph.checkpoint import save_checkpoint
+    from edetgraph.checkpoints.checkpoint import save_checkpoint
     folder = tmp_path_factory.mktemp("tfl_fp32")
     ckpt = save_checkpoint(small_tf[1].variables_by_name(), folder / "ckpt" / "small")
     return _export(folder, "small.tflite", "--quant", "fp32", "--ckpt", ckpt, "--seed", "7")
@@ -57,7 +57,7 @@ def fast_file(tmp_path_factory):
 
 
 def _images(spec, kind, count=2):
-    from edetgraph.preprocess import read_image
+    from edetgraph.task.preprocess import read_image
     from edetgraph.resources import path
     from exporters.common import prepare_image, synthetic_images
     street = read_image(path("street.jpg")).numpy()
@@ -93,7 +93,7 @@ def test_fp32_raw_heads_match_tf_within_1e4(fp32_file, small_tf):
 
 
 def test_fast_nms_detections_identical_to_tf_fast(fast_file, small_tf):
-    from edetgraph.postprocess import postprocess
+    from edetgraph.task.postprocess import postprocess
     from exporters.common import head_lists, spec_anchors
     from exporters.parity import compare_detections
     path, summary = fast_file

@@ -3,9 +3,9 @@ import networkx as nx
 import pytest
 import yaml
 
-from edetgraph import ir, topology
-from edetgraph.passes import build_ir, feature_sizes
-from edetgraph.spec import NodeSpec, SpecError, from_dict, load_spec
+from edetgraph.graph import ir, topology
+from edetgraph.graph.build import build_ir, feature_sizes
+from edetgraph.graph.spec import NodeSpec, SpecError, from_dict, load_spec
 from conftest import SPECS
 
 BASE = yaml.safe_load((SPECS / "d0.yaml").read_text())

@@ -9,14 +9,14 @@ from PIL import Image
 
 from conftest import run_py
 from edetgraph import infer
-from edetgraph.checkpoint import load_checkpoint, save_checkpoint, write_released
-from edetgraph.detector import Detector, load_labels
-from edetgraph.labels import COCO_LABELS
-from edetgraph.model import build_model
-from edetgraph.preprocess import preprocess, read_image
+from edetgraph.checkpoints.checkpoint import load_checkpoint, save_checkpoint, write_released
+from edetgraph.task.detector import Detector, load_labels
+from edetgraph.task.labels import COCO_LABELS
+from edetgraph.nn.model import build_model
+from edetgraph.task.preprocess import preprocess, read_image
 from edetgraph.resources import path
-from edetgraph.spec import load_spec
-from edetgraph.visualize import draw_detections
+from edetgraph.graph.spec import load_spec
+from edetgraph.task.visualize import draw_detections
 
 STREET = path("street.jpg")
 SMALL = ["image_size=128"]

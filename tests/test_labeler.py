@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edetgraph.labeler import AnchorLabeler
+from edetgraph.task.labeler import AnchorLabeler
 
 try:
-    from edetgraph.anchors import generate_anchors, feature_sizes
+    from edetgraph.task.anchors import generate_anchors, feature_sizes
 except ImportError:     # anchors.py is written separately; keep these tests independent of it
     generate_anchors = feature_sizes = None
 
 
 def official_anchors(size, min_level, max_level, num_scales=3, aspects=(1.0, 2.0, 0.5), scale=4.0):
-    """Anchors and feature sizes in the official layout (uses edetgraph.anchors when present)."""
+    """Anchors and feature sizes in the official layout (uses edetgraph.task.anchors when present)."""
     if generate_anchors is not None:
         return (generate_anchors(size, min_level, max_level, num_scales, aspects, scale),
                 feature_sizes(size, min_level, max_level))

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edetgraph import losses
-from edetgraph.model import build_model
-from edetgraph.spec import load_spec
+from edetgraph.task import losses
+from edetgraph.nn.model import build_model
+from edetgraph.graph.spec import load_spec
 
 
 def np_sigmoid(x):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edetgraph.cost import model_cost
-from edetgraph.model import build_model
+from edetgraph.graph.cost import model_cost
+from edetgraph.nn.model import build_model
 from edetgraph.resources import path
-from edetgraph.spec import load_spec
+from edetgraph.graph.spec import load_spec
 from conftest import OFFICIAL
 
 BIG = {"d4", "d5", "d6", "d7", "d7x", "lite3", "lite3x", "lite4"}
@@ -119,7 +119,7 @@ SYNC_BN = """
 import numpy as np, tensorflow as tf
 cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-from edetgraph.layers import BatchNorm
+from edetgraph.nn.layers import BatchNorm
 strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")[:2]])
 with strategy.scope():
     bn = BatchNorm("bn", 4, momentum=0.5)
@@ -182,7 +182,7 @@ def _randomise_bn(model, seed=0):
 def test_inference_bn_folding_equals_conv_then_bn(monkeypatch):
     """At inference BN is folded into the preceding conv; the result must be what the
     unfolded conv -> bias -> batch norm computes (float rounding aside)."""
-    from edetgraph import backbone, heads, lowering
+    from edetgraph.nn import backbone, heads, lowering
     spec = load_spec("d0", ["image_size=128", "fpn.channels=16", "fpn.repeats=2", "head.repeats=2"])
     model = build_model(spec)
     _randomise_bn(model)

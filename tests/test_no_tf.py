@@ -18,8 +18,8 @@ sys.meta_path.insert(0, Block())
 
 def test_graph_modules_import_without_tensorflow():
     code = BLOCK_TF + """
-import edetgraph.spec, edetgraph.scaling, edetgraph.blocks, edetgraph.topology
-import edetgraph.ir, edetgraph.passes, edetgraph.cost, edetgraph.inspect, edetgraph.draw
+import edetgraph.graph.spec, edetgraph.graph.scaling, edetgraph.graph.blocks, edetgraph.graph.topology
+import edetgraph.graph.ir, edetgraph.graph.build, edetgraph.graph.cost, edetgraph.inspect, edetgraph.graph.draw
 print('ok', 'tensorflow' in sys.modules)
 """
     r = run_py(code)

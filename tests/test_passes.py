@@ -6,11 +6,11 @@ import networkx as nx
 import pytest
 import yaml
 
-from edetgraph import graph_passes, ir, topology
-from edetgraph.cost import model_cost
+from edetgraph.graph import ir, passes as graph_passes, topology
+from edetgraph.graph.cost import model_cost
 from edetgraph.inspect import main
-from edetgraph.passes import build_ir
-from edetgraph.spec import SpecError, from_dict, load_spec
+from edetgraph.graph.build import build_ir
+from edetgraph.graph.spec import SpecError, from_dict, load_spec
 from conftest import OFFICIAL, SPECS, run_py
 
 BASE = yaml.safe_load((SPECS / "d0.yaml").read_text())
@@ -147,7 +147,7 @@ def test_unread_cell_input_is_an_error_unless_pruned():
 def test_pruned_graph_lowers_to_a_model_without_the_dead_weights():
     tf = pytest.importorskip("tensorflow")
     import numpy as np
-    from edetgraph.model import DetectionModel
+    from edetgraph.nn.model import DetectionModel
 
     spec = _spec(DEAD_SPEC_NODES, repeats=2, image_size=128, num_classes=3)
     g = build_ir(spec, prune=True)
@@ -162,7 +162,7 @@ def test_pruned_graph_lowers_to_a_model_without_the_dead_weights():
 def test_shared_graph_computes_exactly_what_the_unshared_one_does():
     tf = pytest.importorskip("tensorflow")
     import numpy as np
-    from edetgraph.model import DetectionModel
+    from edetgraph.nn.model import DetectionModel
 
     spec = _double_p3_spec(repeats=2, image_size=128, num_classes=3)
     x = tf.random.stateless_normal([1, 128, 128, 3], [3, 4])
@@ -305,8 +305,8 @@ print('TF', 'tensorflow' in sys.modules, rc)
 def test_spec_fields_turn_the_passes_on_for_the_model_too():
     """fpn.prune / fpn.share_resample in a spec reach build_ir's default call (so build_model
     and training see the pruned, shared graph), not only inspect's flags."""
-    from edetgraph.passes import build_ir as _build
-    from edetgraph.spec import load_spec as _load
+    from edetgraph.graph.build import build_ir as _build
+    from edetgraph.graph.spec import load_spec as _load
     fc = "specs/topologies/fc_fpn.yaml"
     plain = _build(_load(fc))
     shared = _build(_load(fc, ["fpn.share_resample=true"]))

@@ -7,7 +7,7 @@ import tensorflow as tf
 from edetgraph.data.pipeline import (MEAN_RGB, STDDEV_RGB, benchmark_pipeline, make_dataset,
                                      transform)
 from edetgraph.data.tfexample import encode_example
-from edetgraph.labeler import AnchorLabeler
+from edetgraph.task.labeler import AnchorLabeler
 
 DARK, BRIGHT = 20, 240
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edetgraph.anchors import feature_sizes, generate_anchors
-from edetgraph.labels import COCO_LABELS, label_name
-from edetgraph.postprocess import (decode_boxes, flatten_outputs, make_postprocess_fn,
+from edetgraph.task.anchors import feature_sizes, generate_anchors
+from edetgraph.task.labels import COCO_LABELS, label_name
+from edetgraph.task.postprocess import (decode_boxes, flatten_outputs, make_postprocess_fn,
                                    make_tflite_detection_postprocess, postprocess, postprocess_flat,
                                    to_detections_json, tflite_implements_signature)
 

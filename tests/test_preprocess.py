@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edetgraph.preprocess import (IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB, LITE_MEAN_RGB, LITE_STDDEV_RGB,
+from edetgraph.task.preprocess import (IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB, LITE_MEAN_RGB, LITE_STDDEV_RGB,
                                   make_preprocess_fn, preprocess, preprocess_batch, read_image)
 from edetgraph.resources import path
 

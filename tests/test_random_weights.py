@@ -9,8 +9,8 @@ SMALL = ["image_size=128", "backbone.depth=0.1", "backbone.width=0.25", "fpn.cha
 def _batch_stats(spec, images):
     """BN moving statistics after one deterministic training pass with momentum 0."""
     import tensorflow as tf
-    from edetgraph.layers import BatchNorm
-    from edetgraph.model import build_model
+    from edetgraph.nn.layers import BatchNorm
+    from edetgraph.nn.model import build_model
     model = build_model(spec, seed=0)
     for m in model.submodules:
         if isinstance(m, BatchNorm):
@@ -23,8 +23,8 @@ def _batch_stats(spec, images):
 
 
 def test_passes_keep_the_image_weighted_mean_of_their_statistics():
-    from edetgraph.model import build_model
-    from edetgraph.spec import load_spec
+    from edetgraph.nn.model import build_model
+    from edetgraph.graph.spec import load_spec
     from exporters.common import prepare_image, randomize_weights, synthetic_images
     spec = load_spec("d0", SMALL)
     images = np.stack([prepare_image(im, spec, "float") for im in synthetic_images(spec, 3, 7)])

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 
 from conftest import run_py
-from edetgraph.checkpoint import write_released
-from edetgraph.detector import Detector
-from edetgraph.model import build_model
-from edetgraph.preprocess import read_image
+from edetgraph.checkpoints.checkpoint import write_released
+from edetgraph.task.detector import Detector
+from edetgraph.nn.model import build_model
+from edetgraph.task.preprocess import read_image
 from edetgraph.resources import path
-from edetgraph.spec import load_spec
+from edetgraph.graph.spec import load_spec
 from exporters import to_saved_model
 
 SMALL = "image_size=160"

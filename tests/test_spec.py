@@ -2,8 +2,8 @@
 import pytest
 import yaml
 
-from edetgraph import scaling
-from edetgraph.spec import SpecError, from_dict, list_specs, load_spec
+from edetgraph.graph import scaling
+from edetgraph.graph.spec import SpecError, from_dict, list_specs, load_spec
 from conftest import OFFICIAL, SPECS
 
 BASE = yaml.safe_load((SPECS / "d0.yaml").read_text())
@@ -75,7 +75,7 @@ def test_bad_spec_names_file_key_and_value(change, message, tmp_path):
     path = tmp_path / "d0.yaml"
     path.write_text(yaml.safe_dump(dict(BASE, **change)))
     if message is None:
-        from edetgraph.passes import build_ir
+        from edetgraph.graph.build import build_ir
         with pytest.raises(SpecError, match=r"fpn.topology: 'nope' is not registered"):
             build_ir(load_spec(path))
         return

@@ -5,10 +5,10 @@ import networkx as nx
 import pytest
 import yaml
 
-from edetgraph import compare, ir, topology
-from edetgraph.cost import model_cost
-from edetgraph.passes import build_ir
-from edetgraph.spec import WEIGHT_METHODS, SpecError, from_dict, load_spec
+from edetgraph.graph import compare, ir, topology
+from edetgraph.graph.cost import model_cost
+from edetgraph.graph.build import build_ir
+from edetgraph.graph.spec import WEIGHT_METHODS, SpecError, from_dict, load_spec
 from conftest import SPECS
 
 TABLE5 = ["fpn", "panet", "nasfpn", "fc_fpn", "bifpn_unweighted", "bifpn"]   # the paper's rows
@@ -178,7 +178,7 @@ def test_topology_builds_runs_and_trains(name):
     gradient, and three SGD steps lower a fixed dummy loss."""
     tf = pytest.importorskip("tensorflow")
     import numpy as np
-    from edetgraph.model import build_model
+    from edetgraph.nn.model import build_model
 
     spec = _tiny(name)
     model = build_model(spec)
@@ -213,7 +213,7 @@ def test_topology_builds_runs_and_trains(name):
 @pytest.mark.parametrize("name,levels", [("panet", (2, 7)), ("qufpn", (3, 8)), ("fc_fpn", (2, 6))])
 def test_other_level_ranges_run_forward(name, levels):
     tf = pytest.importorskip("tensorflow")
-    from edetgraph.model import build_model
+    from edetgraph.nn.model import build_model
 
     lo, hi = levels
     spec = _tiny(name, [f"anchors.min_level={lo}", f"anchors.max_level={hi}",

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edetgraph.spec import load_spec
-from edetgraph.train_lib.config import TrainConfigError, from_dict, load_train_config
-from edetgraph.train_lib.optim import EMA, SGDMomentum, clip_gradients
-from edetgraph.train_lib.schedule import WarmupCosine
+from edetgraph.graph.spec import load_spec
+from edetgraph.training.config import TrainConfigError, from_dict, load_train_config
+from edetgraph.training.optim import EMA, SGDMomentum, clip_gradients
+from edetgraph.training.schedule import WarmupCosine
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["image_size=64", "num_classes=3", "backbone.width=0.25", "backbone.depth=0.1",
@@ -129,7 +129,7 @@ def test_sgd_momentum_and_ema_arithmetic_and_skipped_step():
 # ---------------------------------------------------------------- the step on a tiny model
 
 def _step_fn(spec, config, batch, jit=False):
-    from edetgraph.train_lib.step import build_state, make_train_function
+    from edetgraph.training.step import build_state, make_train_function
     state = build_state(spec, config, config.steps, 1)
     fn = make_train_function(tf.distribute.get_strategy(), state, config, jit)
     it = iter(tf.data.Dataset.from_tensors(batch).repeat())
@@ -137,7 +137,7 @@ def _step_fn(spec, config, batch, jit=False):
 
 
 def test_a_few_steps_decrease_the_loss():
-    from edetgraph.train_lib.benchmark import _fixed_batch
+    from edetgraph.training.benchmark import _fixed_batch
     spec = tiny_spec()
     state, run = _step_fn(spec, tiny_config(steps=12), _fixed_batch(spec, 4))
     first = run()["loss"]
@@ -148,7 +148,7 @@ def test_a_few_steps_decrease_the_loss():
 
 
 def test_images_without_boxes_give_finite_loss_and_updates():
-    from edetgraph.train_lib.data import make_labeler
+    from edetgraph.training.inputs import make_labeler
     spec = tiny_spec()
     empty = make_labeler(spec).label(tf.zeros([0, 4]), tf.zeros([0], tf.int32))
     batch = {k: tf.stack([v, v]) for k, v in empty.items()}
@@ -163,7 +163,7 @@ def test_images_without_boxes_give_finite_loss_and_updates():
 
 @pytest.mark.slow
 def test_xla_compiled_train_step_runs_on_cpu():
-    from edetgraph.train_lib.benchmark import _fixed_batch
+    from edetgraph.training.benchmark import _fixed_batch
     spec = load_spec("d0", TINY[:1] + ["num_classes=2", "backbone.width=0.1", "backbone.depth=0.1",
                                        "fpn.channels=4", "fpn.repeats=1", "head.repeats=0",
                                        "anchors.max_level=4", "anchors.min_level=3"])
@@ -177,8 +177,8 @@ def test_xla_compiled_train_step_runs_on_cpu():
 
 @pytest.mark.slow
 def test_two_replicas_of_a_mirrored_strategy_match_one_device(tiny_data):
-    from edetgraph.train_lib.data import distributed_input
-    from edetgraph.train_lib.step import build_state, make_train_function
+    from edetgraph.training.inputs import distributed_input
+    from edetgraph.training.step import build_state, make_train_function
     cpus = tf.config.list_logical_devices("CPU")
     if len(cpus) < 2:
         pytest.skip("needs two logical CPUs (configured in conftest before TF starts)")
@@ -201,8 +201,8 @@ def test_two_replicas_of_a_mirrored_strategy_match_one_device(tiny_data):
 
 def test_precise_bn_is_the_plain_average_of_per_batch_statistics(tmp_path):
     from edetgraph.data.tfexample import encode_example
-    from edetgraph.model import build_model
-    from edetgraph.train_lib.precise_bn import recalibrate
+    from edetgraph.nn.model import build_model
+    from edetgraph.training.precise_bn import recalibrate
     rng = np.random.default_rng(0)
     records = []
     for i in range(2):
@@ -227,7 +227,7 @@ def test_precise_bn_is_the_plain_average_of_per_batch_statistics(tmp_path):
 # ---------------------------------------------------------------- the loop (in process)
 
 def test_nan_stop_keeps_the_last_good_checkpoint(tmp_path, tiny_data):
-    from edetgraph.trainer import TrainError, train
+    from edetgraph.training.trainer import TrainError, train
     cfg = tiny_config(steps=8, checkpoint_every_steps=2)
     with pytest.raises(TrainError) as err:
         train(tiny_spec(), cfg, tmp_path, data=tiny_data["train"], inject_nan_at=5,
@@ -244,7 +244,7 @@ def test_nan_stop_keeps_the_last_good_checkpoint(tmp_path, tiny_data):
 
 
 def test_nan_skip_leaves_weights_alone_and_counts(tmp_path, tiny_data):
-    from edetgraph.trainer import train
+    from edetgraph.training.trainer import train
     cfg = tiny_config(steps=5, checkpoint_every_steps=2, nan_policy="skip")
     result = train(tiny_spec(), cfg, tmp_path, data=tiny_data["train"], inject_nan_at=3,
                    log=lambda m: None)
@@ -257,7 +257,7 @@ def test_nan_skip_leaves_weights_alone_and_counts(tmp_path, tiny_data):
 
 def test_train_and_evaluate_with_images_without_boxes(tmp_path, tiny_data):
     from edetgraph.data.tfexample import encode_example
-    from edetgraph.trainer import train
+    from edetgraph.training.trainer import train
     path = tmp_path / "empty.tfrecord"
     png = tf.io.encode_png(tf.fill([48, 64, 3], tf.constant(90, tf.uint8))).numpy()
     with tf.io.TFRecordWriter(str(path)) as w:
@@ -294,7 +294,7 @@ def test_unreachable_tpu_is_one_line(capsys):
 def test_tpu_address_that_never_answers_times_out():
     # Connecting to a closed grpc port hangs in TF; the strategy setup must give up.
     code = ("import sys, time\n"
-            "from edetgraph.train_lib.distribute import DistributeError, tpu_strategy\n"
+            "from edetgraph.training.distribute import DistributeError, tpu_strategy\n"
             "t = time.time()\n"
             "try:\n"
             "    tpu_strategy(sys.argv[1], timeout=3)\n"
@@ -388,7 +388,7 @@ def test_two_workers_match_one_process(tmp_path, tiny_data):
 
 
 def test_benchmark_reports_images_per_second():
-    from edetgraph.train_lib.benchmark import benchmark_train_step
+    from edetgraph.training.benchmark import benchmark_train_step
     out = benchmark_train_step(tiny_spec(), batch_size=2, steps=2, warmup=1)
     assert out["images_per_sec"] > 0 and np.isfinite(out["final_loss"])
 

@@ -96,7 +96,7 @@ def compare(off, cfg, o_model, det, image) -> dict:
     """Every comparison for one image; returns the figures (and pass flags)."""
     import numpy as np
     import tensorflow as tf
-    from edetgraph.postprocess import decode_boxes, flatten_outputs
+    from edetgraph.task.postprocess import decode_boxes, flatten_outputs
     sig = [tf.TensorSpec([1, None, None, 3], tf.uint8)]
     o_pre = tf.function(lambda x: o_model._preprocessing(
         x, cfg.image_size, cfg.mean_rgb, cfg.stddev_rgb, "infer"), input_signature=sig)
@@ -144,10 +144,10 @@ def _compare_dets(official, ours) -> dict:
 
 
 def parity(off, spec_name: str, image, workdir: Path, seed: int) -> dict:
-    from edetgraph.checkpoint import write_released
-    from edetgraph.detector import Detector
-    from edetgraph.model import build_model
-    from edetgraph.spec import load_spec
+    from edetgraph.checkpoints.checkpoint import write_released
+    from edetgraph.task.detector import Detector
+    from edetgraph.nn.model import build_model
+    from edetgraph.graph.spec import load_spec
     spec = load_spec(spec_name)
     raw, ema = random_weights(build_model(spec, seed=seed), seed)
     with_ema = spec_name == "d0"  # as released: D0 files carry shadows, D1 files do not
@@ -191,10 +191,10 @@ def latency(off, image, workdir: Path, runs: int, warmup: int,
     """D0 forward and end-to-end medians, official vs ours, with the same weights in both
     (NMS time depends on how many scores pass the threshold, so the weights must agree)."""
     import tensorflow as tf
-    from edetgraph.checkpoint import write_released
-    from edetgraph.detector import Detector
-    from edetgraph.model import build_model
-    from edetgraph.spec import load_spec
+    from edetgraph.checkpoints.checkpoint import write_released
+    from edetgraph.task.detector import Detector
+    from edetgraph.nn.model import build_model
+    from edetgraph.graph.spec import load_spec
     spec = load_spec("d0")
     raw, _ = random_weights(build_model(spec), seed=0)
     prefix = write_released(raw, workdir / "latency-d0")
@@ -274,7 +274,7 @@ def main(argv=None) -> int:
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from edetgraph.preprocess import read_image
+    from edetgraph.task.preprocess import read_image
     from edetgraph.resources import path
     image = read_image(args.image or path("street.jpg")).numpy()
     out = {"parity": [], "limits": LIMITS}

@@ -1,0 +1,84 @@
+"""EfficientNet (B0-B7) and EfficientNet-Lite (0-4) backbones in raw TF ops.
+
+Features only (no head conv, no classifier), returned keyed by pyramid level. Variables are
+named as in the released EfficientDet checkpoints: ``efficientnet-b0/blocks_3/conv2d/kernel``;
+batch norms are ``tpu_batch_normalization``, ``_1``, ``_2`` in creation order, as the
+official Keras layers numbered them.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+from edetgraph.graph import blocks as bk
+from edetgraph.nn.layers import BatchNorm, Conv, DepthwiseConv, activation, conv_bn, drop_connect
+
+
+class MBConv(tf.Module):
+    """Inverted residual: [expand 1x1] -> depthwise kxk -> [squeeze-excite] -> project 1x1."""
+
+    def __init__(self, scope: str, b: bk.Block, act: str, bn_kw: dict, survival: float,
+                 seed: int = 0):
+        super().__init__(name=None)
+        self.b, self.act, self.survival = b, act, survival
+        mid = b.mid_ch
+        names = iter(["tpu_batch_normalization", "tpu_batch_normalization_1",
+                      "tpu_batch_normalization_2"])
+        convs = iter(["conv2d", "conv2d_1"])
+        self.expand = self.bn0 = None
+        if b.expand != 1:
+            self.expand = Conv(f"{scope}/{next(convs)}", b.in_ch, mid, 1, seed=seed)
+            self.bn0 = BatchNorm(f"{scope}/{next(names)}", mid, **bn_kw)
+        self.dw = DepthwiseConv(f"{scope}/depthwise_conv2d", mid, b.kernel, b.stride, seed=seed)
+        self.bn1 = BatchNorm(f"{scope}/{next(names)}", mid, **bn_kw)
+        self.se_reduce = self.se_expand = None
+        if b.se_ch:
+            self.se_reduce = Conv(f"{scope}/se/conv2d", mid, b.se_ch, 1, bias=True, seed=seed)
+            self.se_expand = Conv(f"{scope}/se/conv2d_1", b.se_ch, mid, 1, bias=True, seed=seed)
+        self.project = Conv(f"{scope}/{next(convs)}", mid, b.out_ch, 1, seed=seed)
+        self.bn2 = BatchNorm(f"{scope}/{next(names)}", b.out_ch, **bn_kw)
+
+    def __call__(self, x, training: bool = False):
+        y = x
+        if self.expand is not None:
+            y = activation(conv_bn(self.expand, self.bn0, y, training), self.act)
+        y = activation(conv_bn(self.dw, self.bn1, y, training), self.act)
+        if self.se_reduce is not None:
+            # The same mean as over [1, 2] at once, taken along rows then columns: exported
+            # runtimes sum in a different order from TF, and over whole 256x256 maps that
+            # moved D0's logits by up to 4.8e-4; over one row or column at a time, 3e-5.
+            s = tf.reduce_mean(tf.reduce_mean(y, [2], keepdims=True), [1], keepdims=True)
+            s = self.se_expand(activation(self.se_reduce(s), self.act))
+            y = tf.sigmoid(s) * y
+        y = conv_bn(self.project, self.bn2, y, training)
+        if self.b.residual:
+            y = drop_connect(y, self.survival, training) + x
+        return y
+
+
+class EfficientNet(tf.Module):
+    """Stem + MBConv blocks; ``__call__`` returns ``{level: feature}`` for ``levels``."""
+
+    def __init__(self, cfg: bk.BackboneConfig, levels: range, bn_kw: dict, seed: int = 0):
+        super().__init__(name=None)
+        self.cfg = cfg
+        scope = cfg.name
+        blist = cfg.blocks()
+        self.feature_at = bk.feature_blocks(blist, levels)      # level -> block index
+        last = max(self.feature_at.values())
+        self.stem = Conv(f"{scope}/stem/conv2d", 3, cfg.stem_ch, 3, stride=2, seed=seed)
+        self.stem_bn = BatchNorm(f"{scope}/stem/tpu_batch_normalization", cfg.stem_ch, **bn_kw)
+        n = len(blist)
+        # Official stochastic depth: survival falls linearly with depth to 1 - rate.
+        self.blocks = [MBConv(f"{scope}/blocks_{b.index}", b, cfg.act, bn_kw,
+                              1.0 - cfg.drop_connect * b.index / n, seed=seed)
+                       for b in blist[: last + 1]]
+
+    def __call__(self, images, training: bool = False) -> dict[int, tf.Tensor]:
+        x = activation(conv_bn(self.stem, self.stem_bn, images, training), self.cfg.act)
+        feats = {}
+        wanted = {i: lvl for lvl, i in self.feature_at.items()}
+        for blk in self.blocks:
+            x = blk(x, training)
+            if blk.b.index in wanted:
+                feats[wanted[blk.b.index]] = x
+        return feats

@@ -1,0 +1,83 @@
+"""The detection network: backbone -> feature network (lowered IR) -> class and box heads.
+
+The network returns raw per-level head outputs only; anchors, losses, decoding and NMS live
+beside it (``anchors``, ``losses``, ``postprocess``), never inside it.
+"""
+from __future__ import annotations
+
+import networkx as nx
+import tensorflow as tf
+
+from edetgraph.nn.backbone import EfficientNet
+from edetgraph.nn.heads import box_head, class_head
+from edetgraph.nn.lowering import FeatureNetwork
+from edetgraph.graph.build import build_ir, feature_sizes
+
+
+class DetectionModel(tf.Module):
+    """EfficientDet-style detector built from a ModelSpec; variables named as the official
+    checkpoints name them.
+
+    ``model(images)`` takes normalised NHWC float images of the spec's size and returns
+    ``(class_outputs, box_outputs)``: lists over levels min..max of ``[B, H, W, A*C]`` and
+    ``[B, H, W, A*4]``.
+    """
+
+    def __init__(self, spec, graph: nx.DiGraph | None = None, seed: int = 0):
+        super().__init__(name=None)
+        self.spec = spec
+        self.graph = graph if graph is not None else build_ir(spec)
+        bn_kw = {"momentum": spec.bn.momentum, "epsilon": spec.bn.epsilon}
+        cfg = spec.backbone_config()
+        backbone_levels = sorted(d["level"] for _, d in self.graph.nodes(data=True)
+                                 if d["op"] == "input")
+        self.backbone = EfficientNet(cfg, range(backbone_levels[0], backbone_levels[-1] + 1),
+                                     bn_kw, seed=seed)
+        self.fpn = FeatureNetwork(self.graph, bn_kw, seed=seed)
+        self.class_net = class_head(spec, bn_kw, seed=seed)
+        self.box_net = box_head(spec, bn_kw, seed=seed)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        h, w = self.spec.image_size
+        return (h, w, 3)
+
+    def output_shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
+        """Documented shapes of every raw output, keyed ``cls_l3`` ... ``box_l7``."""
+        sizes = feature_sizes(tuple(self.spec.image_size), self.spec.max_level)
+        a, c = self.spec.num_anchors, self.spec.num_classes
+        out = {}
+        for lvl in self.spec.levels:
+            h, w = sizes[lvl]
+            out[f"cls_l{lvl}"] = (batch, h, w, a * c)
+            out[f"box_l{lvl}"] = (batch, h, w, a * 4)
+        return out
+
+    def __call__(self, images, training: bool = False):
+        feats = self.backbone(images, training)
+        feats = self.fpn(feats, training)
+        return self.class_net(feats, training), self.box_net(feats, training)
+
+    def raw_outputs(self, images, training: bool = False) -> dict[str, tf.Tensor]:
+        """The head outputs as a dict ``cls_l{L}`` / ``box_l{L}`` (the export signature)."""
+        cls, box = self(images, training)
+        out = {}
+        for lvl, c, b in zip(self.spec.levels, cls, box):
+            out[f"cls_l{lvl}"] = c
+            out[f"box_l{lvl}"] = b
+        return out
+
+    def variables_by_name(self) -> dict[str, tf.Variable]:
+        """Every variable keyed by its checkpoint name (no ``:0``)."""
+        out = {}
+        for v in self.variables:
+            name = v.name[:-2] if v.name.endswith(":0") else v.name
+            if name in out:
+                raise RuntimeError(f"two variables are named {name!r}")
+            out[name] = v
+        return out
+
+
+def build_model(spec, seed: int = 0) -> DetectionModel:
+    """Build (and create every variable of) the detector described by ``spec``."""
+    return DetectionModel(spec, seed=seed)

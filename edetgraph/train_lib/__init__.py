@@ -1,2 +1,0 @@
-"""Pieces of the training loop (`edetgraph.trainer`): settings, schedule, optimizer and EMA,
-distribution strategies, checkpointing and progress reporting."""

@@ -1,0 +1,97 @@
+"""Step-level training checkpoints: model variables (by checkpoint name), EMA shadows,
+momentum slots, the step, and the input iterator when it can be saved.
+
+The layout is edetgraph's object-based one (``variables/<name>``, ``ema/<name>``,
+``global_step``), so `edetgraph.checkpoints.checkpoint.load_checkpoint` reads a training directory
+directly (eval, export, fine-tuning). tf.train.CheckpointManager writes each checkpoint
+completely before it updates the ``checkpoint`` index file, so a run killed mid-save
+resumes from the previous one.
+
+Under multi-worker training every worker must take part in a save (reading a sync-on-read
+variable is a collective); only the chief writes into the model directory, the others into
+a scratch folder that is removed again.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import tensorflow as tf
+
+
+class CheckpointMismatch(RuntimeError):
+    """The model directory holds checkpoints of another model or other settings."""
+
+
+class Checkpointer:
+    """Saves every `every_steps` steps or `every_minutes` minutes (whichever comes first),
+    keeping the newest `keep`; restores the newest on start."""
+
+    def __init__(self, objects: dict, model_dir, keep: int, step_var, every_steps=None,
+                 every_minutes=None, chief: bool = True, worker_index: int = 0):
+        self.objects = dict(objects)
+        self.keep, self.worker_index = keep, worker_index
+        self.model_dir = os.fspath(model_dir)
+        self.chief = chief
+        self.directory = (self.model_dir if chief else
+                          os.path.join(self.model_dir, f".worker-{worker_index}-tmp"))
+        self.checkpoint = tf.train.Checkpoint(**self.objects)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory,
+                                                  max_to_keep=keep if chief else 1,
+                                                  step_counter=step_var)
+        # Non-chief workers read what the chief wrote.
+        self.read_manager = self.manager if chief else tf.train.CheckpointManager(
+            self.checkpoint, self.model_dir, max_to_keep=keep)
+        self.step_var = step_var
+        self.every_steps, self.every_minutes = every_steps, every_minutes
+        self.last_step, self.last_time = None, time.monotonic()
+
+    @property
+    def latest(self) -> str | None:
+        return self.read_manager.latest_checkpoint
+
+    def restore(self) -> str | None:
+        """Restore the newest checkpoint of the model dir; None when there is none."""
+        path = self.latest
+        if path is None:
+            return None
+        status = self.checkpoint.restore(path)
+        try:
+            status.assert_existing_objects_matched()
+        except AssertionError as e:
+            raise CheckpointMismatch(
+                f"{path}: this checkpoint does not match the model being trained (another spec "
+                f"or num_classes?); use a new --model-dir. ({str(e).splitlines()[0][:200]})") from None
+        status.expect_partial()
+        self.last_step = int(self.step_var.numpy())
+        return path
+
+    def start(self, step: int) -> None:
+        """Count the intervals from `step` (where this run starts)."""
+        self.last_step, self.last_time = step, time.monotonic()
+
+    def due(self, step: int) -> bool:
+        if self.last_step is None:
+            self.start(step)
+        if self.every_steps and step - self.last_step >= self.every_steps:
+            return True
+        minutes = (time.monotonic() - self.last_time) / 60.0
+        return bool(self.every_minutes) and minutes >= self.every_minutes and step > self.last_step
+
+    def save(self, step: int) -> str | None:
+        """Write a checkpoint for `step` (every worker must call this together)."""
+        path = self.manager.save(checkpoint_number=step)
+        self.last_step, self.last_time = step, time.monotonic()
+        if not self.chief:
+            if tf.io.gfile.exists(self.directory):
+                tf.io.gfile.rmtree(self.directory)
+            return None
+        return path
+
+    def without(self, name: str) -> "Checkpointer":
+        """The same checkpointer without one object (e.g. an iterator that cannot be saved)."""
+        objects = {k: v for k, v in self.objects.items() if k != name}
+        out = Checkpointer(objects, self.model_dir, self.keep, self.step_var, self.every_steps,
+                           self.every_minutes, self.chief, self.worker_index)
+        out.last_step, out.last_time = self.last_step, self.last_time
+        return out
