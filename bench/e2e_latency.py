@@ -37,6 +37,7 @@ def _times(fn, arg, runs: int, warmup: int) -> dict:
 def _stages(det, image) -> dict:
     """Pre-processing, network and post-processing as separate traced functions + inputs."""
     import tensorflow as tf
+    from edetgraph.graph import outputs
     from edetgraph.task.postprocess import postprocess
     from edetgraph.task.preprocess import preprocess_batch
     spec, pre = det.spec, det.spec.preprocess
@@ -45,9 +46,7 @@ def _stages(det, image) -> dict:
     net_in, scales = pre_fn(x)
     net_fn = tf.function(det.model.raw_outputs)
     raw = net_fn(net_in)
-    levels = list(spec.levels)
-    cls = [raw[f"cls_l{lv}"] for lv in levels]
-    box = [raw[f"box_l{lv}"] for lv in levels]
+    cls, box = outputs.split(raw, spec.levels)
     post_fn = tf.function(lambda c, b, s: postprocess(
         c, b, det.anchors, s, spec.image_size, method=det.method, score_thresh=det.score_thresh,
         max_dets=det.max_dets))

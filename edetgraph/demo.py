@@ -50,6 +50,7 @@ def d0_on_street(out: Path) -> None:
     import numpy as np
     import tensorflow as tf
 
+    from edetgraph.graph import outputs
     from edetgraph.task import anchors, postprocess, preprocess
     from edetgraph.nn.model import build_model
     from edetgraph.resources import path
@@ -72,8 +73,8 @@ def d0_on_street(out: Path) -> None:
     print(f"    input {tuple(image.shape)} -> network {tuple(x.shape)}, scale to original {float(scale):.2f}")
     print("    raw outputs: " + ", ".join(f"L{l} {tuple(c.shape)}" for l, c in zip(spec.levels, cls)))
     print(f"    soft-NMS kept {n} detections (random weights: boxes are meaningless, shapes are not)")
-    np.savez(out / "d0_street_raw.npz", **{f"cls_l{l}": c.numpy() for l, c in zip(spec.levels, cls)},
-             **{f"box_l{l}": b.numpy() for l, b in zip(spec.levels, box)})
+    np.savez(out / "d0_street_raw.npz", **{k: v.numpy() for k, v in
+                                           outputs.as_dict(spec.levels, cls, box).items()})
     _done(t0)
 
 

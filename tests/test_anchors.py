@@ -7,8 +7,14 @@ import sys
 import numpy as np
 import pytest
 
-from edetgraph.task.anchors import (anchors_to_center_size, feature_sizes, generate_anchors, num_anchors,
-                               num_anchors_per_location, parse_image_size)
+from edetgraph.graph.sizes import feature_sizes as _sizes
+from edetgraph.graph.sizes import parse_image_size
+from edetgraph.task.anchors import (anchors_to_center_size, generate_anchors, num_anchors,
+                                    num_anchors_per_location)
+
+
+def feature_sizes(size, lo, hi):
+    return list(_sizes(size, lo, hi).values())
 
 
 def reference_anchors(image_size, min_level=3, max_level=7, num_scales=3,

@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from edetgraph.graph import ir, topology
-from edetgraph.graph.build import build_ir, feature_sizes
+from edetgraph.graph.build import build_ir
+from edetgraph.graph.sizes import feature_sizes
 from edetgraph.graph.spec import NodeSpec, SpecError, from_dict, load_spec
 from conftest import SPECS
 
@@ -63,9 +64,9 @@ def test_d0_ir_structure_and_checkpoint_scopes():
 
 
 def test_feature_sizes_round_up():
-    assert feature_sizes((320, 320), 7)[7] == (3, 3)        # Lite0: P7 is 3x3
-    assert feature_sizes((640, 640), 7)[7] == (5, 5)
-    assert feature_sizes((384, 640), 7)[3] == (48, 80)
+    assert feature_sizes((320, 320), 3, 7)[7] == (3, 3)        # Lite0: P7 is 3x3
+    assert feature_sizes((640, 640), 3, 7)[7] == (5, 5)
+    assert feature_sizes((384, 640), 3, 7)[3] == (48, 80)
 
 
 def _cell(nodes, lo=3, hi=5):

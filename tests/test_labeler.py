@@ -7,7 +7,8 @@ import tensorflow as tf
 from edetgraph.task.labeler import AnchorLabeler
 
 try:
-    from edetgraph.task.anchors import generate_anchors, feature_sizes
+    from edetgraph.task.anchors import generate_anchors
+    from edetgraph.graph.sizes import feature_sizes
 except ImportError:     # anchors.py is written separately; keep these tests independent of it
     generate_anchors = feature_sizes = None
 
@@ -16,7 +17,7 @@ def official_anchors(size, min_level, max_level, num_scales=3, aspects=(1.0, 2.0
     """Anchors and feature sizes in the official layout (uses edetgraph.task.anchors when present)."""
     if generate_anchors is not None:
         return (generate_anchors(size, min_level, max_level, num_scales, aspects, scale),
-                feature_sizes(size, min_level, max_level))
+                list(feature_sizes(size, min_level, max_level).values()))
     feats, levels = [], []
     for level in range(min_level, max_level + 1):
         n = -(-size // 2 ** level)

@@ -7,11 +7,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edetgraph.task.anchors import feature_sizes, generate_anchors
+from edetgraph.graph.sizes import feature_sizes as _sizes
+from edetgraph.task.anchors import generate_anchors
 from edetgraph.task.labels import COCO_LABELS, label_name
 from edetgraph.task.postprocess import (decode_boxes, flatten_outputs, make_postprocess_fn,
                                    make_tflite_detection_postprocess, postprocess, postprocess_flat,
                                    to_detections_json, tflite_implements_signature)
+
+
+def feature_sizes(size, lo, hi):
+    return list(_sizes(size, lo, hi).values())
+
 
 A, C = 9, 90
 

@@ -96,6 +96,7 @@ def compare(off, cfg, o_model, det, image) -> dict:
     """Every comparison for one image; returns the figures (and pass flags)."""
     import numpy as np
     import tensorflow as tf
+    from edetgraph.graph import outputs
     from edetgraph.task.postprocess import decode_boxes, flatten_outputs
     sig = [tf.TensorSpec([1, None, None, 3], tf.uint8)]
     o_pre = tf.function(lambda x: o_model._preprocessing(
@@ -117,8 +118,7 @@ def compare(off, cfg, o_model, det, image) -> dict:
     params = cfg.as_dict()
     ob, osc, ocl = tf.function(lambda c, b: off.postprocess.pre_nms(params, c, b))(o_cls, o_box)
     levels = list(det.spec.levels)
-    cls, box = flatten_outputs([ours[f"cls_l{lv}"] for lv in levels],
-                               [ours[f"box_l{lv}"] for lv in levels], det.spec.num_classes)
+    cls, box = flatten_outputs(*outputs.split(ours, levels), det.spec.num_classes)
     mb = decode_boxes(box, det.anchors).numpy()
     fig["pre_nms_boxes_px"] = _maxdiff(ob, mb)
     fig["pre_nms_scores"] = _maxdiff(osc, tf.sigmoid(tf.reduce_max(cls, -1)))

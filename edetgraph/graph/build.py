@@ -14,6 +14,7 @@ import networkx as nx
 
 from edetgraph.graph import blocks, ir, passes as graph_passes, topology
 from edetgraph.graph.ir import GraphError
+from edetgraph.graph.sizes import feature_sizes
 
 Pass = Callable[[nx.DiGraph], nx.DiGraph]
 
@@ -30,16 +31,6 @@ def run(g: nx.DiGraph, passes: Iterable[Pass], trace: list | None = None,
         if diffs is not None:
             diffs.append(graph_passes.diff(name, before, g))
     return g
-
-
-def feature_sizes(image_size: tuple[int, int], max_level: int) -> dict[int, tuple[int, int]]:
-    """Map size per level: each stride-2 step rounds up, as SAME convs and pools do."""
-    h, w = image_size
-    out = {0: (h, w)}
-    for lvl in range(1, max_level + 1):
-        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-        out[lvl] = (h, w)
-    return out
 
 
 def backbone_inputs(spec) -> nx.DiGraph:
@@ -147,7 +138,7 @@ def insert_resampling(g: nx.DiGraph, resample_bn: bool, conv_after_downsample: b
 
 def annotate_sizes(g: nx.DiGraph) -> nx.DiGraph:
     """Give every node its map size ``size`` = (h, w) from the image size and its level."""
-    sizes = feature_sizes(g.graph["image_size"], g.graph["max_level"])
+    sizes = feature_sizes(g.graph["image_size"], 0, g.graph["max_level"])
     g = g.copy()
     for _, d in g.nodes(data=True):
         d["size"] = sizes[d["level"]]

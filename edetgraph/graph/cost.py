@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from edetgraph.graph import ir
-from edetgraph.graph.build import build_ir, feature_sizes
+from edetgraph.graph import fusion, ir
+from edetgraph.graph.build import build_ir
+from edetgraph.graph.sizes import feature_sizes
 
 COMPONENTS = ("backbone", "resample", "fpn_cells", "class_net", "box_net")
 
@@ -101,7 +102,7 @@ def _n(hw, ch) -> int:
 
 def backbone_cost(spec) -> Cost:
     cfg = spec.backbone_config()
-    sizes = feature_sizes(tuple(spec.image_size), 10)
+    sizes = feature_sizes(spec.image_size, 0, 10)
     total = Cost()
     stem = cfg.stem_ch
     total += conv(3, stem, 3, sizes[1])
@@ -180,18 +181,11 @@ def _resample_cost(g, n, d) -> Cost:
 
 def _fuse_cost(g, n, d) -> Cost:
     k = len(ir.ordered_inputs(g, n))
-    ch, hw, wm = d["channels"], d["size"], d["weight_method"]
+    ch, hw = d["channels"], d["size"]
     elems = _n(hw, ch)
-    c = Cost()
-    if wm in ("fastattn", "channel_fastattn"):
-        w = 1 if wm == "fastattn" else ch
-        c += Cost(k * w, k * w, Counter(Mul=k * elems, RealDiv=k * elems,
-                                        AddN=(k - 1) * elems + (k - 1) * w, AddV2=w))
-    elif wm in ("attn", "channel_attn"):
-        w = 1 if wm == "attn" else ch
-        c += Cost(k * w, k * w, Counter(Mul=k * elems, Sum=(k - 1) * elems))
-    else:
-        c += Cost(ops=Counter(AddN=(k - 1) * elems))
+    method = fusion.get(d["weight_method"])
+    w = method.weight_size(ch)
+    c = Cost(k * w, k * w, method.ops(k, w, elems))
     c += act(d["act"], elems)
     if d["separable"]:
         c += separable(ch, ch, 3, hw, bias=not d["conv_bn_act"])
@@ -206,7 +200,7 @@ def _fuse_cost(g, n, d) -> Cost:
 def head_cost(spec, outputs: int) -> Cost:
     """One head (class: outputs = anchors*classes; box: anchors*4) over every level."""
     ch, h = spec.fpn.channels, spec.head
-    sizes = feature_sizes(tuple(spec.image_size), spec.max_level)
+    sizes = feature_sizes(spec.image_size, spec.min_level, spec.max_level)
     conv_fn = (lambda ci, co, hw: separable(ci, co, 3, hw)) if h.separable else \
         (lambda ci, co, hw: conv(ci, co, 3, hw, bias=True))
     total = Cost()

@@ -10,19 +10,14 @@ No TensorFlow here (a test enforces it): a spec can be read, checked and costed 
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
+from edetgraph.graph import blocks, fusion, schema
 
-from edetgraph.graph import blocks
-
-WEIGHT_METHODS = ("fastattn", "attn", "sum", "channel_attn", "channel_fastattn")
+WEIGHT_METHODS = tuple(fusion.METHODS)       # fastattn, attn, sum, channel_(fast)attn
 ACTIVATIONS = ("swish", "relu6", "relu", "silu", "hswish")
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / "specs"
@@ -141,64 +136,6 @@ class ModelSpec:
         return d
 
 
-# ---------------------------------------------------------------- generic typed loading
-
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(args[0], value, path)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)):
-            _fail(path, f"expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, f"{path}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            _fail(path, f"expected {len(args)} values, got {value!r}")
-        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if tp is bool:
-        if not isinstance(value, bool):
-            _fail(path, f"expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(path, f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _fail(path, f"expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            _fail(path, f"expected a string, got {value!r}")
-        return value
-    raise TypeError(f"spec field type {tp} not handled")  # a bug in this module, not the spec
-
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    if not isinstance(data, dict):
-        _fail(path, f"expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
-    for key in data:
-        if key not in known:
-            _fail(f"{path}.{key}" if path else str(key),
-                  f"unknown key (known: {', '.join(known)})")
-    kwargs = {}
-    for name, f in known.items():
-        sub = f"{path}.{name}" if path else name
-        if name in data:
-            kwargs[name] = _convert(hints[name], data[name], sub)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            _fail(sub, "required key is missing")
-    return cls(**kwargs)
-
-
 # ---------------------------------------------------------------- semantic checks
 
 def _check(spec: ModelSpec) -> None:
@@ -252,30 +189,10 @@ def _check(spec: ModelSpec) -> None:
 
 # ---------------------------------------------------------------- overrides and loading
 
-def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
-    """Return a copy of raw spec data with ``key.path=value`` overrides applied.
-
-    Values are parsed as YAML scalars/lists (``fpn.channels=96``, ``image_size=[384,640]``);
-    a path through a missing mapping creates it, so the validator reports unknown keys.
-    """
-    data = copy.deepcopy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise SpecError(f"--set {item!r}: expected key.path=value")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise SpecError(f"--set {item!r}: value is not valid YAML ({e.problem})") from None
-        node = data
-        parts = key.strip().split(".")
-        for depth, part in enumerate(parts[:-1]):
-            nxt = node.setdefault(part, {})
-            if not isinstance(nxt, dict):
-                raise SpecError(f"--set {item!r}: {'.'.join(parts[:depth + 1])} is not a mapping")
-            node = nxt
-        node[parts[-1]] = value
-    return data
+def apply_overrides(data: dict, overrides) -> dict:
+    """A copy of raw spec data with ``key.path=value`` overrides applied (parsed as YAML:
+    ``fpn.channels=96``, ``image_size=[384,640]``), before validation."""
+    return schema.apply_overrides(data, overrides, SpecError)
 
 
 def _normalise(data: dict) -> dict:
@@ -296,7 +213,7 @@ def from_dict(data: Any, source: str | None = None, overrides=()) -> ModelSpec:
         if not isinstance(data, dict):
             raise SpecError(f"<root>: expected a mapping, got {type(data).__name__}")
         data = _normalise(apply_overrides(data, overrides))
-        spec = _build(ModelSpec, data, "")
+        spec = schema.build(ModelSpec, data, "", SpecError)
         _check(spec)
     except SpecError as e:
         raise SpecError(f"{where}: {e}") from None
@@ -318,16 +235,7 @@ def resolve_spec_path(name_or_path: str | Path) -> Path:
 def load_spec(name_or_path: str | Path, overrides=()) -> ModelSpec:
     """Load and validate a spec file (or a built-in spec by name), overrides applied first."""
     path = resolve_spec_path(name_or_path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise SpecError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+    data = schema.read_yaml(path, SpecError)
     return from_dict(data, source=str(path), overrides=overrides)
 
 

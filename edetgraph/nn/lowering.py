@@ -1,8 +1,9 @@
 """Lowering: the feature-network IR becomes a ``tf.Module`` of raw TF ops.
 
-One function per op kind, registered in a table; each builds the module for one IR node.
-An op with no lowering is an error naming the op and the node. The execution order is
-fixed once, at build time, from a topological sort of the IR.
+One function per op kind, registered in a table; each returns what runs one IR node (its
+step), so running the network is a single loop over the steps, with no second dispatch on
+op names. An op with no lowering is an error naming the op and the node. The execution
+order is fixed once, at build time, from a topological sort of the IR.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Callable
 import networkx as nx
 import tensorflow as tf
 
-from edetgraph.graph import ir
+from edetgraph.graph import fusion, ir
 from edetgraph.nn.layers import BatchNorm, Conv, SeparableConv, activation, conv_bn, max_pool, \
     upsample_nearest, variable
 
@@ -19,7 +20,8 @@ _LOWERINGS: dict[str, Callable] = {}
 
 
 def lowering(op: str):
-    """Register ``fn(g, node, ctx) -> tf.Module | None`` as the lowering of ``op``."""
+    """Register ``fn(g, node, ctx) -> step`` as the lowering of ``op``: the step is what runs
+    the node, ``step(inputs, training) -> tensor`` (a tf.Module or a function)."""
     def deco(fn):
         _LOWERINGS[op] = fn
         return fn
@@ -27,7 +29,8 @@ def lowering(op: str):
 
 
 class Resample(tf.Module):
-    """1x1 conv + BN where channels change, then max-pool down or nearest up."""
+    """1x1 conv + BN where channels change, then max-pool down or nearest up (of its one
+    input, ``xs[0]``)."""
 
     def __init__(self, d: dict, cin: int, bn_kw: dict, seed: int):
         super().__init__(name=None)
@@ -47,7 +50,8 @@ class Resample(tf.Module):
     def _project(self, x, training):
         return x if self.conv is None else conv_bn(self.conv, self.bn, x, training)
 
-    def __call__(self, x, training=False):
+    def __call__(self, xs, training=False):
+        x = xs[0]
         if not self.conv_after:
             x = self._project(x, training)
         if self.down:
@@ -60,17 +64,18 @@ class Resample(tf.Module):
 
 
 class Fuse(tf.Module):
-    """Weighted fusion of same-shaped inputs, then act -> (separable) 3x3 conv -> BN."""
+    """Weighted fusion of same-shaped inputs (``edetgraph.graph.fusion``), then
+    act -> (separable) 3x3 conv -> BN."""
 
     def __init__(self, d: dict, n_inputs: int, bn_kw: dict, seed: int):
         super().__init__(name=None)
-        self.method, self.act, self.pattern = d["weight_method"], d["act"], d["conv_bn_act"]
+        self.method = fusion.get(d["weight_method"])
+        self.act, self.pattern = d["act"], d["conv_bn_act"]
         ch, scope = d["channels"], d["scope"]
-        shape = () if self.method in ("attn", "fastattn") else (ch,)
-        self.weights = []
-        if self.method != "sum":
-            self.weights = [variable(f"{scope}/WSM" + (f"_{i}" if i else ""), shape, "ones")
-                            for i in range(n_inputs)]
+        shape = self.method.weight_shape(ch)
+        self.weights = [] if shape is None else [
+            variable(f"{scope}/WSM" + (f"_{i}" if i else ""), shape, "ones")
+            for i in range(n_inputs)]
         cscope = f"{scope}/{d['combine_scope']}/conv"
         self.conv = (SeparableConv(cscope, ch, ch, 3, bias=not self.pattern, seed=seed)
                      if d["separable"] else Conv(cscope, ch, ch, 3, bias=not self.pattern,
@@ -78,15 +83,7 @@ class Fuse(tf.Module):
         self.bn = BatchNorm(f"{scope}/{d['combine_scope']}/bn", ch, **bn_kw)
 
     def fuse(self, xs):
-        if self.method == "sum":
-            return tf.add_n(xs)
-        if self.method in ("fastattn", "channel_fastattn"):
-            # Fast normalised fusion (paper eq. 2): ReLU keeps weights >= 0, eps = 1e-4.
-            w = [tf.nn.relu(v) for v in self.weights]
-            total = tf.add_n(w) + 1e-4
-            return tf.add_n([x * (wi / total) for x, wi in zip(xs, w)])
-        w = tf.nn.softmax(tf.stack(self.weights, -1), axis=-1)   # attn, channel_attn
-        return tf.reduce_sum(tf.stack(xs, -1) * w, -1)
+        return self.method.combine(tf, xs, self.weights)
 
     def __call__(self, xs, training=False):
         x = self.fuse(xs)
@@ -96,14 +93,18 @@ class Fuse(tf.Module):
         return activation(x, self.act) if self.pattern else x
 
 
+def _identity(xs, training=False):
+    return xs[0]
+
+
 @lowering("input")
 def _lower_input(g, n, ctx):
-    return None      # fed from the backbone
+    return _identity      # the backbone feature of its level, as it is
 
 
 @lowering("output")
 def _lower_output(g, n, ctx):
-    return None      # identity: handed to the heads
+    return _identity      # handed to the heads as it is
 
 
 @lowering("resample")
@@ -118,36 +119,32 @@ def _lower_fuse(g, n, ctx):
 
 
 class FeatureNetwork(tf.Module):
-    """Runs the lowered IR: backbone features in, ``{level: feature}`` for the heads out."""
+    """Runs the lowered IR: backbone features in, ``{level: feature}`` for the heads out.
+
+    Every node is one step ``fn(inputs, training)``, made by its op's lowering and run in
+    the topological order fixed at build time; an input node reads the backbone feature of
+    its level (keyed ``("feature", level)``).
+    """
 
     def __init__(self, g: nx.DiGraph, bn_kw: dict, seed: int = 0):
         super().__init__(name=None)
         ctx = {"bn_kw": bn_kw, "seed": seed}
-        self.order = list(nx.lexicographical_topological_sort(g))
-        self.inputs = {n: ir.ordered_inputs(g, n) for n in self.order}
-        self.ops = {n: g.nodes[n]["op"] for n in self.order}
-        self.levels = {n: g.nodes[n]["level"] for n in self.order}
-        self.outputs = ir.ordered_outputs(g)
-        self.nodes = {}
-        for n in self.order:
-            fn = _LOWERINGS.get(self.ops[n])
+        self.steps = []
+        for n in nx.lexicographical_topological_sort(g):
+            op = g.nodes[n]["op"]
+            fn = _LOWERINGS.get(op)
             if fn is None:
-                raise ir.GraphError(f"IR node {n!r}: no lowering for op {self.ops[n]!r}"
+                raise ir.GraphError(f"IR node {n!r}: no lowering for op {op!r}"
                                     f" (known: {', '.join(sorted(_LOWERINGS))})")
-            mod = fn(g, n, ctx)
-            if mod is not None:
-                self.nodes[n] = mod
+            srcs = ([("feature", g.nodes[n]["level"])] if op == "input"
+                    else ir.ordered_inputs(g, n))
+            self.steps.append((n, srcs, fn(g, n, ctx)))
+        # tf.Module finds variables through attributes: the steps that hold weights.
+        self.nodes = {n: step for n, _, step in self.steps if isinstance(step, tf.Module)}
+        self.outputs = {g.nodes[n]["level"]: n for n in ir.ordered_outputs(g)}
 
     def __call__(self, feats: dict[int, tf.Tensor], training=False) -> dict[int, tf.Tensor]:
-        vals = {}
-        for n in self.order:
-            op, ins = self.ops[n], self.inputs[n]
-            if op == "input":
-                vals[n] = feats[self.levels[n]]
-            elif op == "output":
-                vals[n] = vals[ins[0]]
-            elif op == "fuse":
-                vals[n] = self.nodes[n]([vals[i] for i in ins], training)
-            else:
-                vals[n] = self.nodes[n](vals[ins[0]], training)
-        return {self.levels[n]: vals[n] for n in self.outputs}
+        vals = {("feature", level): x for level, x in feats.items()}
+        for name, srcs, step in self.steps:
+            vals[name] = step([vals[s] for s in srcs], training)
+        return {level: vals[n] for level, n in self.outputs.items()}

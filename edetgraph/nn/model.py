@@ -11,7 +11,8 @@ import tensorflow as tf
 from edetgraph.nn.backbone import EfficientNet
 from edetgraph.nn.heads import box_head, class_head
 from edetgraph.nn.lowering import FeatureNetwork
-from edetgraph.graph.build import build_ir, feature_sizes
+from edetgraph.graph import outputs
+from edetgraph.graph.build import build_ir
 
 
 class DetectionModel(tf.Module):
@@ -44,14 +45,7 @@ class DetectionModel(tf.Module):
 
     def output_shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
         """Documented shapes of every raw output, keyed ``cls_l3`` ... ``box_l7``."""
-        sizes = feature_sizes(tuple(self.spec.image_size), self.spec.max_level)
-        a, c = self.spec.num_anchors, self.spec.num_classes
-        out = {}
-        for lvl in self.spec.levels:
-            h, w = sizes[lvl]
-            out[f"cls_l{lvl}"] = (batch, h, w, a * c)
-            out[f"box_l{lvl}"] = (batch, h, w, a * 4)
-        return out
+        return outputs.shapes(self.spec, batch)
 
     def __call__(self, images, training: bool = False):
         feats = self.backbone(images, training)
@@ -61,11 +55,7 @@ class DetectionModel(tf.Module):
     def raw_outputs(self, images, training: bool = False) -> dict[str, tf.Tensor]:
         """The head outputs as a dict ``cls_l{L}`` / ``box_l{L}`` (the export signature)."""
         cls, box = self(images, training)
-        out = {}
-        for lvl, c, b in zip(self.spec.levels, cls, box):
-            out[f"cls_l{lvl}"] = c
-            out[f"box_l{lvl}"] = b
-        return out
+        return outputs.as_dict(self.spec.levels, cls, box)
 
     def variables_by_name(self) -> dict[str, tf.Variable]:
         """Every variable keyed by its checkpoint name (no ``:0``)."""

@@ -18,36 +18,7 @@ from typing import Sequence, Union
 
 import numpy as np
 
-ImageSize = Union[int, Sequence[int]]
-
-
-def parse_image_size(image_size: ImageSize) -> tuple[int, int]:
-    """``512`` or ``(h, w)`` -> ``(h, w)`` as ints; rejects non-positive sizes."""
-    if isinstance(image_size, (int, np.integer)):
-        size = (int(image_size), int(image_size))
-    else:
-        size = tuple(int(s) for s in image_size)
-    if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"image_size must be a positive int or (height, width): {image_size!r}")
-    return size
-
-
-def feature_sizes(image_size: ImageSize, min_level: int, max_level: int) -> list[tuple[int, int]]:
-    """Feature-map ``(height, width)`` for levels ``min_level..max_level``.
-
-    Each level halves the previous one rounding up, ``(x - 1) // 2 + 1``, starting from the
-    image size; this is what a stride-2 'SAME' convolution or pooling produces, so for example
-    320 gives P7 = 3x3 (320, 160, 80, 40, 20, 10, 5, 3), not 320 / 128.
-    """
-    if not 0 <= min_level <= max_level:
-        raise ValueError(f"need 0 <= min_level <= max_level, got {min_level}, {max_level}")
-    h, w = parse_image_size(image_size)
-    sizes = []
-    for level in range(max_level + 1):
-        if level >= min_level:
-            sizes.append((h, w))
-        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-    return sizes
+from edetgraph.graph.sizes import ImageSize, feature_sizes, parse_image_size
 
 
 def num_anchors_per_location(num_scales: int, aspect_ratios: Sequence) -> int:
@@ -58,7 +29,7 @@ def num_anchors_per_location(num_scales: int, aspect_ratios: Sequence) -> int:
 def num_anchors(image_size: ImageSize, min_level: int = 3, max_level: int = 7,
                 num_scales: int = 3, aspect_ratios: Sequence = (1.0, 2.0, 0.5)) -> int:
     """Total anchor count N (49104 for 512x512 with the defaults, 76725 for 640x640)."""
-    cells = sum(h * w for h, w in feature_sizes(image_size, min_level, max_level))
+    cells = sum(h * w for h, w in feature_sizes(image_size, min_level, max_level).values())
     return cells * num_anchors_per_location(num_scales, aspect_ratios)
 
 
@@ -124,7 +95,7 @@ def generate_anchors(image_size: ImageSize, min_level: int = 3, max_level: int =
         scales = [float(anchor_scale)] * n_levels
     if num_scales < 1 or not aspect_ratios:
         raise ValueError("need num_scales >= 1 and at least one aspect ratio")
-    feats = feature_sizes(image_hw, min_level, max_level)
+    feats = feature_sizes(image_hw, min_level, max_level).values()
     levels = [_level_anchors(image_hw, f, num_scales, aspect_ratios, s)
               for f, s in zip(feats, scales)]
     return np.concatenate(levels, axis=0).astype(np.float32)

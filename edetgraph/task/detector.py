@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from edetgraph.graph import outputs
 from edetgraph.task.anchors import generate_anchors
 from edetgraph.checkpoints.checkpoint import load_checkpoint
 from edetgraph.task.labels import COCO_LABELS, COCO_NUM_CLASSES
@@ -75,9 +76,7 @@ class Detector:
         pre = self.spec.preprocess
         x, scales = preprocess_batch(images, self.spec.image_size, pre.mean_rgb, pre.stddev_rgb)
         raw = self.model.raw_outputs(x)
-        levels = list(self.spec.levels)
-        dets = postprocess([raw[f"cls_l{lvl}"] for lvl in levels],
-                           [raw[f"box_l{lvl}"] for lvl in levels], self.anchors, scales,
+        dets = postprocess(*outputs.split(raw, self.spec.levels), self.anchors, scales,
                            self.spec.image_size, method=self.method,
                            score_thresh=self.score_thresh, max_dets=self.max_dets)
         return {"input": x, "scale": scales, **raw, **dets}

@@ -25,6 +25,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from edetgraph.graph import outputs
+
 _EPS = 1e-8     # the official coder's floor on sizes before dividing / taking logs
 
 
@@ -129,7 +131,7 @@ class AnchorLabeler:
         start = 0
         for level, (h, w) in zip(self.levels, self.feature_sizes):
             n = h * w * self.num_anchors_per_location
-            out[f"cls_targets_l{level}"] = tf.reshape(cls[start:start + n], [h, w, -1])
-            out[f"box_targets_l{level}"] = tf.reshape(box[start:start + n], [h, w, -1])
+            out[outputs.cls_target_name(level)] = tf.reshape(cls[start:start + n], [h, w, -1])
+            out[outputs.box_target_name(level)] = tf.reshape(box[start:start + n], [h, w, -1])
             start += n
         return out

@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 
 import tensorflow as tf
 
+from edetgraph.graph import outputs
 from edetgraph.task.postprocess import decode_boxes
 
 IOU_KINDS = ("iou", "giou", "diou", "ciou")
@@ -180,8 +181,8 @@ def detection_loss(cls_outputs, box_outputs, labels: Mapping, config: LossConfig
     """
     if normalizer is None:
         normalizer = global_normalizer(labels["num_positives"])
-    cls_t = [labels[f"cls_targets_l{lvl}"] for lvl in levels]
-    box_t = [labels[f"box_targets_l{lvl}"] for lvl in levels]
+    cls_t = [labels[outputs.cls_target_name(lvl)] for lvl in levels]
+    box_t = [labels[outputs.box_target_name(lvl)] for lvl in levels]
     cls = class_loss(cls_outputs, cls_t, config.num_classes, normalizer, config.alpha,
                      config.gamma, config.label_smoothing)
     box = box_loss(box_outputs, box_t, normalizer, config.huber_delta)

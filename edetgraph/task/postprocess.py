@@ -27,8 +27,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from edetgraph.task.anchors import (ImageSize, anchors_to_center_size, feature_sizes, generate_anchors,
-                               parse_image_size)
+from edetgraph.graph.sizes import ImageSize, feature_sizes, parse_image_size
+from edetgraph.task.anchors import anchors_to_center_size, generate_anchors
 from edetgraph.task.labels import COCO_LABELS, label_name
 
 CLASS_OFFSET = 1  # network class c is COCO category id c + 1
@@ -248,7 +248,7 @@ def make_postprocess_fn(image_size: ImageSize, num_classes: int = 90, batch_size
     anchors = generate_anchors(image_size, min_level, max_level, num_scales, aspect_ratios,
                                anchor_scale)
     a = num_scales * len(aspect_ratios)
-    feats = feature_sizes(image_size, min_level, max_level)
+    feats = feature_sizes(image_size, min_level, max_level).values()
     cls_spec = [tf.TensorSpec([batch_size, h, w, a * num_classes]) for h, w in feats]
     box_spec = [tf.TensorSpec([batch_size, h, w, a * 4]) for h, w in feats]
 

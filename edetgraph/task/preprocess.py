@@ -15,7 +15,7 @@ from typing import Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from edetgraph.task.anchors import ImageSize, parse_image_size
+from edetgraph.graph.sizes import ImageSize, parse_image_size
 
 # ImageNet statistics on 0..255 input, written as the official config writes them.
 IMAGENET_MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)

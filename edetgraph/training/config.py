@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
-from edetgraph.graph.spec import SPEC_DIR, SpecError, apply_overrides
+from edetgraph.graph import schema
+from edetgraph.graph.spec import SPEC_DIR
 
 TRAIN_DIR = SPEC_DIR / "train"
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -114,44 +111,6 @@ def _fail(path: str, msg: str):
     raise TrainConfigError(f"{path or '<root>'}: {msg}")
 
 
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    if tp is bool:
-        if not isinstance(value, bool):
-            _fail(path, f"expected true/false, got {value!r}")
-    elif tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(path, f"expected an integer, got {value!r}")
-    elif tp is float:
-        if isinstance(value, str):      # YAML 1.1 reads 1e30 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _fail(path, f"expected a number, got {value!r}")
-        return float(value)
-    elif tp is str and not isinstance(value, str):
-        _fail(path, f"expected a string, got {value!r}")
-    return value
-
-
-def _build(cls: type, data: Any, path: str) -> Any:
-    if not isinstance(data, dict):
-        _fail(path, f"expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls) if f.name != "source"]
-    for key in data:
-        if key not in known:
-            _fail(f"{path}.{key}" if path else str(key), f"unknown key (known: {', '.join(known)})")
-    return cls(**{k: _convert(hints[k], v, f"{path}.{k}" if path else k) for k, v in data.items()})
-
-
 def _check(c: TrainConfig) -> None:
     positive = ("batch_size", "learning_rate", "keep_checkpoints", "log_every_steps",
                 "steps_per_call", "max_instances", "eval_batch_size", "shuffle_buffer")
@@ -209,10 +168,11 @@ def from_dict(data: Any, source: str | None = None, overrides=()) -> TrainConfig
             data = {}
         if not isinstance(data, dict):
             raise TrainConfigError(f"<root>: expected a mapping, got {type(data).__name__}")
-        data = apply_overrides(_drop_alternatives(data, overrides), overrides)
-        config = _build(TrainConfig, data, "")
+        data = schema.apply_overrides(_drop_alternatives(data, overrides), overrides,
+                                      TrainConfigError)
+        config = schema.build(TrainConfig, data, "", TrainConfigError)
         _check(config)
-    except (TrainConfigError, SpecError) as e:
+    except TrainConfigError as e:
         raise TrainConfigError(f"{where}: {e}") from None
     return dataclasses.replace(config, source=source)
 
@@ -232,10 +192,5 @@ def resolve_path(name_or_path) -> Path:
 def load_train_config(name_or_path="default", overrides=()) -> TrainConfig:
     """Load and validate a training-settings file (or a built-in one by name)."""
     path = resolve_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise TrainConfigError(f"{path}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise TrainConfigError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    data = schema.read_yaml(path, TrainConfigError)
     return from_dict(data, source=str(path), overrides=overrides)

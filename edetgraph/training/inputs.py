@@ -18,7 +18,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from edetgraph.task.anchors import feature_sizes, generate_anchors
+from edetgraph.graph import outputs
+from edetgraph.graph.sizes import feature_sizes
+from edetgraph.task.anchors import generate_anchors
 from edetgraph.data.pipeline import list_files, make_dataset
 from edetgraph.task.labeler import AnchorLabeler
 
@@ -93,15 +95,12 @@ def make_labeler(spec) -> AnchorLabeler:
     a = spec.anchors
     anchors = generate_anchors(spec.image_size, a.min_level, a.max_level, a.num_scales,
                                a.aspect_ratios, a.scale)
-    return AnchorLabeler(anchors, feature_sizes(spec.image_size, a.min_level, a.max_level),
+    return AnchorLabeler(anchors, list(feature_sizes(spec.image_size, a.min_level, a.max_level).values()),
                          spec.num_anchors, spec.num_classes, min_level=a.min_level)
 
 
 def _train_keys(spec) -> list[str]:
-    keys = list(TRAIN_KEYS)
-    for lvl in spec.levels:
-        keys += [f"cls_targets_l{lvl}", f"box_targets_l{lvl}"]
-    return keys
+    return list(TRAIN_KEYS) + outputs.target_names(spec.levels)
 
 
 def distributed_input(strategy, pattern: str, spec, config, seed: int | None):
