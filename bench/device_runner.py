@@ -16,6 +16,7 @@ import platform
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 
 import numpy as np
 
@@ -38,7 +39,6 @@ def _line(exc):
 def _version(module_name):
     top = module_name.split(".")[0]
     try:
-        from importlib.metadata import version
         return version(DISTRIBUTIONS.get(top, top))
     except Exception:  # metadata missing on some device installs
         return getattr(sys.modules.get(top), "__version__", "unknown")
@@ -141,7 +141,7 @@ class OnnxModel:
 
     def __init__(self, path, threads, provider):
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # deferred: a device needs only one runtime
         except ImportError:
             raise Failure("onnxruntime is not installed: pip install onnxruntime") from None
         self.runtime, self.version = "onnxruntime", ort.__version__

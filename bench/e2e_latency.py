@@ -17,10 +17,19 @@ import json
 import sys
 import time
 
+import numpy as np
+import tensorflow as tf
+
+from edetgraph.checkpoints.checkpoint import CheckpointError
+from edetgraph.graph import outputs
+from edetgraph.graph.spec import SpecError, load_spec
+from edetgraph.resources import path
+from edetgraph.task.detector import Detector
+from edetgraph.task.postprocess import postprocess
+from edetgraph.task.preprocess import preprocess_batch, read_image
+
 
 def _times(fn, arg, runs: int, warmup: int) -> dict:
-    import numpy as np
-    import tensorflow as tf
 
     def once():
         t0 = time.perf_counter()
@@ -36,10 +45,6 @@ def _times(fn, arg, runs: int, warmup: int) -> dict:
 
 def _stages(det, image) -> dict:
     """Pre-processing, network and post-processing as separate traced functions + inputs."""
-    import tensorflow as tf
-    from edetgraph.graph import outputs
-    from edetgraph.task.postprocess import postprocess
-    from edetgraph.task.preprocess import preprocess_batch
     spec, pre = det.spec, det.spec.preprocess
     x = tf.constant(image[None])
     pre_fn = tf.function(lambda im: preprocess_batch(im, spec.image_size, pre.mean_rgb, pre.stddev_rgb))
@@ -59,8 +64,6 @@ def measure(spec, image, ckpt=None, method: str = "soft", threads: int = 2, runs
     """Latency figures (ms) of the end-to-end detector on ``image`` (uint8 HxWx3).
 
     ``threads`` is only recorded: call :func:`set_threads` before TensorFlow runs anything."""
-    import tensorflow as tf
-    from edetgraph.task.detector import Detector
     det = Detector.from_spec(spec, ckpt, method=method)
     fn = det.function(1)
     t0 = time.perf_counter()
@@ -75,7 +78,6 @@ def measure(spec, image, ckpt=None, method: str = "soft", threads: int = 2, runs
 
 def set_threads(threads: int) -> None:
     """``threads`` intra-op threads, one inter-op thread (ops run one after another)."""
-    import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
@@ -95,10 +97,6 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     set_threads(args.threads)
-    from edetgraph.checkpoints.checkpoint import CheckpointError
-    from edetgraph.task.preprocess import read_image
-    from edetgraph.resources import path
-    from edetgraph.graph.spec import SpecError, load_spec
     try:
         spec = load_spec(args.spec, args.set)
         image = read_image(args.image or path("street.jpg")).numpy()

@@ -9,32 +9,17 @@ record the spec's content, so ``FILE.bench.json`` adds a digest of the resolved 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 
-# backend -> (runner kind, file suffix, TFLite quantization)
-FILE_BACKENDS = {"onnxruntime": ("onnxruntime", ".onnx", None),
-                 "tflite-fp32": ("tflite", "_fp32.tflite", "fp32"),
-                 "tflite-fp16": ("tflite", "_fp16.tflite", "fp16"),
-                 "tflite-int8": ("tflite", "_int8.tflite", "int8"),
-                 "tflite-int8-fh": ("tflite", "_int8fh.tflite", "int8")}
-FLOAT_HEADS = {"tflite-int8-fh"}  # int8 with the class/box heads kept float32
+from bench.config import FILE_BACKENDS, FLOAT_HEADS
+from edetgraph.data.synthetic import generate
+from exporters.onnx_format import OnnxFormat
+from exporters.options import ExportOptions, GateOptions, OnnxOptions, TFLiteOptions
+from exporters.pipeline import export
+from exporters.tflite_format import TFLiteFormat
+
 OPSET = 17
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-
-
-def runtime_missing(backend: str) -> str | None:
-    """Why ``backend`` cannot run on this machine (a missing runtime), or None."""
-    have = lambda module: importlib.util.find_spec(module) is not None  # noqa: E731
-    if FILE_BACKENDS[backend][0] == "onnxruntime":
-        for module, what in (("onnxruntime", "onnxruntime"), ("tf2onnx", "tf2onnx (to export)"),
-                             ("onnx", "onnx (to export)")):
-            if not have(module):
-                return f"{what} is not installed here"
-    elif not any(have(m) for m in ("ai_edge_litert", "tflite_runtime", "tensorflow")):
-        return "no TFLite runtime is installed here (pip install ai-edge-litert)"
-    return None
 
 
 def export_path(cfg, backend: str) -> str:
@@ -105,8 +90,6 @@ def ensure_export(cfg, backend: str, row: dict, say) -> str:
     Raises whatever the exporter raises (ExportFailed when its parity gate fails).
     ``row`` gets ``export``: reused or not, why, and the export time.
     """
-    from exporters.to_onnx import export_onnx
-    from exporters.to_tflite import export_tflite
     path = export_path(cfg, backend)
     quant = FILE_BACKENDS[backend][2]
     representative = representative_source(cfg, say) if quant == "int8" else None
@@ -120,14 +103,13 @@ def ensure_export(cfg, backend: str, row: dict, say) -> str:
     for stale in (path, path + ".json", path + ".bench.json"):
         if os.path.exists(stale):
             os.remove(stale)  # never run a file that no longer matches the request
-    common = dict(ckpt=cfg.ckpt, seed=cfg.seed, batch=cfg.batch, threads=cfg.threads,
-                  verbose=getattr(say, "enabled", True))
-    if quant is None:
-        summary = export_onnx(cfg.spec, path, opset=OPSET, **common)
-    else:
-        summary = export_tflite(cfg.spec, path, quant=quant, representative=representative,
-                                calibration_images=cfg.calibration_images,
-                                float_heads=backend in FLOAT_HEADS, **common)
+    opts = ExportOptions(ckpt=cfg.ckpt, seed=cfg.seed, batch=cfg.batch,
+                         gate=GateOptions(threads=cfg.threads),
+                         verbose=getattr(say, "enabled", True))
+    fmt = OnnxFormat(OnnxOptions(OPSET)) if quant is None else TFLiteFormat(TFLiteOptions(
+        quant=quant, representative=representative, calibration_images=cfg.calibration_images,
+        float_heads=backend in FLOAT_HEADS))
+    summary = export(cfg.spec, path, fmt, opts)
     with open(path + ".bench.json", "w") as f:
         json.dump(wanted["key"], f, indent=2)
     row["export"] = {"reused": False, "why": why, "summary": path + ".json",
@@ -153,7 +135,6 @@ def representative_source(cfg, say) -> str:
     marker = os.path.join(folder, "made_for.json")
     made_for = {"images": cfg.calibration_images, "size": size}
     if len(have) < cfg.calibration_images or not _same_json(marker, made_for):
-        from edetgraph.data.synthetic import generate
         say(f"writing {cfg.calibration_images} synthetic calibration images to {images}")
         generate(folder, cfg.calibration_images, size, seed=cfg.seed, val_fraction=0.0)
         with open(marker, "w") as f:

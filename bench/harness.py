@@ -8,88 +8,35 @@ Backends: ``tf`` (the model's ``tf.function``), ``tf-xla`` (the same, ``jit_comp
 ``tflite-int8-fh`` (int8 with the class/box heads kept float32). Every requested backend
 ends with a row whose status is ``ok``, ``skipped`` or ``failed``, with the reason.
 The TF model is built once here with the exporters' weights (checkpoint, or the seeded
-random weights of ``exporters.common.build_export_model``), so TF is the reference for
+random weights of ``edetgraph.task.weights.model_with_weights``), so TF is the reference for
 every file. Latency is measured interleaved (``bench.latency``); see ``describe_method``.
 """
 from __future__ import annotations
 
 import os
-import sys
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
+import tensorflow as tf
+
 from bench import exports, probes, quality
+from bench.config import BACKENDS, FILE_BACKENDS, TOLERANCE, BenchConfig, Progress, \
+    runtime_missing
+from bench.device import load_device_results
 from bench.latency import describe_method, measure_interleaved, measure_peak_memory
 from bench.report import NOTES
+from edetgraph.task.coco import to_coco_results
+from edetgraph.task.serving import make_serving_fn
+from edetgraph.task.weights import model_with_weights
+from edetgraph.verify.accuracy import Postprocessor, coco_ap
+from edetgraph.verify.datasets import check_eval_data
+from edetgraph.verify.detections import agreement, match_detections
+from edetgraph.verify.exact import ExactReference
+from edetgraph.verify.images import eval_batches, parity_batches
+from edetgraph.verify.runners import make_runner
 
-BACKENDS = ("tf", "tf-xla", "onnxruntime", "tflite-fp32", "tflite-fp16", "tflite-int8",
-            "tflite-int8-fh")
-DEFAULT_BACKENDS = ("tf", "onnxruntime", "tflite-fp32", "tflite-fp16", "tflite-int8")
 SCHEMA = "edetgraph.bench/1"
-
-
-@dataclass
-class BenchConfig:
-    """Everything one benchmark run depends on (the CLI's options)."""
-    spec: object
-    out: str = "bench_out"
-    backends: tuple = DEFAULT_BACKENDS
-    ckpt: str | None = None
-    seed: int = 0
-    threads: int = 2
-    runs: int = 50
-    warmup: int = 10
-    batch: int = 1
-    data: str | None = None
-    annotations: str | None = None
-    max_images: int | None = None
-    representative: str | None = None
-    calibration_images: int = 100
-    nms: str = "soft"
-    random_inputs: int = 2
-    memory: bool = True
-    device_results: tuple = ()
-    spec_args: dict = field(default_factory=dict)  # how the spec was named, for the record
-
-    def problem(self) -> str | None:
-        """The first option that cannot work, as a one-line message (None: all fine)."""
-        for name in ("threads", "runs", "batch", "calibration_images", "max_images"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                return f"--{name.replace('_', '-')} {value}: must be at least 1"
-        if self.warmup < 0:
-            return f"--warmup {self.warmup}: must be >= 0"
-        if bool(self.data) != bool(self.annotations):
-            return "--data and --annotations go together (images and their COCO instances file)"
-        if not self.backends:
-            return "--backends: name at least one backend"
-        return None
-
-
-class Progress:
-    """One progress line on stderr: rewritten in place on a terminal, else a line per step."""
-
-    def __init__(self, stream=sys.stderr, enabled: bool = True):
-        self.stream, self.enabled = stream, enabled
-        self.tty = enabled and hasattr(stream, "isatty") and stream.isatty()
-
-    def __call__(self, message: str) -> None:
-        if self.enabled:
-            self._write(f"[bench] {message}", final=True)
-
-    def rounds(self, done: int, total: int) -> None:
-        """Latency rounds: in place on a terminal, else every 10 %."""
-        if self.enabled and (self.tty or done == total or done % max(1, total // 10) == 0):
-            self._write(f"[bench] latency: round {done}/{total}", final=done == total)
-
-    def _write(self, text: str, final: bool) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
 
 
 def plan_rows(backends) -> dict:
@@ -101,7 +48,7 @@ def plan_rows(backends) -> dict:
             row.update(status="skipped", reason=f"unknown backend '{name}' (known: "
                                                 f"{', '.join(BACKENDS)})")
         elif name != "tf" and name != "tf-xla":
-            missing = exports.runtime_missing(name)
+            missing = runtime_missing(name)
             if missing:
                 row.update(status="skipped", reason=missing)
         rows[name] = row
@@ -120,7 +67,6 @@ def _pending(rows: dict) -> list:
 def set_tf_threads(threads: int) -> str:
     """Intra-op threads = ``threads``, inter-op 1 (ops run one after another, as the other
     runtimes do); only possible before TensorFlow's runtime starts. Returns what applies."""
-    import tensorflow as tf
     try:
         tf.config.threading.set_intra_op_parallelism_threads(int(threads))
         tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -131,8 +77,6 @@ def set_tf_threads(threads: int) -> str:
 
 def _tf_runners(model, serve, cfg, rows, tf_threads, say) -> dict:
     """The TF reference runner (always made), and tf-xla when asked; times the first call."""
-    import tensorflow as tf
-    from bench.runners import make_runner
     h, w = cfg.spec.image_size
     fns = {"tf": serve}
     if "tf-xla" in _pending(rows):
@@ -163,17 +107,16 @@ def _tf_runners(model, serve, cfg, rows, tf_threads, say) -> dict:
 
 def _file_runners(cfg, rows, say) -> dict:
     """Export (or reuse) and load each file backend still pending."""
-    from bench.runners import make_runner
     runners = {}
     for name in _pending(rows):
-        if name not in exports.FILE_BACKENDS:
+        if name not in FILE_BACKENDS:
             continue
         try:
             path = exports.ensure_export(cfg, name, rows[name], say)
         except Exception as exc:  # ExportFailed, or a converter crash: reported in the row
             _fail(rows[name], "export", exc)
             continue
-        kind = exports.FILE_BACKENDS[name][0]
+        kind = FILE_BACKENDS[name][0]
         try:
             runner = make_runner(kind, path, cfg.threads)
         except Exception as exc:
@@ -187,18 +130,17 @@ def _file_runners(cfg, rows, say) -> dict:
     return runners
 
 
-def _check_quality(cfg, model, runners, rows, say) -> quality.Detector:
+def _check_quality(cfg, model, runners, rows, say) -> Postprocessor:
     """Parity and detection agreement of every runner against the TF reference (and, for
-    float32 backends, of both against the model run in float64: exporters.exact)."""
-    from exporters.exact import ExactReference
-    inputs = quality.parity_batches(cfg.spec, cfg.batch, cfg.random_inputs, cfg.seed)
+    float32 backends, of both against the model run in float64: edetgraph.verify.exact)."""
+    inputs = parity_batches(cfg.spec, "float", cfg.batch, cfg.random_inputs, cfg.seed)
     ref = [runners["tf"].run(x) for _, x, _ in inputs]
     exact = None
-    if any(n != "tf" and quality.TOLERANCE.get(n, "fp32") == "fp32"
+    if any(n != "tf" and TOLERANCE.get(n, "fp32") == "fp32"
            for n in _pending(rows) if n in runners):
         reference = ExactReference(model, cfg.spec)
         exact = [reference(x) for _, x, _ in inputs]
-    detector = quality.Detector(cfg.spec, {k: v.shape for k, v in ref[0].items()}, cfg.nms)
+    detector = Postprocessor(cfg.spec, {k: v.shape for k, v in ref[0].items()}, cfg.nms)
     real = [i for i, item in enumerate(inputs) if item[2]]
     ref_dets = {i: detector(ref[i]) for i in real}
     say(f"parity and detection agreement on {len(inputs)} batch(es) "
@@ -209,11 +151,11 @@ def _check_quality(cfg, model, runners, rows, say) -> quality.Detector:
                 got, rows[name]["parity"] = ref, quality.REFERENCE
             else:
                 got = [runners[name].run(x) for _, x, _ in inputs]
-                wide = exact if quality.TOLERANCE.get(name, "fp32") == "fp32" else None
+                wide = exact if TOLERANCE.get(name, "fp32") == "fp32" else None
                 rows[name]["parity"] = quality.raw_parity(name, ref, got, inputs, wide,
                                                           num_classes=cfg.spec.num_classes)
-            rows[name]["detections"] = quality.agreement(
-                [quality.match_detections(ref_dets[i], detector(got[i])) for i in real])
+            rows[name]["detections"] = agreement(
+                [match_detections(ref_dets[i], detector(got[i])) for i in real])
         except Exception as exc:
             _fail(rows[name], "parity", exc)
     return detector
@@ -221,11 +163,10 @@ def _check_quality(cfg, model, runners, rows, say) -> quality.Detector:
 
 def _evaluate_ap(cfg, runners, rows, detector, say) -> None:
     """COCO AP of every runner on --data, one pass over the images shared by all."""
-    from edetgraph.task.evaluation import to_coco_results
     names = [n for n in _pending(rows) if n in runners]
     dets, ids = {n: [] for n in names}, []
-    for batch_ids, x, scales in quality.eval_batches(cfg.data, cfg.annotations, cfg.spec,
-                                                     cfg.batch, cfg.max_images):
+    for batch_ids, x, scales in eval_batches(cfg.data, cfg.annotations, cfg.spec, "float",
+                                             cfg.batch, cfg.max_images):
         for name in [n for n in names if rows[n]["status"] == "pending"]:
             try:
                 dets[name] += to_coco_results(detector(runners[name].run(x), scales), batch_ids)
@@ -236,7 +177,7 @@ def _evaluate_ap(cfg, runners, rows, detector, say) -> None:
             say(f"AP: {len(ids)} image(s) detected by {len(names)} backend(s)")
     say(f"AP: {len(ids)} image(s) detected by {len(names)} backend(s), scoring")
     for name in [n for n in names if rows[n]["status"] == "pending"]:
-        rows[name]["ap"] = quality.coco_ap(cfg.annotations, dets[name], ids)
+        rows[name]["ap"] = coco_ap(cfg.annotations, dets[name], ids)
 
 
 def _measure_latency(cfg, runners, rows, progress) -> None:
@@ -245,7 +186,7 @@ def _measure_latency(cfg, runners, rows, progress) -> None:
         return
     progress(f"latency: {cfg.warmup} warm-up + {cfg.runs} interleaved runs of "
              f"{', '.join(timed)}")
-    x = quality.parity_batches(cfg.spec, cfg.batch, 0, cfg.seed)[0][1]  # street.jpg
+    x = parity_batches(cfg.spec, "float", cfg.batch, 0, cfg.seed)[0][1]  # street.jpg
     stats = measure_interleaved(timed, x, warmup=cfg.warmup, runs=cfg.runs,
                                 progress=progress.rounds)
     for name, s in stats.items():
@@ -257,9 +198,9 @@ def _measure_memory(cfg, rows, say) -> None:
     for name in _pending(rows):
         say(f"memory: {name} in a subprocess")
         try:
-            if name in exports.FILE_BACKENDS:
+            if name in FILE_BACKENDS:
                 rows[name]["memory"] = measure_peak_memory(
-                    exports.FILE_BACKENDS[name][0], rows[name]["file"], cfg.threads, runs=3)
+                    FILE_BACKENDS[name][0], rows[name]["file"], cfg.threads, runs=3)
             else:
                 rows[name]["memory"] = probes.tf_peak_memory(cfg.spec, cfg.threads, cfg.batch,
                                                               xla=name == "tf-xla")
@@ -279,20 +220,18 @@ def config_record(cfg) -> dict:
 
 def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict:
     """Run the whole benchmark and return the results (see bench.report for the files)."""
-    from bench.device import load_device_results
-    from exporters.common import build_export_model, make_serving_fn
     progress = progress or Progress()
     start, load_before = time.perf_counter(), os.getloadavg()
     device_rows = load_device_results(list(cfg.device_results)) if cfg.device_results else []
     if cfg.data:
-        quality.check_eval_data(cfg.data, cfg.annotations)
+        check_eval_data(cfg.data, cfg.annotations)
     os.makedirs(cfg.out, exist_ok=True)
     rows = plan_rows(cfg.backends)
     tf_threads = set_tf_threads(cfg.threads)
     progress(f"building {cfg.spec.name} at {cfg.spec.image_size[0]}x{cfg.spec.image_size[1]} "
              f"({'random weights, seed %d' % cfg.seed if cfg.ckpt is None else cfg.ckpt})")
     t0 = time.perf_counter()
-    model, weights = build_export_model(cfg.spec, cfg.ckpt, cfg.seed)
+    model, weights = model_with_weights(cfg.spec, cfg.ckpt, cfg.seed)
     build_s = time.perf_counter() - t0
     serve = make_serving_fn(model, cfg.spec, cfg.batch, "float")
     runners = _tf_runners(model, serve, cfg, rows, tf_threads, progress)

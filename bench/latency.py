@@ -3,7 +3,7 @@
 On a shared, noisy machine a backend timed for a whole block and then the next backend
 for the next block meet different background load; interleaving their calls round by
 round (in a fresh random order each round) spreads that load over all of them alike.
-No TensorFlow here: callables come from ``bench.runners`` or anywhere else.
+No TensorFlow here: callables come from ``edetgraph.verify.runners`` or anywhere else.
 """
 import gc
 import inspect
@@ -128,7 +128,8 @@ def peak_rss_mb() -> float:
 _MEMORY_PROBE = r"""
 import json, sys
 import numpy as np
-from bench import latency, runners
+from bench import latency
+from edetgraph.verify import runners
 kind, path, threads, runs, opts = json.loads(sys.argv[1])
 if kind == "onnxruntime":
     import onnxruntime

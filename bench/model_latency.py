@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 
+import numpy as np
+import tensorflow as tf
+
+from edetgraph.graph.spec import SpecError, load_spec
+from edetgraph.nn.model import build_model
+
 
 def measure(spec, threads: int, runs: int, warmup: int, batch: int = 1, seed: int = 0) -> dict:
-    import numpy as np
-    import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from edetgraph.nn.model import build_model
 
     t0 = time.perf_counter()
     model = build_model(spec, seed=seed)
@@ -42,7 +46,6 @@ def measure(spec, threads: int, runs: int, warmup: int, batch: int = 1, seed: in
             v.numpy()
         times.append((time.perf_counter() - t0) * 1000)
     t = np.asarray(times) if times else np.zeros(1)
-    import resource
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"peak_rss_mb": round(peak_mb),"spec": spec.name, "image_size": list(spec.image_size), "batch": batch,
             "threads": threads, "runs": runs, "warmup": warmup, "build_s": round(build_s, 3),
@@ -65,7 +68,6 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
-    from edetgraph.graph.spec import SpecError, load_spec
     try:
         spec = load_spec(args.spec, args.set)
     except SpecError as e:

@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 
-from bench.quality import AGREE_IOU, AGREE_SCORE
+from edetgraph.verify.detections import AGREE_IOU, AGREE_SCORE
 
 # What the figures mean, printed under the table and kept in results.json.
 NOTES = {
@@ -188,9 +188,9 @@ def _json_default(value):
 
 def plot(results: dict, flat: list, path: str) -> None:
     """Latency (p50, whisker to p90) against AP when AP was measured, else latency bars."""
-    import matplotlib
+    import matplotlib  # deferred: the plot is optional, the table and JSON are not
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred, as above
     timed = [f for f in flat if f["p50_ms"] is not None]
     cfg, load = results["config"], results["machine"]["load_average_start"]
     fig, ax = plt.subplots(figsize=(8, 0.5 * max(len(timed), 4) + 1.5))

@@ -9,8 +9,14 @@ import argparse
 import os
 import sys
 
-from bench.harness import BACKENDS, DEFAULT_BACKENDS, BenchConfig, Progress, run_benchmark
-from exporters.common import OneLineParser
+from bench.config import BACKENDS, DEFAULT_BACKENDS, BenchConfig, Progress
+from bench.device import DeviceResultError
+from bench.report import format_report, write_report
+from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
+from edetgraph.cli import OneLineParser
+from edetgraph.graph.spec import SpecError, load_spec
+from edetgraph.task.coco import EvalError
+from edetgraph.verify.datasets import EvalDataError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,20 +68,17 @@ def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from bench.device import DeviceResultError
-    from bench.report import format_report, write_report
-    from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
-    from edetgraph.task.evaluation import EvalError
-    from edetgraph.graph.spec import SpecError, load_spec
     problem = config(args, None).problem()
     if problem:
         p.error(problem)
+    from bench.harness import run_benchmark  # deferred: TensorFlow starts once a request is valid
     try:
         cfg = config(args, load_spec(args.spec, args.set))
         if args.ckpt:
             resolve_checkpoint(args.ckpt)
         results = run_benchmark(cfg, Progress(enabled=not args.quiet))
-    except (SpecError, DeviceResultError, EvalError, CheckpointError, OSError) as e:
+    except (SpecError, DeviceResultError, EvalError, EvalDataError, CheckpointError,
+            OSError) as e:
         print(f"{p.prog}: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     print(format_report(results))

@@ -19,6 +19,15 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
+
+from edetgraph.data.pipeline import benchmark_pipeline, list_files
+from edetgraph.data.synthetic import SHAPES
+from edetgraph.graph.spec import SpecError, load_spec
+from edetgraph.task.labeler import labeler_for
+from edetgraph.training.benchmark import benchmark_train_step
+from edetgraph.training.config import SyntheticData
+from edetgraph.training.inputs import synthetic_data
 
 DEFAULT_MIN_RATIO = 2.0
 
@@ -56,17 +65,12 @@ def _check(args, p) -> None:
 
 
 def _training_data(spec, pattern, images: int, log) -> str:
-    from edetgraph.data.pipeline import list_files
-    from edetgraph.training.config import SyntheticData
-    from edetgraph.training.inputs import synthetic_data
     if pattern:
         list_files(pattern)     # a clear error now rather than deep inside tf.data
         return pattern
     # The built-in dataset has a few shape classes; its labels are valid ids for any spec
     # (a 90-class D0 simply never sees classes 9-90), and the work per image is the same.
-    from dataclasses import replace
 
-    from edetgraph.data.synthetic import SHAPES
     shapes = replace(spec, num_classes=min(spec.num_classes, len(SHAPES)))
     return synthetic_data(shapes, SyntheticData(num_images=images, seed=0), log=log).train
 
@@ -74,13 +78,10 @@ def _training_data(spec, pattern, images: int, log) -> str:
 def measure(spec, batch_size: int, data: str, pipeline_batches: int, steps: int,
             jit_compile: bool = False) -> dict:
     """Both rates and their ratio; pipeline first, then the step, never overlapping."""
-    from edetgraph.data.pipeline import benchmark_pipeline
-    from edetgraph.training.benchmark import benchmark_train_step
-    from edetgraph.training.inputs import make_labeler
     a = spec.preprocess
     pipe = benchmark_pipeline(data, spec.image_size, batch_size, training=True,
                               num_batches=pipeline_batches, warmup=5,
-                              labeler=make_labeler(spec), mean_rgb=a.mean_rgb,
+                              labeler=labeler_for(spec), mean_rgb=a.mean_rgb,
                               stddev_rgb=a.stddev_rgb)
     step = benchmark_train_step(spec, batch_size=batch_size, steps=steps, warmup=2,
                                 jit_compile=jit_compile)
@@ -96,7 +97,6 @@ def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     _check(args, p)
-    from edetgraph.graph.spec import SpecError, load_spec
     try:
         spec = load_spec(args.spec, args.set)
     except SpecError as e:

@@ -19,6 +19,22 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import tensorflow as tf
+
+from bench import run as bench_run
+from edetgraph import train
+from edetgraph.graph import outputs
+from edetgraph.graph.build import build_ir
+from edetgraph.graph.draw import draw
+from edetgraph.graph.spec import load_spec
+from edetgraph.inspect import format_report, report
+from edetgraph.nn.model import build_model
+from edetgraph.resources import path
+from edetgraph.task import anchors, postprocess, preprocess
+from edetgraph.training.config import load_train_config
+from edetgraph.training.inputs import synthetic_data
+
 
 def _stage(title: str) -> float:
     print(f"\n=== {title}", flush=True)
@@ -30,10 +46,6 @@ def _done(t0: float) -> None:
 
 
 def inspect_d0(out: Path) -> None:
-    from edetgraph.graph.draw import draw
-    from edetgraph.inspect import format_report, report
-    from edetgraph.graph.build import build_ir
-    from edetgraph.graph.spec import load_spec
 
     t0 = _stage("1. inspect EfficientDet-D0 (no TensorFlow needed)")
     spec = load_spec("d0")
@@ -47,14 +59,7 @@ def inspect_d0(out: Path) -> None:
 
 
 def d0_on_street(out: Path) -> None:
-    import numpy as np
-    import tensorflow as tf
 
-    from edetgraph.graph import outputs
-    from edetgraph.task import anchors, postprocess, preprocess
-    from edetgraph.nn.model import build_model
-    from edetgraph.resources import path
-    from edetgraph.graph.spec import load_spec
 
     t0 = _stage("2. D0 on street.jpg (random weights: released checkpoints cannot be fetched here)")
     spec = load_spec("d0")
@@ -62,9 +67,7 @@ def d0_on_street(out: Path) -> None:
     image = preprocess.read_image(path("street.jpg"))
     x, scale = preprocess.preprocess(image, spec.image_size, spec.preprocess.mean_rgb,
                                      spec.preprocess.stddev_rgb)
-    a = spec.anchors
-    anc = anchors.generate_anchors(spec.image_size, a.min_level, a.max_level, a.num_scales,
-                                   a.aspect_ratios, a.scale)
+    anc = anchors.spec_anchors(spec)
     net = tf.function(lambda t: model(t))
     cls, box = net(x[None])
     det = postprocess.postprocess(cls, box, anc, scales=tf.reshape(scale, [1]),
@@ -80,10 +83,6 @@ def d0_on_street(out: Path) -> None:
 
 def train_demo(out: Path, steps: int | None) -> tuple[str, Path, Path]:
     """Generate the built-in dataset, train specs/demo.yaml from scratch, evaluate it."""
-    from edetgraph import train
-    from edetgraph.graph.spec import load_spec
-    from edetgraph.training.config import load_train_config
-    from edetgraph.training.inputs import synthetic_data
 
     t0 = _stage("3. built-in dataset + train specs/demo.yaml from scratch + COCO evaluation")
     config = load_train_config("demo")
@@ -101,7 +100,6 @@ def train_demo(out: Path, steps: int | None) -> tuple[str, Path, Path]:
 
 
 def bench_demo(out: Path, ckpt: str, val_dir: Path, train_dir: Path) -> None:
-    from bench import run as bench_run
 
     t0 = _stage("4. export the trained demo model and benchmark every backend on the val split")
     argv = ["--spec", "demo", "--ckpt", ckpt, "--backends",

@@ -14,6 +14,10 @@ import json
 import sys
 from pathlib import Path
 
+from edetgraph.checkpoints.archive import CheckpointError
+from edetgraph.graph.spec import SpecError, load_spec
+from edetgraph.task.coco import EvalError, format_table
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m edetgraph.eval", description=__doc__,
@@ -38,21 +42,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-
-    from edetgraph.graph.spec import SpecError, load_spec
     try:
         spec = load_spec(args.spec, args.set)
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from edetgraph.checkpoints.checkpoint import CheckpointError, load_checkpoint
-    from edetgraph.task.evaluation import EvalError, Evaluator, format_table
+    from edetgraph.task.evaluation import Evaluator  # deferred: --help skips TensorFlow
     detections = args.detections or str(Path(args.out).parent / "detections.json"
                                         if args.out else "detections.json")
     try:
         evaluator = Evaluator(spec, args.data, args.annotations, args.batch_size, args.nms)
-        report = load_checkpoint(args.ckpt, evaluator.model.variables_by_name(), mode="strict",
-                                 use_ema=False if args.no_ema else "auto")
+        report = evaluator.load(args.ckpt, use_ema=False if args.no_ema else "auto")
         print(f"loaded {len(report.loaded)} variables from {report.prefix} "
               f"({'EMA' if report.used_ema else 'raw'} weights)", file=sys.stderr)
         metrics = evaluator(per_class=args.per_class, detections_out=detections,

@@ -11,12 +11,10 @@ detections. Without ``--ckpt`` the weights are random and the detections meaning
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import sys
-import time
-import uuid
-from pathlib import Path
+
+from edetgraph.checkpoints.archive import CheckpointError
+from edetgraph.graph.spec import SpecError
 
 METHODS = ("soft", "hard", "fast")  # edetgraph.task.postprocess.METHODS, without importing TF for --help
 
@@ -54,117 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _read_inputs(paths: list) -> list:
-    """Decode every image before any model is built, so a bad file fails in a second."""
-    from edetgraph.task.preprocess import read_image
-    return [read_image(p).numpy() for p in paths]
-
-
-def _output_stems(paths: list) -> list[str]:
-    """``<stem>`` per image, ``<stem>_2`` ... when two inputs share a stem."""
-    seen, out = {}, []
-    for p in paths:
-        stem = Path(p).stem
-        seen[stem] = seen.get(stem, 0) + 1
-        out.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
-    return out
-
-
-def _load_detector(args):
-    from edetgraph.task.detector import Detector, load_labels
-    from edetgraph.graph.spec import load_spec
-    spec = load_spec(args.spec, args.set)
-    labels = load_labels(args.labels) if args.labels else None
-    use_ema = {"auto": "auto", "yes": True, "no": False}[args.ema]
-    if args.ckpt is None:
-        print("WARNING: no --ckpt given: the model has RANDOM weights, its detections are "
-              "meaningless", file=sys.stderr)
-    det = Detector.from_spec(spec, args.ckpt, mode=args.ckpt_mode, use_ema=use_ema,
-                             method=args.nms, score_thresh=args.score_thresh,
-                             max_dets=args.max_dets, labels=labels)
-    if det.load_report is not None:
-        print(det.load_report.summary(), file=sys.stderr)
-    return det
-
-
-def _json_text(obj) -> str:
-    """Indented JSON with innermost lists (a box, the score list) kept on one line."""
-    mark, flat = f"@{uuid.uuid4().hex}@", []
-
-    def walk(o):
-        if isinstance(o, dict):
-            return {k: walk(v) for k, v in o.items()}
-        if isinstance(o, list) and any(isinstance(v, (list, dict)) for v in o):
-            return [walk(v) for v in o]
-        if isinstance(o, list):
-            flat.append(json.dumps(o))
-            return f"{mark}{len(flat) - 1}"
-        return o
-
-    text = json.dumps(walk(obj), indent=1)
-    return re.sub(f'"{mark}(\\d+)"', lambda m: flat[int(m.group(1))], text) + "\n"
-
-
-def _outputs(paths: list, out: Path) -> list[tuple[str, Path]]:
-    """``(stem, picture path)`` per input; refuses to overwrite an input picture."""
-    res = []
-    for path, stem in zip(paths, _output_stems(paths)):
-        pic = out / (stem + (".png" if Path(path).suffix.lower() == ".png" else ".jpg"))
-        if pic.resolve() == Path(path).resolve():
-            raise ValueError(f"{path}: --out would overwrite this input picture; pick another folder")
-        res.append((stem, pic))
-    return res
-
-
-def _one_image(det, args, path, image, stem: str, pic: Path) -> dict:
-    """Detect, draw, optionally dump; returns the image's detections.json entry."""
-    import numpy as np
-    from edetgraph.task.postprocess import to_detections_json
-    from edetgraph.task.visualize import draw_detections, save_picture
-    t0 = time.perf_counter()
-    raw = det.raw([image])[0]
-    ms = (time.perf_counter() - t0) * 1000
-    d = to_detections_json(raw, 0, det.labels)
-    save_picture(draw_detections(image, d["boxes"], d["scores"], d["classes"],
-                                 class_names=d["class_names"], min_score=args.draw_thresh), pic)
-    entry = {"file": str(path), "height": int(image.shape[0]), "width": int(image.shape[1]),
-             **d, "picture": pic.name}
-    if args.dump_raw:
-        np.savez(pic.parent / f"{stem}.npz", **raw)
-        entry["raw"] = f"{stem}.npz"
-    drawn = sum(s >= args.draw_thresh for s in d["scores"])
-    print(f"{path}: {len(d['scores'])} detections ({drawn} drawn) -> {pic} [{ms:.0f} ms]",
-          file=sys.stderr)
-    return entry
-
-
-def run(args) -> dict:
-    """Read, detect, draw and write everything; returns the detections.json content."""
-    images = _read_inputs(args.image)
-    out = Path(args.out)
-    targets = _outputs(args.image, out)
-    det = _load_detector(args)
-    out.mkdir(parents=True, exist_ok=True)
-    report = det.load_report
-    result = {"spec": det.spec.name, "checkpoint": report.prefix if report else None,
-              "used_ema": report.used_ema if report else None, "random_weights": report is None,
-              "nms": det.method, "score_thresh": args.score_thresh, "images": []}
-    for path, image, (stem, pic) in zip(args.image, images, targets):
-        result["images"].append(_one_image(det, args, path, image, stem, pic))
-    (out / "detections.json").write_text(_json_text(result))
-    print(f"wrote {out / 'detections.json'}", file=sys.stderr)
-    return result
-
-
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.max_dets < 1:
         print(f"error: --max-dets must be >= 1, got {args.max_dets}", file=sys.stderr)
         return 2
-    from edetgraph.checkpoints.checkpoint import CheckpointError
-    from edetgraph.graph.spec import SpecError
+    from edetgraph.task import pictures  # deferred: --help and refusals skip TensorFlow
     try:
-        run(args)
+        pictures.run(args)
     except (SpecError, CheckpointError, FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,9 +17,14 @@ import argparse
 import json
 import sys
 from collections import Counter
+from pathlib import Path
 
-from edetgraph.graph.cost import COMPONENTS, model_cost
+import numpy as np
+
 from edetgraph.graph.build import build_ir
+from edetgraph.graph.compare import compare, format_table
+from edetgraph.graph.cost import COMPONENTS, model_cost
+from edetgraph.graph.draw import draw
 from edetgraph.graph.spec import SpecError, load_spec
 
 
@@ -104,8 +109,7 @@ def _pass_change(p: dict) -> str:
 def verify(spec, r: dict, g=None) -> list[str]:
     """Build the TF model (from IR ``g`` if given, e.g. after --prune) and compare its
     variables with the cost model; returns problems."""
-    from edetgraph.nn.model import DetectionModel
-    import numpy as np
+    from edetgraph.nn.model import DetectionModel  # deferred: only --verify needs TensorFlow
 
     model = DetectionModel(spec, graph=g)
     scopes = {"backbone": spec.backbone_config().name + "/", "resample": "resample_p",
@@ -156,7 +160,6 @@ def _build(spec, args):
 
 
 def _main_compare(args) -> int:
-    from edetgraph.graph.compare import compare, format_table
     try:
         specs = [load_spec(name, args.set) for name in args.compare]
         built = [_build(spec, args) for spec in specs]
@@ -164,7 +167,6 @@ def _main_compare(args) -> int:
         for row, (_, diffs) in zip(rows, built):
             row["passes"] = [d.as_dict() for d in diffs]
         if args.draw:
-            from edetgraph.graph.draw import draw
             for row, spec, (g, _) in zip(rows, specs, built):
                 out = _draw_path(args.draw, spec, len(specs))
                 row["drawing"] = str(draw(g, out, title=f"{spec.name}: feature network"))
@@ -178,7 +180,6 @@ def _main_compare(args) -> int:
 
 
 def _draw_path(draw_arg: str, spec, count: int):
-    from pathlib import Path
     stem = Path(spec.source or spec.name).stem
     path = Path(draw_arg)
     if not path.suffix:
@@ -199,7 +200,6 @@ def main(argv=None) -> int:
         g, diffs = _build(spec, args)
         r = report(spec, g, diffs)
         if args.draw:
-            from edetgraph.graph.draw import draw
             r["drawing"] = str(draw(g, args.draw, title=f"{spec.name}: feature network"))
     except (SpecError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,6 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edetgraph.graph.spec import SpecError, load_spec
+from edetgraph.task.coco import format_table
+from edetgraph.training.config import TrainConfigError, load_train_config
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m edetgraph.train", description=__doc__,
@@ -40,20 +44,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-
-    from edetgraph.graph.spec import SpecError, load_spec
-    from edetgraph.training.config import TrainConfigError, load_train_config
     try:
         spec = load_spec(args.spec, args.set)
         config = load_train_config(args.train_config, args.train_set)
     except (SpecError, TrainConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from edetgraph.training.trainer import TrainError, train
+    from edetgraph.training import trainer  # deferred: --help and bad settings skip TensorFlow
     try:
-        result = train(spec, config, args.model_dir, args.data, args.val_data, args.val_json,
+        result = trainer.train(spec, config, args.model_dir, args.data, args.val_data, args.val_json,
                        args.ckpt, args.strategy, args.tpu, args.precision)
-    except TrainError as e:
+    except trainer.TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.code
     except OSError as e:
@@ -66,7 +67,6 @@ def main(argv=None) -> int:
     print(f"done: step {result.step}/{result.total_steps} in {result.seconds:.0f} s; "
           f"checkpoint {result.checkpoint}")
     if result.metrics:
-        from edetgraph.task.evaluation import format_table
         print(format_table(result.metrics))
     return 0
 

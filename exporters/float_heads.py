@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import warnings
 
-from exporters.common import ExportFailed
-from exporters.to_tflite import _interpreter
+import tensorflow as tf
+
+from edetgraph.verify.runners import tflite_interpreter
+from exporters.options import ExportFailed
 
 HEAD_SCOPES = ("class_net/", "box_net/")  # the name scopes of edetgraph.nn.heads
 
@@ -22,10 +24,9 @@ HEAD_SCOPES = ("class_net/", "box_net/")  # the name scopes of edetgraph.nn.head
 def head_nodes(serve, model) -> list:
     """Names of the heads' ops in the converted graph (and of the raw outputs they produce),
     read from a float conversion of the same function."""
-    import tensorflow as tf
     flat = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()],
                                                           model).convert()
-    interp = _interpreter(None, model_content=flat, no_delegates=True)
+    interp = tflite_interpreter(None, model_content=flat, no_delegates=True)
     outputs = {d["name"] for d in interp.get_output_details()}
     ops = interp._get_ops_details()
     names = []
@@ -42,7 +43,6 @@ def head_nodes(serve, model) -> list:
 def convert_with_float_heads(conv, serve, model, calibration) -> tuple[bytes, int]:
     """Full-integer conversion except the class/box heads, which stay float32 (the
     converter's selective quantisation, via tf.lite's QuantizationDebugger)."""
-    import tensorflow as tf
     nodes = head_nodes(serve, model)
     if not nodes:
         raise ExportFailed("--float-heads: found no class_net/ or box_net/ ops in the graph")

@@ -16,69 +16,23 @@ inside as the official model does; the content keeps its aspect ratio):
 ``B`` is free unless ``--batch-size`` fixes it (a fixed batch runs NMS in an unrolled loop
 instead of ``tf.map_fn``, slightly faster). Reload with ``tf.saved_model.load(DIR)`` and call
 ``.signatures["serving_default"](images=...)``. The SavedModel is written to a staging folder
-beside DIR, reloaded, and its detections on street.jpg are compared with the in-process
-detector; only then does it replace DIR (an existing DIR must be empty or a SavedModel).
+beside DIR, reloaded, its ``network`` signature passes the fp32 parity gate and its
+detections on street.jpg are compared with the in-process detector's; only then does it
+replace DIR (an existing DIR must be empty or a SavedModel), with the summary in DIR.json.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-SIGNATURES = ("serving_default", "raw", "network")
+if __package__ in (None, ""):  # run as a file from a checkout: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def export_saved_model(detector, out_dir, batch_size: int | None = None) -> str:
-    """Write ``detector`` (an ``edetgraph.task.detector.Detector``) as a SavedModel; returns the path."""
-    import tensorflow as tf
-    spec = detector.spec
-    h, w = spec.image_size
-    images = tf.TensorSpec([batch_size, None, None, 3], tf.uint8, name="images")
-    net_in = tf.TensorSpec([batch_size, h, w, 3], tf.float32, name="input")
-    keys = ("boxes", "scores", "classes", "num_detections")
-
-    module = tf.Module()
-    module.model = detector.model  # tracks the variables the functions capture
-
-    @tf.function(input_signature=[images], autograph=False)
-    def serve(images):
-        out = detector.pipeline(images)
-        return {k: out[k] for k in keys}
-
-    @tf.function(input_signature=[images], autograph=False)
-    def raw(images):
-        out = detector.pipeline(images)
-        return {k: v for k, v in out.items() if k not in keys}
-
-    @tf.function(input_signature=[net_in], autograph=False)
-    def network(input):  # noqa: A002 - the signature's input name
-        return detector.model.raw_outputs(input)
-
-    module.serve, module.raw, module.network = serve, raw, network
-    signatures = {"serving_default": serve.get_concrete_function(),
-                  "raw": raw.get_concrete_function(), "network": network.get_concrete_function()}
-    tf.saved_model.save(module, str(out_dir), signatures=signatures)
-    return str(out_dir)
-
-
-def check_saved_model(detector, out_dir, image, batch_size: int | None = None) -> dict:
-    """Reload ``out_dir`` and compare its detections on ``image`` (uint8 HxWx3, repeated to
-    ``batch_size``) with the detector's; returns ``{"num_detections": [ours, saved],
-    "max_box_diff", "max_score_diff", "classes_equal"}``."""
-    import numpy as np
-    import tensorflow as tf
-    loaded = tf.saved_model.load(str(out_dir))
-    batch = np.repeat(image[None], batch_size or 1, axis=0)
-    got = {k: v.numpy() for k, v in loaded.signatures["serving_default"](
-        images=tf.constant(batch)).items()}
-    want = detector.raw([image])[0]
-    return {"num_detections": [int(want["num_detections"][0]), int(got["num_detections"].min())],
-            "max_box_diff": float(np.abs(got["boxes"] - want["boxes"]).max()),
-            "max_score_diff": float(np.abs(got["scores"] - want["scores"]).max()),
-            "classes_equal": bool((got["classes"] == want["classes"]).all())}
+from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint  # noqa: E402
+from edetgraph.graph.spec import SpecError, load_spec  # noqa: E402
+from exporters.options import ExportError, ExportFailed, ExportOptions  # noqa: E402
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,56 +54,45 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    from edetgraph.checkpoints.checkpoint import CheckpointError
-    from edetgraph.graph.spec import SpecError
-    try:
-        return _export(args)
-    except (SpecError, CheckpointError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def _staging(out: Path) -> Path:
-    """A fresh folder beside ``out``; ``out`` itself may only be absent, empty or a SavedModel."""
+def check_request(args):
+    """Every refusal that needs no TensorFlow; returns the spec."""
+    out = Path(args.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir())
                                                and not (out / "saved_model.pb").is_file())):
-        raise ValueError(f"{out}: exists and is not a SavedModel folder; refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        raise ExportError(f"{out}: exists and is not a SavedModel folder; refusing to replace it")
+    if args.max_dets < 1:
+        raise ExportError(f"--max-dets {args.max_dets}: must be at least 1")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ExportError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.ckpt is not None:
+        resolve_checkpoint(args.ckpt)
+    return load_spec(args.spec, args.set)
 
 
-def _export(args) -> int:
-    from edetgraph.task.detector import Detector
-    from edetgraph.task.preprocess import read_image
-    from edetgraph.resources import path
-    from edetgraph.graph.spec import load_spec
-    spec = load_spec(args.spec, args.set)
-    out = Path(args.out)
-    staging = _staging(out)
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     try:
+        spec = check_request(args)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         if args.ckpt is None:
             print("WARNING: no --ckpt given: exporting RANDOM weights", file=sys.stderr)
-        det = Detector.from_spec(spec, args.ckpt, mode=args.ckpt_mode, method=args.nms,
-                                 score_thresh=args.score_thresh, max_dets=args.max_dets)
-        if det.load_report is not None:
-            print(det.load_report.summary(), file=sys.stderr)
-        print(f"exporting {spec.name} ...", file=sys.stderr)
-        export_saved_model(det, staging, args.batch_size)
-        r = check_saved_model(det, staging, read_image(path("street.jpg")).numpy(), args.batch_size)
-        print(f"reloaded and ran it on street.jpg: {r}", file=sys.stderr)
-        if not (r["classes_equal"] and r["max_box_diff"] <= 0.01 and r["max_score_diff"] <= 1e-4
-                and r["num_detections"][0] == r["num_detections"][1]):
-            print(f"error: {out}: the reloaded SavedModel disagrees with the detector; nothing "
-                  "written", file=sys.stderr)
-            return 1
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    print(f"wrote {out} (signatures: {', '.join(SIGNATURES)})", file=sys.stderr)
+        from exporters import pipeline, saved_model_format  # deferred: TensorFlow starts now
+        fmt = saved_model_format.SavedModelFormat(args.nms, args.score_thresh, args.max_dets,
+                                                  args.ckpt_mode)
+        summary = pipeline.export(spec, args.out, fmt, ExportOptions(
+            ckpt=args.ckpt, batch=args.batch_size, verbose=False))
+    except ExportFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ExportError, SpecError, CheckpointError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if fmt.load_report is not None:
+        print(fmt.load_report.summary(), file=sys.stderr)
+    print(f"reloaded and ran it on street.jpg: {summary['check']['street.jpg']}",
+          file=sys.stderr)
+    print(f"wrote {args.out} (signatures: {', '.join(saved_model_format.SIGNATURES)}); "
+          f"summary {os.path.abspath(args.out)}.json", file=sys.stderr)
     return 0
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import exports, harness, quality, report
+from bench import config, exports, harness, quality, report
 from bench.run import main
+from edetgraph.verify.detections import agreement, match_detections
 
 ROOT = Path(__file__).resolve().parents[1]
 # A very small detector: conversion time is mostly per node, so fewer cells convert faster.
@@ -124,7 +125,7 @@ def test_changed_spec_or_options_are_not_reused(bench_runs):
     from edetgraph.graph.spec import load_spec
     path = bench_runs["rows1"]["tflite-int8"]["file"]
     rep = str(bench_runs["data"] / "val" / "images")
-    cfg = harness.BenchConfig(spec=load_spec("demo", TINY), out=str(bench_runs["out"]),
+    cfg = config.BenchConfig(spec=load_spec("demo", TINY), out=str(bench_runs["out"]),
                               calibration_images=4, data=str(bench_runs["data"] / "val"))
     assert exports.stale_reason(path, exports._wanted(cfg, "tflite-int8", rep)) is None
     cfg.spec = load_spec("demo", TINY + ["fpn.weight_method=sum"])
@@ -138,8 +139,8 @@ def test_changed_spec_or_options_are_not_reused(bench_runs):
 # ------------------------------------------------------------------------- fast tests
 
 def test_unavailable_runtime_is_skipped_with_the_reason(monkeypatch):
-    real = exports.importlib.util.find_spec
-    monkeypatch.setattr(exports.importlib.util, "find_spec",
+    real = config.importlib.util.find_spec
+    monkeypatch.setattr(config.importlib.util, "find_spec",
                         lambda name: None if name == "onnxruntime" else real(name))
     rows = harness.plan_rows(["tf", "onnxruntime", "tflite-fp32", "tpu"])
     assert rows["onnxruntime"] == dict(rows["onnxruntime"], status="skipped",
@@ -149,20 +150,20 @@ def test_unavailable_runtime_is_skipped_with_the_reason(monkeypatch):
 
 
 def test_a_failed_export_is_a_failed_row_with_the_reason(monkeypatch):
-    from exporters.common import ExportFailed
+    from exporters.options import ExportFailed
 
     def fail(cfg, backend, row, say):
         raise ExportFailed("parity gate failed, x.onnx not written: cls_l3: max |diff| 0.2")
     monkeypatch.setattr(exports, "ensure_export", fail)
     rows = harness.plan_rows(["onnxruntime"])
-    assert harness._file_runners(harness.BenchConfig(spec=None), rows, lambda m: None) == {}
+    assert harness._file_runners(config.BenchConfig(spec=None), rows, lambda m: None) == {}
     assert rows["onnxruntime"]["status"] == "failed"
     assert rows["onnxruntime"]["reason"] == ("export: parity gate failed, x.onnx not written: "
                                              "cls_l3: max |diff| 0.2")
 
 
 def test_config_problems_are_named():
-    cfg = harness.BenchConfig(spec=None)
+    cfg = config.BenchConfig(spec=None)
     assert cfg.problem() is None
     cfg.runs = 0
     assert cfg.problem() == "--runs 0: must be at least 1"
@@ -180,15 +181,15 @@ def _dets(boxes, scores, classes):
 def test_detection_matching_needs_class_and_overlap():
     ref = _dets([[0, 0, 10, 10], [20, 20, 40, 40], [50, 50, 60, 60], [0, 128, 10, 128]],
                 [0.9, 0.8, 0.2, 0.5], [1, 2, 3, 4])
-    assert quality.match_detections(ref, ref)[:2] == (3, 3)  # 0.2 is below the cut
+    assert match_detections(ref, ref)[:2] == (3, 3)  # 0.2 is below the cut
     moved = _dets([[0, 0, 10, 10], [22, 22, 42, 42], [50, 50, 60, 60], [0, 128, 10, 128]],
                   [0.85, 0.8, 0.2, 0.1], [1, 2, 3, 5])
-    considered, matched, diffs = quality.match_detections(ref, moved)
+    considered, matched, diffs = match_detections(ref, moved)
     # box 2 moved to IoU 0.68 (< 0.9); box 4 (clipped flat at the border) has another class
     assert (considered, matched) == (3, 1) and diffs == pytest.approx([0.05])
-    summary = quality.agreement([(considered, matched, diffs)])
+    summary = agreement([(considered, matched, diffs)])
     assert summary["fraction"] == pytest.approx(1 / 3)
-    assert quality.agreement([(0, 0, [])])["fraction"] is None
+    assert agreement([(0, 0, [])])["fraction"] is None
 
 
 def test_raw_parity_uses_the_kind_tolerance():

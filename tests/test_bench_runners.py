@@ -1,4 +1,4 @@
-"""bench.runners and bench.latency: parity with the TF function, interleaving, clear errors."""
+"""edetgraph.verify.runners and bench.latency: parity with the TF function, interleaving, clear errors."""
 import os
 import sys
 import time
@@ -9,7 +9,7 @@ import pytest
 
 import _tiny_models as tiny
 from bench import device, device_runner, latency
-from bench.runners import RunnerError, make_runner
+from edetgraph.verify.runners import RunnerError, make_runner
 
 FP32_TOL = 1e-5
 # Full-integer files round the input (step 1/255), the hidden relu6 activations and the
@@ -160,7 +160,8 @@ def test_file_runners_work_with_tensorflow_blocked(models, tmp_path):
     script = tmp_path / "use_runners.py"
     script.write_text(
         "import sys, numpy as np\n"
-        "from bench import device, latency, runners\n"
+        "from bench import device, latency\n"
+        "from edetgraph.verify import runners\n"
         "x = np.random.default_rng(0).uniform(size=(1, 16, 16, 3)).astype(np.float32)\n"
         "for kind, path in zip(sys.argv[1::2], sys.argv[2::2]):\n"
         "    r = runners.make_runner(kind, path, threads=1)\n"

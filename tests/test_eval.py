@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edetgraph.task.evaluation import METRIC_NAMES, coco_metrics, format_table, to_coco_results
+from edetgraph.task.coco import METRIC_NAMES, coco_metrics, format_table, to_coco_results
 
 
 def _gt(num_images=6, seed=0):
@@ -75,7 +75,7 @@ def test_metrics_are_identical_to_pycocotools(tmp_path):
 
 
 def test_no_detections_and_unknown_images():
-    from edetgraph.task.evaluation import EvalError
+    from edetgraph.task.coco import EvalError
     gt = _gt()
     assert coco_metrics(gt, [])["AP"] == 0.0
     with pytest.raises(EvalError, match="not in the annotations"):

@@ -1,4 +1,4 @@
-"""exporters/exact.py: the float64 copy of a model that arbitrates the fp32 parity gate."""
+"""edetgraph/verify/exact.py: the float64 copy of a model that arbitrates the fp32 parity gate."""
 import numpy as np
 import pytest
 
@@ -9,17 +9,17 @@ SMALL = ["image_size=128", "backbone.depth=0.1", "backbone.width=0.25", "fpn.cha
 @pytest.fixture(scope="module")
 def small():
     from edetgraph.graph.spec import load_spec
-    from exporters.common import build_export_model
-    from exporters.parity import parity_images
+    from edetgraph.task.weights import model_with_weights
+    from edetgraph.verify.images import parity_images
     spec = load_spec("d0", SMALL)  # fastattn fusion: its weights are a list of variables
-    model = build_export_model(spec, None, 0)[0]
+    model = model_with_weights(spec, None, 0)[0]
     x = np.stack([im for _, im, _ in parity_images(spec, "float")])
     return spec, model, x
 
 
 def test_copy_is_float64_everywhere_and_leaves_the_model_alone(small):
     import tensorflow as tf
-    from exporters.exact import float64_copy
+    from edetgraph.verify.exact import float64_copy
     spec, model, x = small
     before = {n: v.numpy().copy() for n, v in model.variables_by_name().items()}
     twin = float64_copy(model)
@@ -32,7 +32,7 @@ def test_copy_is_float64_everywhere_and_leaves_the_model_alone(small):
 
 
 def test_reference_is_float64_arithmetic_near_float32(small):
-    from exporters.exact import ExactReference
+    from edetgraph.verify.exact import ExactReference
     spec, model, x = small
     exact = ExactReference(model, spec)
     wide = exact(x)
@@ -49,9 +49,9 @@ def test_reference_is_float64_arithmetic_near_float32(small):
 
 
 def test_uint8_and_probe_references(small):
-    from exporters.common import normalize_in_graph
-    from exporters.exact import ExactReference
-    from exporters.parity import parity_images
+    from edetgraph.task.preprocess import normalize_in_graph
+    from edetgraph.verify.exact import ExactReference
+    from edetgraph.verify.images import parity_images
     spec, model, _ = small
     pixels = np.stack([im for _, im, _ in parity_images(spec, "uint8")])
     from_pixels = ExactReference(model, spec, "uint8")(pixels)

@@ -53,7 +53,7 @@ def _from_ground_truth(val_dir, spec, shift_px=0.0):
 
 def test_measure_scores_detections_in_the_original_frame_and_catches_a_loss(val_dir):
     from edetgraph.graph.spec import load_spec
-    from exporters.ap_check import measure
+    from edetgraph.verify.accuracy import measure
     spec = load_spec("d0", SMALL)
     annotations = str(val_dir / "instances.json")
     _, serve = _from_ground_truth(val_dir, spec)
@@ -93,7 +93,9 @@ def test_onnx_hard_nms_export_checks_its_own_detections(val_dir, tmp_path):
 
 def test_an_ap_loss_beyond_the_bound_exits_1_and_writes_nothing(val_dir, tmp_path, monkeypatch,
                                                                   capsys):
-    from exporters import ap_check, common, to_tflite
+    from edetgraph.verify import accuracy as ap_check
+    from exporters import to_tflite
+    from exporters.cli import run_cli
     real = ap_check.measure
 
     def worse(*args, **kwargs):
@@ -105,7 +107,7 @@ def test_an_ap_loss_beyond_the_bound_exits_1_and_writes_nothing(val_dir, tmp_pat
     out.parent.mkdir()
     argv = ["--spec", "d0", *_sets(SMALL), "--quant", "fp16", "--out", str(out),
             "--eval-data", str(val_dir)]
-    assert common.run_cli("to_tflite", to_tflite.main, argv) == 1
+    assert run_cli("to_tflite", to_tflite.main, argv) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("to_tflite: error: AP check failed") and "not written" in err
     assert "drop +5.00 points, allowed 1" in err

@@ -38,9 +38,9 @@ def _not_json(name):
 def small_tf():
     """The TF model the exporter builds for the small spec (same seed, same init)."""
     from edetgraph.graph.spec import load_spec
-    from exporters.common import build_export_model
+    from edetgraph.task.weights import model_with_weights
     spec = load_spec("d0", SMALL)
-    return spec, build_export_model(spec, None, 0)[0]
+    return spec, model_with_weights(spec, None, 0)[0]
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,8 @@ def nms_file(tmp_path_factory):
 def _images(spec, kind):
     from edetgraph.task.preprocess import read_image
     from edetgraph.resources import path
-    from exporters.common import prepare_image, synthetic_images
+    from edetgraph.task.preprocess import prepare_image
+    from edetgraph.task.weights import synthetic_images
     street = read_image(path("street.jpg")).numpy()
     return np.stack([prepare_image(im, spec, kind)
                      for im in [street, *synthetic_images(spec, 2, 5)]])
@@ -107,8 +108,10 @@ def test_float64_factor_zero_skips_the_float64_run(tmp_path):
 
 def test_hard_nms_detections_identical_to_tf_dynamic_batch_uint8(nms_file, small_tf):
     from edetgraph.task.postprocess import postprocess
-    from exporters.common import head_lists, normalize_in_graph, spec_anchors
-    from exporters.parity import compare_detections
+    from edetgraph.graph import outputs
+    from edetgraph.task.anchors import spec_anchors
+    from edetgraph.task.preprocess import normalize_in_graph
+    from edetgraph.verify.detections import compare_detections
     path, summary = nms_file
     spec, model = small_tf
     assert "NonMaxSuppression" in summary["ops"] and summary["inputs"][0]["dtype"] == "uint8"
@@ -117,7 +120,7 @@ def test_hard_nms_detections_identical_to_tf_dynamic_batch_uint8(nms_file, small
     run = _session(path)
     for batch in (x[:1], x):  # batch sizes 1 and 3 through the same file
         got = run(batch)
-        cls, box = head_lists(model.raw_outputs(normalize_in_graph(batch, spec)), spec)
+        cls, box = outputs.split(model.raw_outputs(normalize_in_graph(batch, spec)), spec.levels)
         want = postprocess(cls, box, spec_anchors(spec), None, spec.image_size, method="hard")
         want = {k: v.numpy() for k, v in want.items()}
         assert got["boxes"].shape == (len(batch), 100, 4)
@@ -148,7 +151,7 @@ def test_runs_with_numpy_and_onnxruntime_only(raw_file, small_tf, tmp_path):
 
 def test_foreign_ops_are_found_even_inside_subgraphs():
     from onnx import TensorProto, helper
-    from exporters.to_onnx import foreign_ops
+    from exporters.onnx_format import foreign_ops
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
     body = helper.make_graph([helper.make_node("NonMaxSuppressionV5", ["x"], ["y"], name="tf_nms")],
@@ -166,12 +169,14 @@ def test_foreign_ops_are_found_even_inside_subgraphs():
 def test_parity_failure_exits_1_and_leaves_no_file(raw_file, tmp_path, monkeypatch, capsys):
     """The seed-0 file offered as the conversion of a seed-1 model must be refused."""
     import onnx
-    from exporters import common, to_onnx
+    from exporters import to_onnx
+    from exporters.cli import run_cli
     seed0 = onnx.load(str(raw_file[0]))
-    monkeypatch.setattr(to_onnx, "convert", lambda serve, opset: seed0)
+    from exporters import onnx_format
+    monkeypatch.setattr(onnx_format, "convert", lambda serve, opset: seed0)
     out = tmp_path / "bad.onnx"
     argv = ["--spec", "d0", *_sets(SMALL), "--seed", "1", "--out", str(out)]
-    assert common.run_cli("to_onnx", to_onnx.main, argv) == 1
+    assert run_cli("to_onnx", to_onnx.main, argv) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("to_onnx: error: parity gate failed") and "not written" in err
     assert "max |diff|" in err and "on input" in err and "(TF " in err  # which output, where
@@ -210,7 +215,7 @@ def _dets(rows, k=5):
 
 
 def test_detection_matching_is_order_free_among_ties_but_strict():
-    from exporters.parity import compare_detections
+    from edetgraph.verify.detections import compare_detections
     a, b = (3, 0.9, [10, 10, 50, 50]), (5, 0.9, [60, 60, 90, 99])
     tie_swapped = compare_detections(_dets([a, b]), _dets([b, a]), 0, 1e-4, 0.1)
     assert tie_swapped["mismatch"] is None and tie_swapped["top20_agreement"] == 1.0
@@ -223,7 +228,7 @@ def test_detection_matching_is_order_free_among_ties_but_strict():
 
 
 def test_gate_names_the_output_the_input_and_the_anchor():
-    from exporters.parity import ParityGate, tolerance_for
+    from edetgraph.verify.parity import ParityGate, tolerance_for
     ref = {"cls_l3": np.zeros((1, 4, 4, 9 * 4), np.float32), "box_l3": np.ones((1, 4, 4, 36))}
     got = {k: v.copy() for k, v in ref.items()}
     got["cls_l3"][0, 2, 1, 4 * 5 + 3] = 2e-4  # anchor 5, class 3
@@ -239,7 +244,7 @@ def test_gate_names_the_output_the_input_and_the_anchor():
 def test_fp32_gate_beyond_1e4_asks_float64_who_is_off():
     """TF float32 1.2e-4 above the float64 value and the file 1e-4 below it differ by 2.2e-4:
     rounding on both sides, accepted; a file 5e-4 off is not, though TF is off as much."""
-    from exporters.parity import ParityGate, format_parity, tolerance_for
+    from edetgraph.verify.parity import ParityGate, format_parity, tolerance_for
     rng = np.random.default_rng(0)
     exact = {"cls_l3": rng.normal(0, 5, (1, 4, 4, 36)), "box_l3": rng.normal(0, 2, (1, 4, 4, 36))}
     tf32 = {k: v + 1.2e-4 * rng.choice([-1, 1], v.shape) for k, v in exact.items()}
@@ -269,7 +274,7 @@ def test_fp32_gate_beyond_1e4_asks_float64_who_is_off():
 
 
 def test_int8_gate_pools_heads_on_real_images_only():
-    from exporters.parity import ParityGate, tolerance_for
+    from edetgraph.verify.parity import ParityGate, tolerance_for
     rng = np.random.default_rng(0)
     ref = {"cls_l3": rng.normal(size=(1, 4, 4, 36)), "cls_l4": rng.normal(size=(1, 2, 2, 36))}
     noisy = {k: v + rng.normal(scale=0.3, size=v.shape) for k, v in ref.items()}

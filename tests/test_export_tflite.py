@@ -35,9 +35,9 @@ def _not_json(name):
 @pytest.fixture(scope="module")
 def small_tf():
     from edetgraph.graph.spec import load_spec
-    from exporters.common import build_export_model
+    from edetgraph.task.weights import model_with_weights
     spec = load_spec("d0", SMALL)
-    return spec, build_export_model(spec, None, 0)[0]
+    return spec, model_with_weights(spec, None, 0)[0]
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +59,15 @@ def fast_file(tmp_path_factory):
 def _images(spec, kind, count=2):
     from edetgraph.task.preprocess import read_image
     from edetgraph.resources import path
-    from exporters.common import prepare_image, synthetic_images
+    from edetgraph.task.preprocess import prepare_image
+    from edetgraph.task.weights import synthetic_images
     street = read_image(path("street.jpg")).numpy()
     return np.stack([prepare_image(im, spec, kind)
                      for im in [street, *synthetic_images(spec, count - 1, 5)]])
 
 
 def _run(path, x):
-    from bench.runners import make_runner
+    from edetgraph.verify.runners import make_runner
     return make_runner("tflite", path).run(x)
 
 
@@ -94,8 +95,9 @@ def test_fp32_raw_heads_match_tf_within_1e4(fp32_file, small_tf):
 
 def test_fast_nms_detections_identical_to_tf_fast(fast_file, small_tf):
     from edetgraph.task.postprocess import postprocess
-    from exporters.common import head_lists, spec_anchors
-    from exporters.parity import compare_detections
+    from edetgraph.graph import outputs
+    from edetgraph.task.anchors import spec_anchors
+    from edetgraph.verify.detections import compare_detections
     path, summary = fast_file
     spec, model = small_tf
     assert summary["ops"].get("TFLite_Detection_PostProcess") == 1
@@ -104,7 +106,7 @@ def test_fast_nms_detections_identical_to_tf_fast(fast_file, small_tf):
                                                        "num_detections"}
     for x in _images(spec, "float", 3):
         got = _run(path, x[None])
-        cls, box = head_lists(model.raw_outputs(x[None]), spec)
+        cls, box = outputs.split(model.raw_outputs(x[None]), spec.levels)
         want = {k: v.numpy() for k, v in postprocess(cls, box, spec_anchors(spec), None,
                                                      spec.image_size, method="fast").items()}
         cmp = compare_detections(want, got, 0, score_tol=1e-4, box_tol=1e-3 * 128)
@@ -141,7 +143,7 @@ def _write_tfrecord(path, images):
 
 
 def test_int8_uint8_io_from_tfrecord(tmp_path, small_tf):
-    from exporters.common import synthetic_images
+    from edetgraph.task.weights import synthetic_images
     spec, model = small_tf
     _write_tfrecord(tmp_path / "cal.tfrecord", synthetic_images(spec, 8, 123))
     path, summary = _export(tmp_path, "small_int8.tflite", "--quant", "int8", "--input", "uint8",
@@ -152,7 +154,7 @@ def test_int8_uint8_io_from_tfrecord(tmp_path, small_tf):
     assert all(o["dtype"] == "uint8" and o["quantization"] for o in summary["outputs"])
     assert summary["ops"]["CONV_2D"] > 50 and summary["options"]["calibration_images"] == 8
     x = _images(spec, "uint8")
-    from exporters.common import normalize_in_graph
+    from edetgraph.task.preprocess import normalize_in_graph
     for i in range(len(x)):
         got = _run(path, x[i:i + 1])  # the runner dequantises the uint8 outputs
         want = model.raw_outputs(normalize_in_graph(x[i:i + 1], spec))
@@ -167,8 +169,8 @@ def test_int8_uint8_io_from_tfrecord(tmp_path, small_tf):
 
 
 def test_int8_with_float_heads_keeps_only_the_heads_float(tmp_path, small_tf):
-    from exporters.common import synthetic_images
-    from exporters.to_tflite import _interpreter
+    from edetgraph.task.weights import synthetic_images
+    from edetgraph.verify.runners import tflite_interpreter
     spec, model = small_tf
     _write_tfrecord(tmp_path / "cal.tfrecord", synthetic_images(spec, 8, 123))
     path, summary = _export(tmp_path, "small_int8fh.tflite", "--quant", "int8", "--float-heads",
@@ -176,7 +178,7 @@ def test_int8_with_float_heads_keeps_only_the_heads_float(tmp_path, small_tf):
                             "--calibration-images", "8")
     assert summary["options"]["float_heads"] and summary["options"]["float_head_ops"] > 0
     assert summary["parity"]["passed"]
-    interp = _interpreter(str(path), no_delegates=True)
+    interp = tflite_interpreter(str(path), no_delegates=True)
     float_convs = {True: 0, False: 0}
     for op in interp._get_ops_details():
         if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D"):
@@ -209,16 +211,18 @@ def test_fast_file_runs_with_numpy_and_litert_only(fast_file, small_tf, tmp_path
 
 def test_parity_failure_exits_1_and_leaves_no_file(fp32_file, tmp_path, monkeypatch, capsys):
     """The seed-0 file offered as the conversion of a seed-1 model must be refused."""
-    from exporters import common, to_tflite
+    from exporters import to_tflite
+    from exporters.cli import run_cli
     seed0 = fp32_file[0].read_bytes()
 
     class Converter:
         def convert(self):
             return seed0
-    monkeypatch.setattr(to_tflite, "_converter", lambda *a, **k: Converter())
+    from exporters import tflite_format
+    monkeypatch.setattr(tflite_format, "_converter", lambda *a, **k: Converter())
     out = tmp_path / "bad.tflite"
     argv = ["--spec", "d0", *_sets(SMALL), "--seed", "1", "--quant", "fp32", "--out", str(out)]
-    assert common.run_cli("to_tflite", to_tflite.main, argv) == 1
+    assert run_cli("to_tflite", to_tflite.main, argv) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("to_tflite: error: parity gate failed") and "not written" in err
     assert "max |diff|" in err and "on input" in err

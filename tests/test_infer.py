@@ -10,7 +10,8 @@ from PIL import Image
 from conftest import run_py
 from edetgraph import infer
 from edetgraph.checkpoints.checkpoint import load_checkpoint, save_checkpoint, write_released
-from edetgraph.task.detector import Detector, load_labels
+from edetgraph.task.detector import Detector
+from edetgraph.task.labels import load_labels
 from edetgraph.task.labels import COCO_LABELS
 from edetgraph.nn.model import build_model
 from edetgraph.task.preprocess import preprocess, read_image

@@ -8,7 +8,6 @@ deferring a heavy runtime (TensorFlow, ONNX, LiteRT, matplotlib, pycocotools ...
 light command answers without it is the reason it exists.
 """
 import ast
-import os
 from pathlib import Path
 
 import networkx as nx
@@ -61,8 +60,8 @@ def source_files(root: Path = ROOT) -> dict:
 
 def imports(path: Path, known: set) -> list:
     """``(line, target module, inside a function, line text)`` for every import of a project
-    module or of TensorFlow in ``path``; ``from a.b import c`` counts as ``a.b.c`` when that is
-    a module."""
+    module or of TensorFlow in ``path``, and every import inside a function; ``from a.b
+    import c`` counts as ``a.b.c`` when that is a module."""
     text = path.read_text()
     tree, lines = ast.parse(text), text.splitlines()
     found = []
@@ -77,8 +76,8 @@ def imports(path: Path, known: set) -> list:
             elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
                 targets = [f"{child.module}.{a.name}" if f"{child.module}.{a.name}" in known
                            else child.module for a in child.names]
-            for t in targets:
-                if t.split(".")[0] in PACKAGES + HEAVY:
+            for t in targets:     # project modules and TensorFlow; inside functions, any
+                if in_function or t.split(".")[0] in PACKAGES + HEAVY:
                     found.append((child.lineno, t, in_function, lines[child.lineno - 1]))
             visit(child, inside)
 

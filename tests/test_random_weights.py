@@ -1,4 +1,4 @@
-"""exporters.common.randomize_weights: big images go through in several passes whose batch-norm
+"""edetgraph.task.weights.randomize_weights: big images go through in several passes whose batch-norm
 statistics are averaged (D7x in one 8-image pass peaked at 20 GB, in passes of one at 3.7 GB)."""
 import numpy as np
 
@@ -25,7 +25,8 @@ def _batch_stats(spec, images):
 def test_passes_keep_the_image_weighted_mean_of_their_statistics():
     from edetgraph.nn.model import build_model
     from edetgraph.graph.spec import load_spec
-    from exporters.common import prepare_image, randomize_weights, synthetic_images
+    from edetgraph.task.preprocess import prepare_image
+    from edetgraph.task.weights import randomize_weights, synthetic_images
     spec = load_spec("d0", SMALL)
     images = np.stack([prepare_image(im, spec, "float") for im in synthetic_images(spec, 3, 7)])
     first, second = _batch_stats(spec, images[:2]), _batch_stats(spec, images[2:])

@@ -1,6 +1,5 @@
 """COCO -> TFRecord: what is written parses back (official keys, normalised boxes), bad
 boxes are skipped and counted, bad inputs give one-line errors naming the file."""
-import io
 import json
 import subprocess
 import sys

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -148,9 +147,9 @@ def test_a_few_steps_decrease_the_loss():
 
 
 def test_images_without_boxes_give_finite_loss_and_updates():
-    from edetgraph.training.inputs import make_labeler
+    from edetgraph.task.labeler import labeler_for
     spec = tiny_spec()
-    empty = make_labeler(spec).label(tf.zeros([0, 4]), tf.zeros([0], tf.int32))
+    empty = labeler_for(spec).label(tf.zeros([0, 4]), tf.zeros([0], tf.int32))
     batch = {k: tf.stack([v, v]) for k, v in empty.items()}
     batch["image"] = tf.random.normal([2, 64, 64, 3])
     state, run = _step_fn(spec, tiny_config(), batch)

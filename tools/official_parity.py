@@ -24,6 +24,7 @@ Nothing of the official code is copied here: it is imported from the given path.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
@@ -32,12 +33,30 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+# The official code needs tf.keras to be Keras 2; TensorFlow reads this when it loads, so it
+# is set before anything below imports TensorFlow (edetgraph itself uses no Keras).
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
+import numpy as np  # noqa: E402 (this block after the environment above)
+import tensorflow as tf  # noqa: E402
+from tensorflow.python.framework.convert_to_constants import (  # noqa: E402
+    convert_variables_to_constants_v2,
+)
+
+from edetgraph.checkpoints.checkpoint import write_released
+from edetgraph.graph import outputs
+from edetgraph.graph.spec import load_spec
+from edetgraph.nn.model import build_model
+from edetgraph.resources import path
+from edetgraph.task.detector import Detector
+from edetgraph.task.postprocess import decode_boxes, flatten_outputs
+from edetgraph.task.preprocess import read_image
+
 LIMITS = {"raw": 1e-3, "box_px": 0.01, "score": 1e-4}
 
 
 def import_official(path: str, tf_keras: str | None) -> SimpleNamespace:
     """Import the official modules from `path`, with tf.keras = Keras 2 (set before TF loads)."""
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
     if tf_keras:
         sys.path.insert(0, tf_keras)
     root = Path(path)
@@ -45,8 +64,8 @@ def import_official(path: str, tf_keras: str | None) -> SimpleNamespace:
     if not (root / "hparams_config.py").is_file():
         sys.exit(f"error: {path}: not the official efficientdet folder (no hparams_config.py)")
     sys.path.insert(0, str(root))
-    import hparams_config
-    from tf2 import efficientdet_keras, postprocess, util_keras
+    import hparams_config  # deferred: found only once the official folder is on sys.path
+    from tf2 import efficientdet_keras, postprocess, util_keras  # deferred, as above
     return SimpleNamespace(hparams_config=hparams_config, keras=efficientdet_keras,
                            postprocess=postprocess, util_keras=util_keras)
 
@@ -55,7 +74,6 @@ def random_weights(model, seed: int):
     """``(raw, ema)`` numpy dicts by checkpoint name: the model's initial kernels, plus BN
     statistics, gammas, betas, biases and fusion weights drawn so that every one matters;
     EMA values are the raw ones perturbed by a few percent."""
-    import numpy as np
     rng = np.random.default_rng(seed)
     raw, ema = {}, {}
     for name, var in sorted(model.variables_by_name().items()):
@@ -73,7 +91,6 @@ def random_weights(model, seed: int):
 
 
 def official_model(off, name: str, prefix: str, use_ema: bool):
-    import tensorflow as tf
     tf.keras.backend.clear_session()  # else a second model's Keras names get _1 suffixes
     cfg = off.hparams_config.get_efficientdet_config(name)
     cfg.is_training_bn = False
@@ -88,16 +105,11 @@ def official_model(off, name: str, prefix: str, use_ema: bool):
 
 
 def _maxdiff(a, b) -> float:
-    import numpy as np
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
 def compare(off, cfg, o_model, det, image) -> dict:
     """Every comparison for one image; returns the figures (and pass flags)."""
-    import numpy as np
-    import tensorflow as tf
-    from edetgraph.graph import outputs
-    from edetgraph.task.postprocess import decode_boxes, flatten_outputs
     sig = [tf.TensorSpec([1, None, None, 3], tf.uint8)]
     o_pre = tf.function(lambda x: o_model._preprocessing(
         x, cfg.image_size, cfg.mean_rgb, cfg.stddev_rgb, "infer"), input_signature=sig)
@@ -129,7 +141,6 @@ def compare(off, cfg, o_model, det, image) -> dict:
 
 
 def _compare_dets(official, ours) -> dict:
-    import numpy as np
     ob, os_, oc, on = (t.numpy() for t in official)
     n = int(on[0])
     out = {"official_n": n, "ours_n": int(ours["num_detections"][0])}
@@ -144,10 +155,6 @@ def _compare_dets(official, ours) -> dict:
 
 
 def parity(off, spec_name: str, image, workdir: Path, seed: int) -> dict:
-    from edetgraph.checkpoints.checkpoint import write_released
-    from edetgraph.task.detector import Detector
-    from edetgraph.nn.model import build_model
-    from edetgraph.graph.spec import load_spec
     spec = load_spec(spec_name)
     raw, ema = random_weights(build_model(spec, seed=seed), seed)
     with_ema = spec_name == "d0"  # as released: D0 files carry shadows, D1 files do not
@@ -166,7 +173,6 @@ def parity(off, spec_name: str, image, workdir: Path, seed: int) -> dict:
 
 
 def _timed(fn, x) -> float:
-    import tensorflow as tf
     t0 = time.perf_counter()
     tf.nest.map_structure(lambda t: t.numpy(), fn(x))
     return (time.perf_counter() - t0) * 1000
@@ -174,7 +180,6 @@ def _timed(fn, x) -> float:
 
 def interleaved(fns: dict, x, runs: int, warmup: int) -> dict:
     """Median / min ms per function, calls interleaved so load changes hit all alike."""
-    import numpy as np
     for f in fns.values():
         for _ in range(warmup):
             _timed(f, x)
@@ -190,11 +195,6 @@ def latency(off, image, workdir: Path, runs: int, warmup: int,
             profile_threads: int | None = None) -> dict:
     """D0 forward and end-to-end medians, official vs ours, with the same weights in both
     (NMS time depends on how many scores pass the threshold, so the weights must agree)."""
-    import tensorflow as tf
-    from edetgraph.checkpoints.checkpoint import write_released
-    from edetgraph.task.detector import Detector
-    from edetgraph.nn.model import build_model
-    from edetgraph.graph.spec import load_spec
     spec = load_spec("d0")
     raw, _ = random_weights(build_model(spec), seed=0)
     prefix = write_released(raw, workdir / "latency-d0")
@@ -224,9 +224,6 @@ def op_profile(fn, x, threads: int, runs: int = 10) -> dict:
     """Per-op-type milliseconds per run of a traced ``fn`` (batch input ``x``): the function is
     frozen, run in a v1 Session (Grappler on, as in tf.function) with FULL_TRACE, and every
     node's wall time in the step stats is summed by op type (mean over ``runs``)."""
-    import collections
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     frozen = convert_variables_to_constants_v2(fn.get_concrete_function())
     graph = tf.Graph()
     with graph.as_default():
@@ -271,11 +268,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write all figures to this file")
     args = ap.parse_args(argv)
     off = import_official(args.official, args.tf_keras)
-    import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from edetgraph.task.preprocess import read_image
-    from edetgraph.resources import path
     image = read_image(args.image or path("street.jpg")).numpy()
     out = {"parity": [], "limits": LIMITS}
     with tempfile.TemporaryDirectory() as tmp:

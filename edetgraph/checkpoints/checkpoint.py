@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2 as pb
 
 from edetgraph.checkpoints.archive import CheckpointError, extract_archive, resolve_checkpoint
 
@@ -109,7 +110,6 @@ def read_entries(reader) -> tuple[str, dict]:
 
 
 def _object_keys(graph_bytes: bytes) -> dict:
-    from tensorflow.core.protobuf import trackable_object_graph_pb2 as pb
     graph = pb.TrackableObjectGraph()
     graph.ParseFromString(graph_bytes)
     nodes = graph.nodes

@@ -215,7 +215,7 @@ def generate(out_dir, num_images: int, image_size: int, seed: int, val_fraction:
 
 def write_tfrecords(summary: dict, num_shards: int = 1) -> dict:
     """Convert each split of a generate() summary to DIR/tfrecord/<split>-*-of-N.tfrecord."""
-    from edetgraph.data import coco_to_tfrecord    # needs TensorFlow: imported only when asked
+    from edetgraph.data import coco_to_tfrecord  # deferred: only --tfrecord needs TensorFlow
     out = Path(summary["out_dir"]) / "tfrecord"
     out.mkdir(parents=True, exist_ok=True)
     result = {}

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from edetgraph.graph import fusion, ir
+from edetgraph.graph import blocks, fusion, ir
 from edetgraph.graph.build import build_ir
 from edetgraph.graph.sizes import feature_sizes
 
@@ -138,7 +138,6 @@ def backbone_cost(spec) -> Cost:
 
 def ir_feature_levels(spec) -> dict[int, int]:
     """Level -> index of the backbone block feeding it (only blocks up to the deepest used)."""
-    from edetgraph.graph import blocks
     cfg = spec.backbone_config()
     blist = cfg.blocks()
     deepest = 1 + sum(b.stride == 2 for b in blist)

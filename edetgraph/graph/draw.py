@@ -109,9 +109,9 @@ def to_svg(g: nx.DiGraph, title: str = "", weights: dict | None = None) -> str:
 
 
 def to_png(g: nx.DiGraph, path: Path, title: str = "", weights: dict | None = None) -> None:
-    import matplotlib
+    import matplotlib  # deferred: only .png needs matplotlib (an optional extra)
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred, as above
 
     h, pos = layout(g)
     ncol = 1 + max(c for c, _ in pos.values())

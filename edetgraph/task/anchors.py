@@ -101,6 +101,13 @@ def generate_anchors(image_size: ImageSize, min_level: int = 3, max_level: int =
     return np.concatenate(levels, axis=0).astype(np.float32)
 
 
+def spec_anchors(spec) -> np.ndarray:
+    """The anchors of a ModelSpec ``[N, 4]`` in network pixels, in head-output order."""
+    a = spec.anchors
+    return generate_anchors(spec.image_size, a.min_level, a.max_level, a.num_scales,
+                            a.aspect_ratios, a.scale)
+
+
 def anchors_to_center_size(anchors: np.ndarray) -> np.ndarray:
     """``[ymin, xmin, ymax, xmax]`` -> ``[ycenter, xcenter, height, width]`` (float32).
 

@@ -11,15 +11,13 @@ but everything after the resize has static shapes, so the network and the NMS tr
 """
 from __future__ import annotations
 
-import json
-import os
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import tensorflow as tf
 
 from edetgraph.graph import outputs
-from edetgraph.task.anchors import generate_anchors
+from edetgraph.task.anchors import spec_anchors
 from edetgraph.checkpoints.checkpoint import load_checkpoint
 from edetgraph.task.labels import COCO_LABELS, COCO_NUM_CLASSES
 from edetgraph.nn.model import DetectionModel, build_model
@@ -54,9 +52,7 @@ class Detector:
         if labels is None:
             labels = COCO_LABELS if spec.num_classes == COCO_NUM_CLASSES else {}
         self.labels = dict(labels)
-        a = spec.anchors
-        self.anchors = generate_anchors(spec.image_size, a.min_level, a.max_level, a.num_scales,
-                                        a.aspect_ratios, a.scale)
+        self.anchors = spec_anchors(spec)
         self._fns: dict = {}
 
     @classmethod
@@ -127,40 +123,3 @@ class Detector:
             for i in range(len(res["scale"])):
                 out.append({k: v[i:i + 1] for k, v in res.items()})
         return out
-
-
-def load_labels(path) -> dict[int, str]:
-    """Class names from a COCO ``instances*.json`` (its ``categories``) or a ``{id: name}``
-    JSON object. Raises ValueError naming the file on anything else."""
-    path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read labels ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
-    if isinstance(data, dict) and isinstance(data.get("categories"), list):
-        items = [(c.get("id"), c.get("name")) if isinstance(c, dict) else (None, None)
-                 for c in data["categories"]]
-        where = "categories"
-    elif isinstance(data, dict):
-        items, where = list(data.items()), "top-level object"
-    else:
-        raise ValueError(f"{path}: expected a COCO instances file or an {{id: name}} object")
-    return _checked_labels(path, where, items)
-
-
-def _checked_labels(path: str, where: str, items: Sequence) -> dict[int, str]:
-    labels = {}
-    for key, name in items:
-        try:
-            cid = int(key)
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}: {where}: class id {key!r} is not an integer") from None
-        if not isinstance(name, str):
-            raise ValueError(f"{path}: {where}: class {cid} has no string name ({name!r})")
-        labels[cid] = name
-    if not labels:
-        raise ValueError(f"{path}: {where}: no class names")
-    return labels

@@ -26,6 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from edetgraph.graph import outputs
+from edetgraph.graph.sizes import feature_sizes
+from edetgraph.task.anchors import spec_anchors
 
 _EPS = 1e-8     # the official coder's floor on sizes before dividing / taking logs
 
@@ -135,3 +137,13 @@ class AnchorLabeler:
             out[outputs.box_target_name(level)] = tf.reshape(box[start:start + n], [h, w, -1])
             start += n
         return out
+
+
+def labeler_for(spec, match_threshold: float = 0.5,
+                unmatched_threshold: float = 0.5) -> AnchorLabeler:
+    """The labeler of a ModelSpec: its anchors, level sizes and class count."""
+    a = spec.anchors
+    sizes = feature_sizes(spec.image_size, a.min_level, a.max_level)
+    return AnchorLabeler(spec_anchors(spec), list(sizes.values()), spec.num_anchors,
+                         spec.num_classes, match_threshold, unmatched_threshold,
+                         min_level=a.min_level)

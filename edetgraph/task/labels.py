@@ -6,7 +6,9 @@ COCO 2017 annotates 80 categories but numbers them 1..90 (ids 12, 26, 29, 30, 45
 """
 from __future__ import annotations
 
-from typing import Mapping
+import json
+import os
+from typing import Mapping, Sequence
 
 COCO_LABELS: dict[int, str] = {
     1: "person", 2: "bicycle", 3: "car", 4: "motorcycle", 5: "airplane", 6: "bus",
@@ -33,3 +35,40 @@ def label_name(class_id: int, labels: Mapping[int, str] = COCO_LABELS) -> str:
     """Name of a 1-based class id; ``"class_<id>"`` for ids without a name (e.g. COCO's gaps)."""
     class_id = int(class_id)
     return labels.get(class_id, f"class_{class_id}")
+
+
+def load_labels(path) -> dict[int, str]:
+    """Class names from a COCO ``instances*.json`` (its ``categories``) or a ``{id: name}``
+    JSON object. Raises ValueError naming the file on anything else."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read labels ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
+    if isinstance(data, dict) and isinstance(data.get("categories"), list):
+        items = [(c.get("id"), c.get("name")) if isinstance(c, dict) else (None, None)
+                 for c in data["categories"]]
+        where = "categories"
+    elif isinstance(data, dict):
+        items, where = list(data.items()), "top-level object"
+    else:
+        raise ValueError(f"{path}: expected a COCO instances file or an {{id: name}} object")
+    return _checked_labels(path, where, items)
+
+
+def _checked_labels(path: str, where: str, items: Sequence) -> dict[int, str]:
+    labels = {}
+    for key, name in items:
+        try:
+            cid = int(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: {where}: class id {key!r} is not an integer") from None
+        if not isinstance(name, str):
+            raise ValueError(f"{path}: {where}: class {cid} has no string name ({name!r})")
+        labels[cid] = name
+    if not labels:
+        raise ValueError(f"{path}: {where}: no class names")
+    return labels

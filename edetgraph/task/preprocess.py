@@ -141,3 +141,39 @@ def make_preprocess_fn(image_size: ImageSize,
         return preprocess_batch(images, image_size, mean_rgb, stddev_rgb)
 
     return preprocess_fn
+
+
+# ------------------------------------------------------- the input of an exported network
+# An exported file takes either normalised float images (what preprocess() makes) or uint8
+# pixels of the network size, which the graph normalises itself.
+
+def norm_constants(spec):
+    """``(mean, 1/std)`` float32 RGB: the arithmetic :func:`preprocess` uses."""
+    mean = np.asarray(spec.preprocess.mean_rgb, np.float32)
+    return mean, np.float32(1) / np.asarray(spec.preprocess.stddev_rgb, np.float32)
+
+
+def normalize_in_graph(images, spec):
+    """uint8 ``[B, H, W, 3]`` -> normalised float32, inside an exported graph."""
+    return _normalize(images, spec.preprocess.mean_rgb, spec.preprocess.stddev_rgb)
+
+
+def letterbox_uint8(image, spec) -> np.ndarray:
+    """uint8 ``[h, w, 3]`` -> uint8 network-size image: bilinear resize keeping the aspect
+    ratio (the sizes :func:`preprocess` uses), padded bottom/right with the mean colour."""
+    out_h, out_w = spec.image_size
+    _, sh, sw = scaled_size(image.shape[0], image.shape[1], spec.image_size)
+    resized = tf.image.resize(tf.cast(image, tf.float32)[None], tf.stack([sh, sw]))[0].numpy()
+    canvas = np.empty((out_h, out_w, 3), np.uint8)
+    canvas[:] = np.round(np.asarray(spec.preprocess.mean_rgb)).astype(np.uint8)
+    canvas[:resized.shape[0], :resized.shape[1]] = np.clip(np.round(resized), 0, 255)
+    return canvas
+
+
+def prepare_image(image, spec, kind: str) -> np.ndarray:
+    """One uint8 image of any size -> the exported model's input ``[H, W, 3]`` (``kind``
+    ``float``: :func:`preprocess`; ``uint8``: :func:`letterbox_uint8`)."""
+    if kind == "uint8":
+        return letterbox_uint8(np.asarray(image), spec)
+    return preprocess(image, spec.image_size, spec.preprocess.mean_rgb,
+                      spec.preprocess.stddev_rgb)[0].numpy()

@@ -14,14 +14,14 @@ import tensorflow as tf
 
 from edetgraph.graph.spec import load_spec
 from edetgraph.training.config import from_dict
-from edetgraph.training.inputs import make_labeler
+from edetgraph.task.labeler import labeler_for
 from edetgraph.training.step import build_state, make_train_function
 
 
 def _fixed_batch(spec, batch_size: int, seed: int = 0) -> dict:
     """Random images and the labeler's targets for 1-4 random boxes per image."""
     rng = np.random.default_rng(seed)
-    labeler = make_labeler(spec)
+    labeler = labeler_for(spec)
     h, w = spec.image_size
     examples = []
     for _ in range(batch_size):

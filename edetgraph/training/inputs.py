@@ -19,10 +19,9 @@ from pathlib import Path
 import tensorflow as tf
 
 from edetgraph.graph import outputs
-from edetgraph.graph.sizes import feature_sizes
-from edetgraph.task.anchors import generate_anchors
+from edetgraph.data import synthetic as synth
 from edetgraph.data.pipeline import list_files, make_dataset
-from edetgraph.task.labeler import AnchorLabeler
+from edetgraph.task.labeler import labeler_for
 
 TRAIN_KEYS = ("image", "num_positives")
 
@@ -51,7 +50,6 @@ def synthetic_data(spec, synthetic, log=None) -> DataPaths:
     Generation writes into a temporary folder renamed into place at the end, so a killed
     run never leaves a half-written dataset that a later run would trust.
     """
-    from edetgraph.data import synthetic as synth
     size = max(spec.image_size)
     if spec.num_classes > len(synth.SHAPES):
         raise DataError(f"the built-in dataset has at most {len(synth.SHAPES)} classes, the spec "
@@ -91,14 +89,6 @@ def count_records(pattern: str, log=None) -> int:
     return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
-def make_labeler(spec) -> AnchorLabeler:
-    a = spec.anchors
-    anchors = generate_anchors(spec.image_size, a.min_level, a.max_level, a.num_scales,
-                               a.aspect_ratios, a.scale)
-    return AnchorLabeler(anchors, list(feature_sizes(spec.image_size, a.min_level, a.max_level).values()),
-                         spec.num_anchors, spec.num_classes, min_level=a.min_level)
-
-
 def _train_keys(spec) -> list[str]:
     return list(TRAIN_KEYS) + outputs.target_names(spec.levels)
 
@@ -110,7 +100,7 @@ def distributed_input(strategy, pattern: str, spec, config, seed: int | None):
         raise DataError(f"batch_size {config.batch_size} is not divisible by the "
                         f"{replicas} replicas")
     files = list_files(pattern)
-    labeler, keys = make_labeler(spec), _train_keys(spec)
+    labeler, keys = labeler_for(spec), _train_keys(spec)
 
     def build(files_, batch, seed_):
         ds = make_dataset(files_, spec.image_size, batch, training=True,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from edetgraph.task.anchors import generate_anchors
+from edetgraph.task.anchors import spec_anchors
 from edetgraph.task.losses import (LossConfig, decayed_variables, detection_loss, global_normalizer,
                               weight_decay_loss)
 from edetgraph.nn.model import build_model
@@ -50,9 +50,7 @@ def build_state(spec, config, total_steps: int, warmup_steps: int, seed: int = 0
     loss_config = LossConfig(spec.num_classes, config.focal_alpha, config.focal_gamma,
                              config.label_smoothing, config.huber_delta, config.box_loss_weight,
                              config.iou_loss, config.iou_loss_weight)
-    a = spec.anchors
-    anchors = generate_anchors(spec.image_size, a.min_level, a.max_level, a.num_scales,
-                               a.aspect_ratios, a.scale)
+    anchors = spec_anchors(spec)
     return TrainState(spec, model, variables, optimizer, ema, step, schedule, loss_config, anchors)
 
 

@@ -21,10 +21,13 @@ import tensorflow as tf
 import yaml
 
 from edetgraph.checkpoints.checkpoint import CheckpointError, load_checkpoint
+from edetgraph.task.coco import EvalError
+from edetgraph.task.evaluation import Evaluator
 from edetgraph.training import inputs as tdata
 from edetgraph.training.checkpointing import Checkpointer, CheckpointMismatch
 from edetgraph.training.distribute import (DistributeError, is_tpu, make_strategy,
                                             worker_info)
+from edetgraph.training.precise_bn import assign, recalibrate
 from edetgraph.training.progress import Progress
 from edetgraph.training.step import build_state, make_train_function
 
@@ -119,7 +122,6 @@ def _evaluate(evaluator, state, step: int, progress: Progress, model_dir: str,
     """COCO metrics of the weights that get exported (EMA when kept). ``recalibrate(values)
     -> {name: statistic}``, when given, evaluates with precise-BN statistics of a copy of
     them (the training state is left as it is)."""
-    from edetgraph.task.evaluation import EvalError
     values = state.ema.values() if state.ema is not None else state.variables
     if recalibrate is not None:
         values = {**values, **recalibrate(values)}
@@ -231,7 +233,6 @@ def _after_call(loop: _Loop, step: int, sigterm: _SigtermFlag) -> None:
 
 
 def _recalibrator(loop: _Loop):
-    from edetgraph.training.precise_bn import recalibrate
     c = loop.config
     return lambda values: recalibrate(loop.state.spec, values, loop.train_data,
                                       c.bn_recalibration_batches, c.eval_batch_size)
@@ -239,7 +240,6 @@ def _recalibrator(loop: _Loop):
 
 def _recalibrate_bn(loop: _Loop) -> None:
     """Precise BN on the weights that get evaluated and exported (EMA when kept)."""
-    from edetgraph.training.precise_bn import assign
     start = time.perf_counter()
     targets = loop.state.ema.shadows if loop.state.ema is not None else loop.state.variables
     assign(targets, _recalibrator(loop)(targets))
@@ -305,7 +305,6 @@ def _make_loop(spec, config, model_dir, paths, strategy, ckpt, log, inject_nan_a
 def _attach_extras(loop: _Loop, spec, paths) -> None:
     """Evaluator (chief, when there is val data) and the multi-worker preemption handler."""
     if loop.chief and paths.val and paths.val_json:
-        from edetgraph.task.evaluation import Evaluator
         loop.evaluator = Evaluator(spec, paths.val, paths.val_json,
                                    loop.config.eval_batch_size, loop.config.eval_nms)
     if isinstance(loop.strategy, tf.distribute.MultiWorkerMirroredStrategy):

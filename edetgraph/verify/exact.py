@@ -6,7 +6,7 @@ float32 is up to 1e-4 away from the same network computed in float64 on Lite0, 4
 Lite1 and 7e-4 on Lite2 (3e-5 on D0). A float32 file summing in another order lands as far
 away on the other side, so "file within 1e-4 of TF" can fail for a file that is exactly as
 accurate as TF. The float64 copy settles it: it says how far TF and the file each are from
-the value both approximate (``exporters.parity`` uses it when the flat bound is exceeded).
+the value both approximate (``edetgraph.verify.parity`` uses it when the flat bound is exceeded).
 
 The copy has the same weights, cast exactly to float64, and sees the same input as the TF
 float32 function (uint8 images are normalised in float32 first, as in the exported graph),
@@ -17,6 +17,10 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import tensorflow as tf
+
+from edetgraph.task.preprocess import normalize_in_graph
+from edetgraph.task.serving import detection_op_inputs
 
 
 def float64_copy(model):
@@ -25,7 +29,6 @@ def float64_copy(model):
     The original is left untouched. Variables shared between modules stay shared. Raises
     RuntimeError if a float32 variable is left (a container this walk does not know).
     """
-    import tensorflow as tf
     twin = copy.deepcopy(model)
     done = {}
 
@@ -60,8 +63,6 @@ class ExactReference:
     (``input_kind`` float: normalised images; uint8: pixels, normalised in float32 first)."""
 
     def __init__(self, model, spec, input_kind: str = "float", probe: bool = False):
-        import tensorflow as tf
-        from exporters.common import detection_op_inputs, normalize_in_graph
         twin = float64_copy(model)
         h, w = spec.image_size
         dtype = tf.uint8 if input_kind == "uint8" else tf.float32

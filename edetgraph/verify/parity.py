@@ -5,7 +5,7 @@ feeds both results here. Raw outputs are compared element by element (largest ab
 difference, where it is, and that difference relative to the output's largest magnitude) and,
 pooled per head over all levels, as a normalised RMSE (RMSE / standard deviation of the TF
 values). For fp32 files the same outputs are also computed in float64
-(:mod:`exporters.exact`), which says how far TF float32 and the file each are from the value
+(:mod:`edetgraph.verify.exact`), which says how far TF float32 and the file each are from the value
 both approximate. Detections from in-graph NMS are matched one to one against the TF path
 with the same NMS. The tolerances below say what each kind of file must meet, and why.
 """
@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from exporters.common import ExportFailed, norm_constants, prepare_image, synthetic_images
+from edetgraph.graph.outputs import head_of
+from edetgraph.verify.detections import compare_detections
+
+
+class ParityError(RuntimeError):
+    """The file cannot be compared at all (other outputs than TF's)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,11 @@ TOLERANCES = {
 }
 
 
+# The largest AP loss (points, 0-100) each kind of file may show against the float TF model.
+AP_DROP = {"fp32": 0.1, "fp16": 1.0, "dynamic": 3.0, "int8": 3.0}
+AP_DROP_WHY = ("AP (IoU 0.50:0.95) of the file may be at most this many points below the TF "
+               "model's on --eval-data: fp32 0.1 (ties in NMS only), fp16 1, dynamic and int8 3")
+
 DETECTION_SCORE_TOL = 1e-4  # scores are in [0, 1]: the raw tolerance, absolute
 DETECTION_BOX_TOL = 1e-3    # of the image side (0.5 px at 512): far below what AP resolves,
                             # above the decoding noise (anchors reach 2.3x the image side)
@@ -106,11 +116,6 @@ def atol_failure(name: str, max_abs: float, exact: dict | None, tol: Tolerance) 
         return None
     return (f"{why}, and the file is {exact['file_max_abs']:.3g} from the float64 result, more "
             f"than {tol.exact_factor:g} x TF float32's own {exact['tf_max_abs']:.3g}")
-
-
-def head_of(name: str) -> str:
-    """Pooling group of an output: ``cls_l3`` -> ``cls``; other names are their own group."""
-    return name.split("_l")[0] if name.startswith(("cls_l", "box_l")) else name
 
 
 def describe_index(name: str, index, num_classes: int) -> str:
@@ -180,7 +185,7 @@ class ParityGate:
     def add_outputs(self, labels, ref: dict, got: dict, real: bool,
                     exact: dict | None = None) -> None:
         """Raw outputs of one batch (``labels`` names its images); ``exact``: the same
-        outputs computed in float64 (exporters.exact), or None."""
+        outputs computed in float64 (edetgraph.verify.exact), or None."""
         self._check_names(ref, got)
         self.inputs.extend(lab for lab in labels if lab not in self.inputs)
         pooled = real or self.tol.random_gated
@@ -202,8 +207,8 @@ class ParityGate:
     @staticmethod
     def _check_names(ref, got):
         if set(ref) != set(got):
-            raise ExportFailed(f"the file's outputs {sorted(got)} are not the TF outputs "
-                               f"{sorted(ref)}")
+            raise ParityError(f"the file's outputs {sorted(got)} are not the TF outputs "
+                              f"{sorted(ref)}")
 
     def result(self) -> dict:
         """JSON-able figures, the list of failures and ``passed``."""
@@ -244,62 +249,6 @@ class ParityGate:
         return out
 
 
-def _iou(a, b) -> np.ndarray:
-    """IoU of one box ``a`` against boxes ``b`` ([ymin, xmin, ymax, xmax])."""
-    ih = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
-    iw = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
-    inter = ih * iw
-    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
-    union = area(a) + area(b) - inter
-    # Boxes clipped flat against the image border have no area: equal ones still agree.
-    same = np.all(np.abs(b - a) <= 1e-3 * np.maximum(1.0, np.abs(a)), axis=1)
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), same.astype(float))
-
-
-def compare_detections(ref: dict, got: dict, b: int, score_tol: float | None = None,
-                       box_tol: float | None = None) -> dict:
-    """Image ``b``: one-to-one matching (order-free among equal scores) and IoU agreement.
-
-    With tolerances, a TF detection matches an unused file detection of the same class whose
-    score is within ``score_tol`` and every box coordinate within ``box_tol``; ``mismatch``
-    names the first that has none (or a count difference). Always reported: the share of
-    the top-20 TF detections that the file has with the same class at IoU >= 0.5.
-    """
-    r = {k: np.asarray(ref[k][b], np.float64) for k in ("boxes", "scores", "classes")}
-    g = {k: np.asarray(got[k][b], np.float64) for k in ("boxes", "scores", "classes")}
-    nr, ng = int(np.asarray(ref["num_detections"])[b]), int(np.asarray(got["num_detections"])[b])
-    top = min(nr, 20)
-    agree = sum(bool(ng and np.any((g["classes"][:ng] == r["classes"][i]) &
-                                   (_iou(r["boxes"][i], g["boxes"][:ng]) >= 0.5)))
-                for i in range(top))
-    res = {"tf": nr, "file": ng, "top20_agreement": agree / top if top else None,
-           "tf_top_score": float(r["scores"][:nr].max(initial=0.0)),
-           "tf_classes": int(len(np.unique(r["classes"][:nr]))),
-           "max_score_diff": None, "max_box_diff": None, "mismatch": None}
-    if score_tol is None:
-        return res
-    if nr != ng:
-        res["mismatch"] = f"TF found {nr} detections, the file {ng}"
-        return res
-    used, score_d, box_d = np.zeros(ng, bool), 0.0, 0.0
-    for i in range(nr):
-        ok = (~used & (g["classes"][:ng] == r["classes"][i])
-              & (np.abs(g["scores"][:ng] - r["scores"][i]) <= score_tol)
-              & np.all(np.abs(g["boxes"][:ng] - r["boxes"][i]) <= box_tol, axis=1))
-        if not ok.any():
-            res["mismatch"] = (f"TF detection {i} (class {int(r['classes'][i])}, score "
-                               f"{r['scores'][i]:.6f}, box {np.round(r['boxes'][i], 3).tolist()}) "
-                               f"has no counterpart in the file (its #{i}: class "
-                               f"{int(g['classes'][i])}, score {g['scores'][i]:.6f})")
-            break
-        j = int(np.argmax(ok))
-        used[j] = True
-        score_d = max(score_d, abs(g["scores"][j] - r["scores"][i]))
-        box_d = max(box_d, float(np.abs(g["boxes"][j] - r["boxes"][i]).max()))
-    res.update(max_score_diff=score_d, max_box_diff=box_d)
-    return res
-
-
 def format_parity(p: dict) -> str:
     """Text table of a :meth:`ParityGate.result`."""
     t = p["tolerance"]
@@ -335,70 +284,3 @@ def format_parity(p: dict) -> str:
                      f"{agree}{same}")
     lines.extend(f"  FAILED: {f}" for f in p["failures"])
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------ inputs of the gate
-
-def parity_images(spec, kind: str, num_random: int = 2, seed: int = 0) -> list:
-    """``[(label, image, real)]`` in the exported input format: random pixels, then the
-    official street.jpg and one synthetic scene (``real`` marks the last two)."""
-    from edetgraph.task.preprocess import read_image
-    from edetgraph.resources import path
-    rng = np.random.default_rng(seed + 1000)
-    h, w = spec.image_size
-    out = []
-    for i in range(num_random):
-        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        if kind == "uint8":
-            out.append((f"random-{i}", pixels, False))
-        else:
-            mean, inv_std = norm_constants(spec)
-            out.append((f"random-{i}", (pixels.astype(np.float32) - mean) * inv_std, False))
-    out.append(("street.jpg", prepare_image(read_image(path("street.jpg")), spec, kind), True))
-    out.append(("synthetic-0", prepare_image(synthetic_images(spec, 1, seed + 99)[0], spec, kind),
-                True))
-    return out
-
-
-def batches(images: list, batch) -> list:
-    """Group ``[(label, image, real)]`` into ``[(labels, array [B, H, W, 3], real)]``.
-
-    A static batch cycles through the images; a dynamic one (None) runs each image alone and
-    then all of them together, which exercises two batch sizes.
-    """
-    if batch is None:
-        together = [(f"{lab} (in a batch of {len(images)})", im, real) for lab, im, real in images]
-        groups = [[item] for item in images] + ([together] if len(images) > 1 else [])
-    else:
-        n = -(-len(images) // batch) * batch
-        cycled = [images[i % len(images)] for i in range(n)]
-        groups = [cycled[i:i + batch] for i in range(0, n, batch)]
-    return [([g[0] for g in group], np.stack([g[1] for g in group]), all(g[2] for g in group))
-            for group in groups]
-
-
-def run_gate(gate, serve, run_file, spec, input_kind: str, batch, num_random: int,
-             detections: bool, probe=None, model=None) -> dict:
-    """Feed every parity batch to the TF function and the file, compare, return the result.
-
-    ``probe(x) -> (ref, got)`` adds the detection op's inputs, compared like raw outputs.
-    With ``model`` (the served detector) and a tolerance that asks for it, the compared
-    tensors (raw outputs, or the probe's when there are detections) are also computed in
-    float64 (exporters.exact.ExactReference).
-    """
-    import tensorflow as tf
-    exact = None
-    if model is not None and gate.tol.exact_factor and (probe is not None or not detections):
-        from exporters.exact import ExactReference
-        exact = ExactReference(model, spec, input_kind, probe=detections)
-    for labels, x, real in batches(parity_images(spec, input_kind, num_random), batch):
-        ref = {k: v.numpy() for k, v in serve(tf.constant(x)).items()}
-        got = run_file(x)
-        wide = exact(x) if exact is not None else None
-        if detections:
-            gate.add_detections(labels, ref, got)
-        else:
-            gate.add_outputs(labels, ref, got, real, wide)
-        if probe is not None:
-            gate.add_outputs(labels, *probe(x), real, wide if detections else None)
-    return gate.result()

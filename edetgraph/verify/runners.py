@@ -110,7 +110,7 @@ class OnnxRuntimeRunner(_Runner):
     def __init__(self, path, threads=None, providers=None, spinning=False):
         super().__init__(_check_file(path, self.kind), threads)
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # deferred: each runner needs only its own runtime
         except ImportError as exc:
             raise RunnerError(f"{self.path}: onnxruntime is not installed "
                               f"(pip install onnxruntime): {_first_line(exc)}") from None
@@ -162,6 +162,21 @@ def _load_tflite_module():
         except ImportError as exc:
             errors.append(f"{name}: {_first_line(exc)}")
     return None, "; ".join(errors)
+
+
+def tflite_interpreter(path=None, *, no_delegates: bool = False, **kw):
+    """An interpreter of the first TFLite runtime installed (``TFLITE_MODULES`` order) for
+    the file ``path`` (or ``model_content=`` bytes); ``no_delegates`` leaves out the default
+    delegates (XNNPACK), so the op list is the file's own."""
+    name, module = _load_tflite_module()
+    if name is None:
+        raise RunnerError(f"{path}: no TFLite runtime installed (tried "
+                          f"{', '.join(TFLITE_MODULES)}; pip install ai-edge-litert)")
+    if no_delegates:
+        resolver = getattr(module, "OpResolverType", None) or module.experimental.OpResolverType
+        kw["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    return module.Interpreter(model_path=os.fspath(path), **kw) if path else \
+        module.Interpreter(**kw)
 
 
 class TFLiteRunner(_Runner):
@@ -251,7 +266,7 @@ class TFRunner(_Runner):
 
     def __init__(self, path=None, threads=None, fn=None, signature="serving_default"):
         super().__init__(os.fspath(path) if path else None, threads)
-        import tensorflow as tf
+        import tensorflow as tf  # deferred: file runners must work without TensorFlow
         self._tf = tf
         self.runtime, self.runtime_version = "tensorflow", tf.__version__
         self._set_threads(threads)

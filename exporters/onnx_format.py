@@ -1,0 +1,126 @@
+"""ONNX as an export format: tf2onnx conversion of the serving function, optionally with
+decoding and ONNX NonMaxSuppression in the graph (``--postprocess hard-nms``).
+
+tf2onnx does not always raise when an op handler fails (it may leave the TF op in the graph,
+which ONNX Runtime then refuses to load), so a conversion is accepted only when every node
+is a standard ONNX op at the opset and ``onnx.checker`` passes the model.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import onnx
+import tf2onnx
+
+from edetgraph.graph import outputs
+from edetgraph.task.anchors import spec_anchors
+from edetgraph.task.postprocess import postprocess
+from exporters.options import ExportFailed, ExportOptions, OnnxOptions
+from exporters.pipeline import Format
+
+
+class OnnxFormat(Format):
+    name, prog, runner = "onnx", "to_onnx", "onnxruntime"
+    versions = ("tensorflow-cpu", "tensorflow", "tf2onnx", "onnx", "onnxruntime")
+
+    def __init__(self, options: OnnxOptions = OnnxOptions()):
+        self.onnx = options
+
+    def head(self, spec, opts: ExportOptions):
+        if opts.postprocess != "hard-nms":
+            return None
+        anchors = spec_anchors(spec)
+
+        def hard_nms(raw):
+            return postprocess(*outputs.split(raw, spec.levels), anchors, None, spec.image_size,
+                               method="hard", score_thresh=opts.score_threshold,
+                               iou_thresh=opts.iou_threshold, max_dets=opts.max_detections)
+        return hard_nms
+
+    def describe(self, opts: ExportOptions) -> str:
+        return (f"converting with tf2onnx (opset {self.onnx.opset}, batch "
+                f"{opts.batch or 'dynamic'}, postprocess {opts.postprocess}, input {opts.input})")
+
+    def convert(self, serve, model, spec, opts: ExportOptions, say):
+        return convert(serve, self.onnx.opset)
+
+    def write(self, converted, path: str) -> None:
+        onnx.save(converted, path)
+
+    def options(self, opts: ExportOptions, converted) -> dict:
+        return {"opset": self.onnx.opset, "postprocess": opts.postprocess,
+                "batch": opts.batch or "dynamic", "input": opts.input,
+                "max_detections": opts.max_detections, "score_threshold": opts.score_threshold,
+                "iou_threshold": opts.iou_threshold}
+
+    def facts(self, converted, path: str, runner) -> dict:
+        return {"ops": op_histogram(converted)}
+
+
+def _nodes(graph):
+    """Every node of an ONNX graph, those of subgraphs (Loop and If bodies) included."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _nodes(g)
+
+
+def foreign_ops(model, opset: int) -> list:
+    """``[(node, op_type, domain)]`` not in the ONNX standard at ``opset``, subgraphs included.
+
+    tf2onnx does not raise when an op handler fails: it keeps the TF op in the graph, which
+    ONNX Runtime then refuses to load. This finds such leftovers before anything is written.
+    """
+    bad = []
+    for node in _nodes(model.graph):
+        try:
+            if node.domain not in ("", "ai.onnx"):
+                raise onnx.defs.SchemaError
+            onnx.defs.get_schema(node.op_type, opset, "")
+        except onnx.defs.SchemaError:
+            bad.append((node.name, node.op_type, node.domain))
+    return bad
+
+
+def op_histogram(model) -> dict:
+    """Node counts per op type, subgraphs (Loop bodies) included."""
+    return dict(Counter(node.op_type for node in _nodes(model.graph)))
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage().strip().splitlines()[0][:300])
+
+
+def convert(serve, opset: int):
+    """tf2onnx ``from_function`` on the static signature, then the leftover-op and checker tests."""
+    logger, collect = logging.getLogger("tf2onnx"), _Collect()
+    saved = (logger.handlers[:], logger.propagate, logger.level)
+    logger.handlers, logger.propagate = [collect], False  # its tracebacks are ours to summarise
+    logger.setLevel(logging.ERROR)
+    try:
+        model, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature,
+                                                 opset=opset)
+    except Exception as e:  # tf2onnx raises ValueError, KeyError, RuntimeError, ...
+        raise ExportFailed(f"tf2onnx failed at opset {opset}: "
+                           f"{str(e).splitlines()[0][:300]}") from None
+    finally:
+        logger.handlers, logger.propagate = saved[0], saved[1]
+        logger.setLevel(saved[2])
+    bad = foreign_ops(model, opset)
+    if bad:
+        hint = f" ({collect.messages[0]})" if collect.messages else ""
+        raise ExportFailed(f"tf2onnx left {len(bad)} non-ONNX op(s) in the graph, e.g. node "
+                           f"'{bad[0][0]}' ({bad[0][1]}){hint}")
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # ValidationError, InferenceError
+        raise ExportFailed("onnx.checker rejects the converted model: "
+                           f"{str(e).splitlines()[0]}") from None
+    return model

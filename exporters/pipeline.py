@@ -1,0 +1,274 @@
+"""The one export flow every format goes through: build -> convert -> parity gate -> AP
+check -> stage and rename.
+
+    summary = export(spec, "d0.onnx", OnnxFormat(OnnxOptions(opset=17)), ExportOptions())
+
+A format (``exporters.onnx_format``, ``exporters.tflite_format``,
+``exporters.saved_model_format``) supplies what differs: its in-graph post-processing, its
+conversion, how its file is written and run, the tolerance kind it is judged by, and the
+format-specific parts of the summary; it may also replace the gate with its own check. The
+flow owns the rest, identically for all: the model with its weights, the serving function,
+the parity gate against TF (raw outputs, float64 reference, in-graph detections), the
+optional AP check, and the staged output that only becomes the user's file, with its
+summary JSON beside it, once every check passed.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from edetgraph.task.serving import make_serving_fn
+from edetgraph.task.weights import model_with_weights
+from edetgraph.verify import accuracy
+from edetgraph.verify.accuracy import format_ap
+from edetgraph.verify.gate import run_gate
+from edetgraph.verify.parity import ParityError, ParityGate, format_parity, tolerance_for
+from edetgraph.verify.runners import RunnerError, make_runner
+from exporters.cli import log
+from exporters.options import ExportFailed, ExportOptions
+
+SCHEMA = "edetgraph.export/1"
+
+
+class Format:
+    """What one export format supplies to :func:`export`; subclasses fill in the rest."""
+    name = ""              # summary "format"
+    prog = ""              # the command's name in progress lines
+    runner = ""            # verify.runners kind that runs the written file
+    runner_options: dict = {}  # ... and its options (e.g. a SavedModel signature)
+    versions: tuple = ()   # distributions recorded in the summary
+
+    def build(self, spec, opts: ExportOptions):
+        """``(model, weights record)``: checkpoint or seeded random weights."""
+        return model_with_weights(spec, opts.ckpt, opts.seed)
+
+    def kind(self) -> str:
+        """The numeric kind whose parity tolerance and AP bound judge the file."""
+        return "fp32"
+
+    def head(self, spec, opts: ExportOptions):
+        """In-graph post-processing ``raw outputs -> dict``, or None for raw head outputs."""
+        return None
+
+    def describe(self, opts: ExportOptions) -> str:
+        """The progress line printed before converting."""
+        raise NotImplementedError
+
+    def convert(self, serve, model, spec, opts: ExportOptions, say):
+        """The converted model (whatever :meth:`write` takes)."""
+        raise NotImplementedError
+
+    def write(self, converted, path: str) -> None:
+        raise NotImplementedError
+
+    def probe(self, model, spec, serve, path: str, opts: ExportOptions):
+        """``probe(x) -> (TF, file)`` extra tensors the gate compares (None: nothing)."""
+        return None
+
+    def options(self, opts: ExportOptions, converted) -> dict:
+        """The summary's ``options`` section."""
+        raise NotImplementedError
+
+    def facts(self, converted, path: str, runner) -> dict:
+        """Format-specific summary sections after ``outputs`` (``ops``, ``runtime``...)."""
+        return {}
+
+    def check(self, converted, path: str) -> dict | None:
+        """A check of the format's own after the gate (None: none); raises ExportFailed."""
+        return None
+
+
+def export(spec, out: str, fmt: Format, opts: ExportOptions) -> dict:
+    """Build, convert, gate, and keep ``out`` only if every check passes; returns the summary.
+
+    Raises ExportFailed (nothing written) when conversion or the parity gate fails, or, with
+    ``opts.eval``, when the file loses more AP than its kind allows.
+    """
+    say = (lambda m: log(fmt.prog, m)) if opts.verbose else (lambda m: None)
+    start = time.perf_counter()
+    weights_text = (f"random weights, seed {opts.seed}" if opts.ckpt is None else opts.ckpt)
+    say(f"building {spec.name} ({weights_text})")
+    model, weights = fmt.build(spec, opts)
+    head = fmt.head(spec, opts)
+    serve = make_serving_fn(model, spec, opts.batch, opts.input, head)
+    say(fmt.describe(opts))
+    t0 = time.perf_counter()
+    converted = fmt.convert(serve, model, spec, opts, say)
+    convert_s = time.perf_counter() - t0
+    with StagedOutput(out) as staged:
+        fmt.write(converted, staged.path)
+        try:
+            runner = make_runner(fmt.runner, staged.path, opts.gate.threads,
+                                 **fmt.runner_options)
+        except RunnerError as e:
+            raise ExportFailed(str(e).replace(staged.path, out)) from None
+        say("parity gate: running the file and TF on the same inputs")
+        t0 = time.perf_counter()
+        gate = ParityGate(tolerance_for(fmt.kind(), opts.gate.atol, opts.gate.float64_factor),
+                          spec.num_classes, max(spec.image_size))
+        try:
+            parity = run_gate(gate, serve, runner.run, spec, opts.input, opts.batch,
+                              opts.gate.random_inputs, detections=head is not None,
+                              probe=fmt.probe(model, spec, serve, staged.path, opts),
+                              model=model)
+        except ParityError as e:
+            raise ExportFailed(str(e)) from None
+        info = runner.info()
+        summary = {
+            "schema": SCHEMA, "format": fmt.name,
+            "file": {"path": staged.out, **file_facts(staged.path)},
+            "spec": spec.name, "spec_source": spec.source, "weights": weights,
+            "options": fmt.options(opts, converted),
+            "inputs": info["inputs"], "outputs": info["outputs"],
+            **fmt.facts(converted, staged.path, runner), "parity": parity,
+            "timings": {"convert_s": convert_s, "parity_s": time.perf_counter() - t0,
+                        "total_s": time.perf_counter() - start},
+            "versions": versions(*fmt.versions)}
+        if parity["passed"]:
+            own = fmt.check(converted, staged.path)
+            if own is not None:
+                summary["check"] = own
+        check_accuracy(summary, spec, serve, runner.run, fmt.kind(), opts, say)
+        keep_if_passed(staged, summary, out)
+    return summary
+
+
+def check_accuracy(summary: dict, spec, serve, run_file, kind: str, opts: ExportOptions,
+                   say) -> None:
+    """With ``opts.eval``: COCO AP of the file and of TF under ``summary["accuracy"]``
+    (:func:`keep_if_passed` then refuses a file that lost too much)."""
+    ev = opts.eval
+    if ev is None:
+        return
+    say("AP check: running the file and TF on the annotated images of " + ev.data)
+    t0 = time.perf_counter()
+    annotations = ev.annotations or os.path.join(ev.data, "instances.json")
+    summary["accuracy"] = accuracy.measure(spec, serve, run_file, ev.data, annotations,
+                                           opts.input, opts.batch or 1, kind, ev.images,
+                                           ev.nms, ev.max_ap_drop, say)
+    summary["timings"]["ap_check_s"] = time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------- staged files and summary
+
+class StagedOutput:
+    """A temporary path beside ``out``: renamed to ``out`` by :meth:`commit`, deleted otherwise.
+
+    The temporary file sits in a hidden ``.NAME.*.partial`` folder in the output directory
+    (same file system, so the rename is atomic), so a failed or interrupted export leaves
+    nothing that looks like a model. ``out`` may also be a folder (a SavedModel), which then
+    replaces the folder there (the caller checks that it may).
+    """
+
+    def __init__(self, out: str):
+        self.out = os.path.abspath(out)
+        name = os.path.basename(self.out)
+        self._dir = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial",
+                                     dir=os.path.dirname(self.out))
+        self.path = os.path.join(self._dir, name)
+
+    def commit(self, summary: dict) -> None:
+        """Move the file into place and write the summary JSON beside it."""
+        staged_json = self.path + ".json"
+        with open(staged_json, "w") as f:
+            json.dump(strict_json(summary), f, indent=2, allow_nan=False)
+            f.write("\n")
+        if os.path.isdir(self.out):       # a folder: move the old one out of the way first
+            os.replace(self.out, self.path + ".old")
+        os.replace(self.path, self.out)
+        os.replace(staged_json, self.out + ".json")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        shutil.rmtree(self._dir, ignore_errors=True)
+        return False
+
+
+def keep_if_passed(staged: StagedOutput, summary: dict, out: str) -> None:
+    """Commit the staged file and its summary, or print the figures and raise ExportFailed."""
+    parity = summary["parity"]
+    if not parity["passed"]:
+        print(format_parity(parity))
+        more = len(parity["failures"]) - 1
+        raise ExportFailed(f"parity gate failed, {out} not written: {parity['failures'][0]}"
+                           + (f" (+{more} more)" if more else ""))
+    result = summary.get("accuracy")
+    if result is not None and not result["passed"]:
+        raise ExportFailed(f"AP check failed, {out} not written: {format_ap(result)}")
+    staged.commit(summary)
+
+
+def strict_json(value):
+    """Plain JSON: numpy scalars and arrays as Python values, -inf/nan as strings."""
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, (np.generic, np.ndarray)):
+        return strict_json(value.tolist())
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    return value
+
+
+def file_facts(path: str) -> dict:
+    """Size and SHA-256 of a file; of a folder, the total size and a digest over its files'
+    relative paths and contents."""
+    digest = hashlib.sha256()
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(d, f) for d, _, names in os.walk(path) for f in names)
+    for name in files:
+        if name != path:
+            digest.update(os.path.relpath(name, path).encode() + b"\0")
+        with open(name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return {"bytes": sum(os.path.getsize(f) for f in files), "sha256": digest.hexdigest()}
+
+
+def versions(*distributions: str) -> dict:
+    out = {}
+    for name in distributions:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def format_summary(s: dict) -> str:
+    """The human-readable summary printed after a successful export."""
+    mb = s["file"]["bytes"] / 2 ** 20
+    lines = [f"wrote {s['file']['path']} ({mb:.2f} MB) in {s['timings']['total_s']:.1f} s "
+             f"(conversion {s['timings']['convert_s']:.1f} s); parity gate passed "
+             f"({s['parity']['tolerance']['name']})"]
+    for kind in ("inputs", "outputs"):
+        for t in s[kind]:
+            q = f" quant(scale={t['quantization'][0]:.6g}, zero={t['quantization'][1]})" \
+                if t.get("quantization") else ""
+            lines.append(f"  {kind[:-1]:6s} {t['name']}: {t['dtype']} {list(t['shape'])}{q}")
+    if s.get("ops"):
+        ops = ", ".join(f"{k} {v}" for k, v in sorted(s["ops"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"  ops ({sum(s['ops'].values())}): {ops}")
+    lines.extend("  " + line for line in format_parity(s["parity"]).splitlines())
+    if s.get("accuracy"):
+        lines.append("  " + format_ap(s["accuracy"]))
+    lines.append(f"  summary: {s['file']['path']}.json")
+    return "\n".join(lines)
+
+
+def run(spec, out: str, fmt: Format, opts: ExportOptions) -> int:
+    """What a command does after its checks: export, print the summary, exit status 0."""
+    summary = export(spec, out, fmt, opts)
+    print(format_summary(summary))
+    return 0
+

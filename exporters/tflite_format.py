@@ -1,0 +1,201 @@
+"""TFLite as an export format: the converter at fp32, fp16, dynamic-range or full-integer
+int8 (calibrated on representative images), optionally with TFLite's own
+``TFLite_Detection_PostProcess`` op in the graph (``--postprocess fast``), optionally with
+the class/box heads kept float32 in an int8 file (``exporters.float_heads``).
+
+A file with the detection op is also compared at the op's inputs (box encodings and class
+scores of every anchor, read from the interpreter), so a file with in-graph NMS still gets
+a raw-level check besides its detections.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+
+import numpy as np
+import tensorflow as tf
+
+from edetgraph.graph import outputs
+from edetgraph.task.anchors import spec_anchors
+from edetgraph.task.postprocess import make_tflite_detection_postprocess
+from edetgraph.task.preprocess import normalize_in_graph, prepare_image, read_image
+from edetgraph.task.serving import detection_op_inputs
+from edetgraph.verify.runners import tflite_interpreter
+from exporters.cli import representative_files
+from exporters.float_heads import convert_with_float_heads
+from exporters.options import ExportError, ExportFailed, ExportOptions, TFLiteOptions
+from exporters.pipeline import Format
+
+QUANTS = ("fp32", "fp16", "dynamic", "int8")
+
+
+class TFLiteFormat(Format):
+    name, prog, runner = "tflite", "to_tflite", "tflite"
+    versions = ("tensorflow-cpu", "tensorflow", "ai-edge-litert")
+
+    def __init__(self, options: TFLiteOptions = TFLiteOptions()):
+        self.tfl = options
+
+    def kind(self) -> str:
+        return self.tfl.quant
+
+    def head(self, spec, opts: ExportOptions):
+        if opts.postprocess != "fast":
+            return None
+        detect = make_tflite_detection_postprocess(
+            spec_anchors(spec), spec.num_classes, opts.max_detections, opts.score_threshold,
+            opts.iou_threshold, image_size=spec.image_size)
+        return lambda raw: detect(*outputs.split(raw, spec.levels))
+
+    def describe(self, opts: ExportOptions) -> str:
+        t = self.tfl
+        text = (f"converting to TFLite ({t.quant}, batch {opts.batch}, postprocess "
+                f"{opts.postprocess}, input {opts.input}, io {t.io})")
+        if t.quant == "int8":
+            text += (f", calibrating on up to {t.calibration_images} images of "
+                     f"{t.representative}")
+        return text
+
+    def convert(self, serve, model, spec, opts: ExportOptions, say):
+        """``(flatbuffer bytes, number of head ops kept float or None)``."""
+        t = self.tfl
+
+        def calibration():
+            group = []
+            for i, image in enumerate(representative_images(t.representative,
+                                                            t.calibration_images)):
+                group.append(prepare_image(image, spec, opts.input))
+                if len(group) == opts.batch:
+                    yield [np.stack(group)]
+                    group = []
+                if (i + 1) % 20 == 0:
+                    say(f"  calibrated on {i + 1} images")
+
+        if t.quant == "int8":  # a bad TFRecord fails here, not deep inside the converter
+            next(representative_images(t.representative, 1), None)
+        if t.float_heads:
+            say("the class/box heads stay float32 (--float-heads); the rest is int8")
+        try:
+            conv = _converter(serve, model, t.quant, t.io, opts.input, opts.postprocess,
+                              calibration)
+            if t.float_heads:
+                return convert_with_float_heads(conv, serve, model, calibration)
+            return conv.convert(), None
+        except ExportFailed:
+            raise
+        except Exception as e:  # ConverterError and friends
+            raise ExportFailed(f"TFLite converter failed ({t.quant}): "
+                               f"{str(e).strip().splitlines()[0][:300]}") from None
+
+    def write(self, converted, path: str) -> None:
+        with open(path, "wb") as f:
+            f.write(converted[0])
+
+    def probe(self, model, spec, serve, path: str, opts: ExportOptions):
+        if opts.postprocess != "fast":
+            return None
+        reference = _probe_reference(model, spec, serve)
+        in_file = DetectionInputProbe(path, opts.gate.threads)
+        return lambda x: ({k: v.numpy() for k, v in reference(x).items()}, in_file(x))
+
+    def options(self, opts: ExportOptions, converted) -> dict:
+        t = self.tfl
+        return {"quant": t.quant, "io": t.io, "input": opts.input,
+                "postprocess": opts.postprocess, "batch": opts.batch,
+                "representative_data": t.representative,
+                "calibration_images": t.calibration_images if t.quant == "int8" else None,
+                "float_heads": t.float_heads, "float_head_ops": converted[1],
+                "max_detections": opts.max_detections, "score_threshold": opts.score_threshold,
+                "iou_threshold": opts.iou_threshold}
+
+    def facts(self, converted, path: str, runner) -> dict:
+        return {"runtime": runner.info()["runtime"], "ops": op_histogram(path)}
+
+
+def representative_images(source: str, limit: int):
+    """Yield up to ``limit`` uint8 RGB images, decoded with TensorFlow's decoders."""
+    kind, files = representative_files(source)
+    if kind == "dir":
+        for f in files[:limit]:
+            try:
+                yield read_image(f).numpy()
+            except ValueError as e:
+                raise ExportError(f"--representative-data: {e}") from None
+        return
+    feature = {"image/encoded": tf.io.FixedLenFeature((), tf.string)}
+    try:
+        for record in tf.data.TFRecordDataset(files).take(limit):
+            encoded = tf.io.parse_single_example(record, feature)["image/encoded"]
+            yield tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+    except tf.errors.OpError as e:
+        raise ExportError(f"--representative-data {source}: not a TFRecord of tf.Examples with "
+                          f"image/encoded ({e.message.splitlines()[0][:200]})") from None
+
+
+def _converter(serve, model, quant, io, input_kind, postprocess, representative):
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
+    if quant != "fp32":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quant == "fp16":
+        conv.target_spec.supported_types = [tf.float16]
+    if quant == "int8":
+        conv.representative_dataset = representative
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io_type = {"int8": tf.int8, "uint8": tf.uint8}.get(io)
+        if io_type is not None and input_kind == "float":
+            conv.inference_input_type = io_type
+        if io_type is not None and postprocess == "none":
+            conv.inference_output_type = io_type
+    return conv
+
+
+def op_histogram(path) -> dict:
+    """Op counts of the file itself (default delegates off, so no DELEGATE pseudo-ops)."""
+    interp = tflite_interpreter(path, no_delegates=True)
+    return dict(Counter(op["op_name"] for op in interp._get_ops_details()))
+
+
+class DetectionInputProbe:
+    """Reads the two float inputs of TFLite_Detection_PostProcess (box encodings and class
+    scores, all anchors), so a file with in-graph NMS still gets a raw-level comparison."""
+
+    def __init__(self, path, threads=None):
+        with warnings.catch_warnings():  # "for debugging purposes only": that is the use
+            warnings.simplefilter("ignore")
+            self.interp = tflite_interpreter(path, num_threads=threads,
+                                             experimental_preserve_all_tensors=True)
+        self.interp.allocate_tensors()
+        ops = [op for op in self.interp._get_ops_details()
+               if op["op_name"] == "TFLite_Detection_PostProcess"]
+        if len(ops) != 1:
+            raise ExportFailed("the converter did not emit TFLite_Detection_PostProcess "
+                               f"(found {len(ops)}); the in-graph NMS would be something else")
+        self.boxes, self.scores = int(ops[0]["inputs"][0]), int(ops[0]["inputs"][1])
+        self.input = self.interp.get_input_details()[0]
+        self.details = {d["index"]: d for d in self.interp.get_tensor_details()}
+
+    def __call__(self, x) -> dict:
+        d = self.input
+        scale, zero = d["quantization"]
+        if scale and np.dtype(d["dtype"]).kind in "iu" and x.dtype.kind == "f":
+            lim = np.iinfo(d["dtype"])
+            x = np.clip(np.round(x / scale) + zero, lim.min, lim.max)
+        self.interp.set_tensor(d["index"], np.asarray(x, d["dtype"]))
+        self.interp.invoke()
+        return {"box_encodings": self._read(self.boxes), "class_scores": self._read(self.scores)}
+
+    def _read(self, index):
+        value = self.interp.get_tensor(index)
+        scale, zero = self.details[index]["quantization"]
+        return (value.astype(np.float32) - zero) * scale if value.dtype.kind in "iu" else value
+
+
+def _probe_reference(model, spec, serve):
+    """TF side of the probe: the flattened box codes and sigmoid class scores."""
+    @tf.function(input_signature=serve.input_signature, autograph=False)
+    def reference(images):
+        x = normalize_in_graph(images, spec) if images.dtype == tf.uint8 else images
+        return detection_op_inputs(model.raw_outputs(x), spec)
+
+    return reference
+
