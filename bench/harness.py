@@ -17,12 +17,10 @@ import os
 import time
 
 import numpy as np
-
 import tensorflow as tf
 
 from bench import exports, probes, quality
-from bench.config import BACKENDS, FILE_BACKENDS, TOLERANCE, BenchConfig, Progress, \
-    runtime_missing
+from bench.config import BACKENDS, FILE_BACKENDS, TOLERANCE, BenchConfig, Progress, runtime_missing
 from bench.device import load_device_results
 from bench.latency import describe_method, measure_interleaved, measure_peak_memory
 from bench.report import NOTES

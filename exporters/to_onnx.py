@@ -18,8 +18,15 @@ if __package__ in (None, ""):  # run as a file from a checkout: make the reposit
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from edetgraph.cli import OneLineParser  # noqa: E402 (after the path set-up above)
-from exporters.cli import (NORMALISED_HELP, add_eval_args, add_model_args,  # noqa: E402
-                           check_common, export_options, parse_batch, run_cli)
+from exporters.cli import (  # noqa: E402
+    NORMALISED_HELP,
+    add_eval_args,
+    add_model_args,
+    check_common,
+    export_options,
+    parse_batch,
+    run_cli,
+)
 from exporters.options import ExportError, OnnxOptions  # noqa: E402
 
 PROG = "to_onnx"

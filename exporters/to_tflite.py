@@ -21,9 +21,16 @@ if __package__ in (None, ""):  # run as a file from a checkout: make the reposit
 
 from edetgraph.cli import OneLineParser  # noqa: E402 (after the path set-up above)
 from edetgraph.verify.parity import AP_DROP_WHY, TOLERANCES  # noqa: E402
-from exporters.cli import (NORMALISED_HELP, add_eval_args, add_model_args,  # noqa: E402
-                           check_common, export_options, parse_batch, representative_files,
-                           run_cli)
+from exporters.cli import (  # noqa: E402
+    NORMALISED_HELP,
+    add_eval_args,
+    add_model_args,
+    check_common,
+    export_options,
+    parse_batch,
+    representative_files,
+    run_cli,
+)
 from exporters.options import ExportError, TFLiteOptions  # noqa: E402
 
 PROG = "to_tflite"

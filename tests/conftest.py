@@ -14,6 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 @pytest.fixture(scope="session")
 def official_models():
     import json
+
     from edetgraph.resources import path
     return json.loads(path("official_models.json").read_text())["models"]
 

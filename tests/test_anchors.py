@@ -9,8 +9,12 @@ import pytest
 
 from edetgraph.graph.sizes import feature_sizes as _sizes
 from edetgraph.graph.sizes import parse_image_size
-from edetgraph.task.anchors import (anchors_to_center_size, generate_anchors, num_anchors,
-                                    num_anchors_per_location)
+from edetgraph.task.anchors import (
+    anchors_to_center_size,
+    generate_anchors,
+    num_anchors,
+    num_anchors_per_location,
+)
 
 
 def feature_sizes(size, lo, hi):

@@ -4,10 +4,10 @@ import sys
 import time
 from pathlib import Path
 
+import _tiny_models as tiny
 import numpy as np
 import pytest
 
-import _tiny_models as tiny
 from bench import device, device_runner, latency
 from edetgraph.verify.runners import RunnerError, make_runner
 

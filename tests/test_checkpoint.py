@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edetgraph.checkpoints.checkpoint import (EMA_SUFFIX, CheckpointError, load_checkpoint, resolve_checkpoint,
-                                  save_checkpoint, write_released)
+from edetgraph.checkpoints.checkpoint import (
+    EMA_SUFFIX,
+    CheckpointError,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    write_released,
+)
 from edetgraph.resources import path as resource
 
 CLASS_PREDICT = ("class_net/class-predict/pointwise_kernel", "class_net/class-predict/bias")

@@ -1,10 +1,10 @@
 """The cost model reproduces the official parameter and FLOP counts, per component."""
 import pytest
+from conftest import OFFICIAL
 
 from edetgraph.graph.cost import COMPONENTS, Cost, model_cost
-from edetgraph.inspect import report
 from edetgraph.graph.spec import load_spec
-from conftest import OFFICIAL
+from edetgraph.inspect import report
 
 
 @pytest.mark.parametrize("name", OFFICIAL)

@@ -4,10 +4,10 @@ import shutil
 import sys
 from pathlib import Path
 
+import _tiny_models as tiny
 import numpy as np
 import pytest
 
-import _tiny_models as tiny
 from bench import device_runner
 from bench.device import DeviceResultError, load_device_results, validate_device_result
 from bench.latency import STAT_KEYS

@@ -107,8 +107,8 @@ def test_eval_cli_end_to_end_matches_pycocotools_on_its_own_detections(tmp_path,
                                                                        capsys):
     from edetgraph.checkpoints.checkpoint import save_checkpoint
     from edetgraph.eval import main
-    from edetgraph.nn.model import build_model
     from edetgraph.graph.spec import load_spec
+    from edetgraph.nn.model import build_model
     sets = ["image_size=64", "num_classes=3", "backbone.width=0.25", "backbone.depth=0.1",
             "fpn.channels=8", "fpn.repeats=1", "head.repeats=1", "anchors.max_level=5"]
     model = build_model(load_spec("d0", sets), seed=3)

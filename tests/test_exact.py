@@ -19,6 +19,7 @@ def small():
 
 def test_copy_is_float64_everywhere_and_leaves_the_model_alone(small):
     import tensorflow as tf
+
     from edetgraph.verify.exact import float64_copy
     spec, model, x = small
     before = {n: v.numpy().copy() for n, v in model.variables_by_name().items()}

@@ -6,9 +6,8 @@ would crash instead of printing its line.
 """
 from pathlib import Path
 
-import pytest
-
 import _tiny_models as tiny
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCKED = ["tensorflow", "tf2onnx", "keras", "tf_keras", "onnx", "onnxruntime", "ai_edge_litert"]

@@ -8,10 +8,9 @@ with onnxruntime, independently of the exporter's own gate.
 import json
 from pathlib import Path
 
+import _tiny_models as tiny
 import numpy as np
 import pytest
-
-import _tiny_models as tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["image_size=128", "backbone.depth=0.1", "backbone.width=0.25", "fpn.channels=16",
@@ -55,9 +54,8 @@ def nms_file(tmp_path_factory):
 
 
 def _images(spec, kind):
-    from edetgraph.task.preprocess import read_image
     from edetgraph.resources import path
-    from edetgraph.task.preprocess import prepare_image
+    from edetgraph.task.preprocess import prepare_image, read_image
     from edetgraph.task.weights import synthetic_images
     street = read_image(path("street.jpg")).numpy()
     return np.stack([prepare_image(im, spec, kind)
@@ -107,9 +105,9 @@ def test_float64_factor_zero_skips_the_float64_run(tmp_path):
 
 
 def test_hard_nms_detections_identical_to_tf_dynamic_batch_uint8(nms_file, small_tf):
-    from edetgraph.task.postprocess import postprocess
     from edetgraph.graph import outputs
     from edetgraph.task.anchors import spec_anchors
+    from edetgraph.task.postprocess import postprocess
     from edetgraph.task.preprocess import normalize_in_graph
     from edetgraph.verify.detections import compare_detections
     path, summary = nms_file
@@ -151,6 +149,7 @@ def test_runs_with_numpy_and_onnxruntime_only(raw_file, small_tf, tmp_path):
 
 def test_foreign_ops_are_found_even_inside_subgraphs():
     from onnx import TensorProto, helper
+
     from exporters.onnx_format import foreign_ops
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
@@ -169,6 +168,7 @@ def test_foreign_ops_are_found_even_inside_subgraphs():
 def test_parity_failure_exits_1_and_leaves_no_file(raw_file, tmp_path, monkeypatch, capsys):
     """The seed-0 file offered as the conversion of a seed-1 model must be refused."""
     import onnx
+
     from exporters import to_onnx
     from exporters.cli import run_cli
     seed0 = onnx.load(str(raw_file[0]))

@@ -6,10 +6,9 @@ recompute everything from the files with LiteRT, independently of the exporter's
 import json
 from pathlib import Path
 
+import _tiny_models as tiny
 import numpy as np
 import pytest
-
-import _tiny_models as tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["image_size=128", "backbone.depth=0.1", "backbone.width=0.25", "fpn.channels=16",
@@ -57,9 +56,8 @@ def fast_file(tmp_path_factory):
 
 
 def _images(spec, kind, count=2):
-    from edetgraph.task.preprocess import read_image
     from edetgraph.resources import path
-    from edetgraph.task.preprocess import prepare_image
+    from edetgraph.task.preprocess import prepare_image, read_image
     from edetgraph.task.weights import synthetic_images
     street = read_image(path("street.jpg")).numpy()
     return np.stack([prepare_image(im, spec, kind)
@@ -94,9 +92,9 @@ def test_fp32_raw_heads_match_tf_within_1e4(fp32_file, small_tf):
 
 
 def test_fast_nms_detections_identical_to_tf_fast(fast_file, small_tf):
-    from edetgraph.task.postprocess import postprocess
     from edetgraph.graph import outputs
     from edetgraph.task.anchors import spec_anchors
+    from edetgraph.task.postprocess import postprocess
     from edetgraph.verify.detections import compare_detections
     path, summary = fast_file
     spec, model = small_tf

@@ -2,12 +2,12 @@
 import networkx as nx
 import pytest
 import yaml
+from conftest import SPECS
 
 from edetgraph.graph import ir, topology
 from edetgraph.graph.build import build_ir
 from edetgraph.graph.sizes import feature_sizes
 from edetgraph.graph.spec import NodeSpec, SpecError, from_dict, load_spec
-from conftest import SPECS
 
 BASE = yaml.safe_load((SPECS / "d0.yaml").read_text())
 

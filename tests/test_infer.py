@@ -5,18 +5,17 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_py
 from PIL import Image
 
-from conftest import run_py
 from edetgraph import infer
 from edetgraph.checkpoints.checkpoint import load_checkpoint, save_checkpoint, write_released
-from edetgraph.task.detector import Detector
-from edetgraph.task.labels import load_labels
-from edetgraph.task.labels import COCO_LABELS
-from edetgraph.nn.model import build_model
-from edetgraph.task.preprocess import preprocess, read_image
-from edetgraph.resources import path
 from edetgraph.graph.spec import load_spec
+from edetgraph.nn.model import build_model
+from edetgraph.resources import path
+from edetgraph.task.detector import Detector
+from edetgraph.task.labels import COCO_LABELS, load_labels
+from edetgraph.task.preprocess import preprocess, read_image
 from edetgraph.task.visualize import draw_detections
 
 STREET = path("street.jpg")

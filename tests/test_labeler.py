@@ -7,8 +7,8 @@ import tensorflow as tf
 from edetgraph.task.labeler import AnchorLabeler
 
 try:
-    from edetgraph.task.anchors import generate_anchors
     from edetgraph.graph.sizes import feature_sizes
+    from edetgraph.task.anchors import generate_anchors
 except ImportError:     # anchors.py is written separately; keep these tests independent of it
     generate_anchors = feature_sizes = None
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import networkx as nx
 import pytest
-
 from conftest import ROOT
 
 # (layer, path prefixes relative to the repository), lowest first.

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edetgraph.task import losses
-from edetgraph.nn.model import build_model
 from edetgraph.graph.spec import load_spec
+from edetgraph.nn.model import build_model
+from edetgraph.task import losses
 
 
 def np_sigmoid(x):

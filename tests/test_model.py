@@ -1,5 +1,5 @@
-"""Lowered TF model: official variable names/shapes, params equal to the cost model, forward
-shapes for every spec, every fusion method, rectangular inputs, sync BN and XLA."""
+"""Lowered TF model: official variable names/shapes, full-size forward, every fusion method,
+rectangular inputs, sync BN and XLA (every spec built and costed: test_every_spec.py)."""
 import csv
 
 import numpy as np
@@ -7,12 +7,9 @@ import pytest
 import tensorflow as tf
 
 from edetgraph.graph.cost import model_cost
+from edetgraph.graph.spec import load_spec
 from edetgraph.nn.model import build_model
 from edetgraph.resources import path
-from edetgraph.graph.spec import load_spec
-from conftest import OFFICIAL
-
-BIG = {"d4", "d5", "d6", "d7", "d7x", "lite3", "lite3x", "lite4"}
 
 
 def _reference_variables(name):
@@ -36,27 +33,6 @@ def test_variables_have_the_released_names_and_shapes(name):
     assert {k: v for k, v in mine.items() if ref[k] != v} == {}
     non_trainable = {k for k, v in model.variables_by_name().items() if not v.trainable}
     assert non_trainable == {k for k in ref if k.endswith(("moving_mean", "moving_variance"))}
-
-
-def _small(name):
-    spec = load_spec(name)
-    size = 2 ** spec.max_level * 2     # P_max is 2x2
-    return load_spec(name, [f"image_size={size}"])
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in BIG else n
-                                  for n in OFFICIAL])
-def test_every_spec_builds_runs_and_agrees_with_the_cost_model(name):
-    spec = _small(name)
-    model = build_model(spec)
-    cost = model_cost(spec).total
-    assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == cost.params_trainable
-    assert sum(int(np.prod(v.shape)) for v in model.variables) == cost.params_total
-    x = tf.random.normal([2, *spec.image_size, 3])
-    out = {k: tuple(v.shape) for k, v in model.raw_outputs(x).items()}
-    assert out == model.output_shapes(batch=2)
-    lvl = spec.max_level
-    assert out[f"cls_l{lvl}"] == (2, 2, 2, 9 * 90) and out[f"box_l{lvl}"] == (2, 2, 2, 36)
 
 
 @pytest.mark.parametrize("name,size", [("d0", 512), pytest.param("d1", 640, marks=pytest.mark.slow)])

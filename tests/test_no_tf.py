@@ -2,7 +2,6 @@
 import json
 import time
 
-
 from conftest import OFFICIAL, run_py
 
 BLOCK_TF = """
@@ -13,6 +12,34 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError('tensorflow is blocked in this test')
 sys.meta_path.insert(0, Block())
 """
+
+
+def test_the_public_api_answers_graph_questions_without_tensorflow():
+    code = BLOCK_TF + """
+import edetgraph
+spec = edetgraph.load_spec('d0')
+g = edetgraph.build_ir(spec)
+print(edetgraph.model_cost(spec).total.params_trainable, 'tensorflow' in sys.modules)
+"""
+    r = run_py(code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["3880067", "False"]      # D0's official parameter count
+
+
+def test_the_public_api_names_resolve_to_their_modules():
+    import edetgraph
+    from edetgraph.checkpoints.checkpoint import load_checkpoint
+    from edetgraph.nn.model import build_model
+    from edetgraph.task.detector import Detector
+    assert edetgraph.build_model is build_model and edetgraph.Detector is Detector
+    assert edetgraph.load_checkpoint is load_checkpoint
+    assert set(edetgraph.__all__) <= set(dir(edetgraph))
+    try:
+        edetgraph.no_such_name
+    except AttributeError as e:
+        assert "no_such_name" in str(e)
+    else:
+        raise AssertionError("an unknown name must raise AttributeError")
 
 
 def test_graph_modules_import_without_tensorflow():

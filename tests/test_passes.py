@@ -5,13 +5,13 @@ import json
 import networkx as nx
 import pytest
 import yaml
-
-from edetgraph.graph import ir, passes as graph_passes, topology
-from edetgraph.graph.cost import model_cost
-from edetgraph.inspect import main
-from edetgraph.graph.build import build_ir
-from edetgraph.graph.spec import SpecError, from_dict, load_spec
 from conftest import OFFICIAL, SPECS, run_py
+
+from edetgraph.graph import ir, passes, topology
+from edetgraph.graph.build import build_ir
+from edetgraph.graph.cost import model_cost
+from edetgraph.graph.spec import SpecError, from_dict, load_spec
+from edetgraph.inspect import main
 
 BASE = yaml.safe_load((SPECS / "d0.yaml").read_text())
 
@@ -43,7 +43,7 @@ def test_optional_passes_change_nothing_on_official_specs(name):
 def test_sharing_resamples_with_conv_is_opt_in_and_changes_the_model():
     """The official BiFPN has two 1x1 laterals from backbone P4 (and P5), distinct weights."""
     g = build_ir(load_spec("d0"))
-    h = graph_passes.share_resample(g, with_conv=True)
+    h = passes.share_resample(g, with_conv=True)
     removed = sorted(set(g) - set(h))
     assert removed == ["c0_out_p4.in0", "c0_out_p5.in0"]
     assert h.nodes["c0_td_p4.in0"]["shared"] == ["c0_out_p4.in0"]
@@ -100,10 +100,10 @@ def test_share_resample_merges_chains():
     for lvl, src in ((3, "p3"), (4, "f4"), (5, "f5")):
         g.add_node(f"o{lvl}", op="output", level=lvl, channels=8)
         g.add_edge(src, f"o{lvl}", port=0)
-    h = graph_passes.share_resample(g)
+    h = passes.share_resample(g)
     assert sorted(set(g) - set(h)) == ["r4b", "r5b"]
     assert set(h.successors("r4a")) == {"r5a", "f4"} and set(h.successors("r5a")) == {"fa", "fb"}
-    assert graph_passes.diff("share_resample", g, h).summary() == "+0/-2 nodes, +2/-4 edges"
+    assert passes.diff("share_resample", g, h).summary() == "+0/-2 nodes, +2/-4 edges"
 
 
 # ------------------------------------------------------------------ prune_dead
@@ -147,6 +147,7 @@ def test_unread_cell_input_is_an_error_unless_pruned():
 def test_pruned_graph_lowers_to_a_model_without_the_dead_weights():
     tf = pytest.importorskip("tensorflow")
     import numpy as np
+
     from edetgraph.nn.model import DetectionModel
 
     spec = _spec(DEAD_SPEC_NODES, repeats=2, image_size=128, num_classes=3)
@@ -162,6 +163,7 @@ def test_pruned_graph_lowers_to_a_model_without_the_dead_weights():
 def test_shared_graph_computes_exactly_what_the_unshared_one_does():
     tf = pytest.importorskip("tensorflow")
     import numpy as np
+
     from edetgraph.nn.model import DetectionModel
 
     spec = _double_p3_spec(repeats=2, image_size=128, num_classes=3)

@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edetgraph.data.pipeline import (MEAN_RGB, STDDEV_RGB, benchmark_pipeline, make_dataset,
-                                     transform)
+from edetgraph.data.pipeline import (
+    MEAN_RGB,
+    STDDEV_RGB,
+    benchmark_pipeline,
+    make_dataset,
+    transform,
+)
 from edetgraph.data.tfexample import encode_example
 from edetgraph.task.labeler import AnchorLabeler
 

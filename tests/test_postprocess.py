@@ -10,9 +10,16 @@ import tensorflow as tf
 from edetgraph.graph.sizes import feature_sizes as _sizes
 from edetgraph.task.anchors import generate_anchors
 from edetgraph.task.labels import COCO_LABELS, label_name
-from edetgraph.task.postprocess import (decode_boxes, flatten_outputs, make_postprocess_fn,
-                                   make_tflite_detection_postprocess, postprocess, postprocess_flat,
-                                   to_detections_json, tflite_implements_signature)
+from edetgraph.task.postprocess import (
+    decode_boxes,
+    flatten_outputs,
+    make_postprocess_fn,
+    make_tflite_detection_postprocess,
+    postprocess,
+    postprocess_flat,
+    tflite_implements_signature,
+    to_detections_json,
+)
 
 
 def feature_sizes(size, lo, hi):

@@ -4,9 +4,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from edetgraph.task.preprocess import (IMAGENET_MEAN_RGB, IMAGENET_STDDEV_RGB, LITE_MEAN_RGB, LITE_STDDEV_RGB,
-                                  make_preprocess_fn, preprocess, preprocess_batch, read_image)
 from edetgraph.resources import path
+from edetgraph.task.preprocess import (
+    IMAGENET_MEAN_RGB,
+    IMAGENET_STDDEV_RGB,
+    LITE_MEAN_RGB,
+    LITE_STDDEV_RGB,
+    make_preprocess_fn,
+    preprocess,
+    preprocess_batch,
+    read_image,
+)
 
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 STD = np.array([58.395, 57.12, 57.375], np.float32)

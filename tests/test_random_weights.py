@@ -9,6 +9,7 @@ SMALL = ["image_size=128", "backbone.depth=0.1", "backbone.width=0.25", "fpn.cha
 def _batch_stats(spec, images):
     """BN moving statistics after one deterministic training pass with momentum 0."""
     import tensorflow as tf
+
     from edetgraph.nn.layers import BatchNorm
     from edetgraph.nn.model import build_model
     model = build_model(spec, seed=0)
@@ -23,8 +24,8 @@ def _batch_stats(spec, images):
 
 
 def test_passes_keep_the_image_weighted_mean_of_their_statistics():
-    from edetgraph.nn.model import build_model
     from edetgraph.graph.spec import load_spec
+    from edetgraph.nn.model import build_model
     from edetgraph.task.preprocess import prepare_image
     from edetgraph.task.weights import randomize_weights, synthetic_images
     spec = load_spec("d0", SMALL)

@@ -1,14 +1,14 @@
 """SavedModel export: reloads without edetgraph and computes what the in-process Detector does."""
 import numpy as np
 import pytest
-
 from conftest import run_py
+
 from edetgraph.checkpoints.checkpoint import write_released
-from edetgraph.task.detector import Detector
-from edetgraph.nn.model import build_model
-from edetgraph.task.preprocess import read_image
-from edetgraph.resources import path
 from edetgraph.graph.spec import load_spec
+from edetgraph.nn.model import build_model
+from edetgraph.resources import path
+from edetgraph.task.detector import Detector
+from edetgraph.task.preprocess import read_image
 from exporters import to_saved_model
 
 SMALL = "image_size=160"

@@ -1,10 +1,10 @@
 """Spec loading: official values, typed validation, overrides, clear errors."""
 import pytest
 import yaml
+from conftest import OFFICIAL, SPECS
 
 from edetgraph.graph import scaling
 from edetgraph.graph.spec import SpecError, from_dict, list_specs, load_spec
-from conftest import OFFICIAL, SPECS
 
 BASE = yaml.safe_load((SPECS / "d0.yaml").read_text())
 

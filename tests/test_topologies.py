@@ -4,12 +4,12 @@ topology builds, runs forward and trains a few steps at a small size."""
 import networkx as nx
 import pytest
 import yaml
+from conftest import SPECS
 
 from edetgraph.graph import compare, ir, topology
-from edetgraph.graph.cost import model_cost
 from edetgraph.graph.build import build_ir
-from edetgraph.graph.spec import WEIGHT_METHODS, SpecError, from_dict, load_spec
-from conftest import SPECS
+from edetgraph.graph.cost import model_cost
+from edetgraph.graph.spec import WEIGHT_METHODS, SpecError, from_dict, list_specs, load_spec
 
 TABLE5 = ["fpn", "panet", "nasfpn", "fc_fpn", "bifpn_unweighted", "bifpn"]   # the paper's rows
 ZOO = TABLE5 + ["qufpn"]
@@ -126,7 +126,8 @@ def test_per_node_weight_method_overrides_the_fpn_default():
         1 * 64 + 9 * 64 + 64 * 64 + 64 + 2 * 64)     # one 64-wide channel weight, sep conv, BN
 
 
-@pytest.mark.parametrize("name", ZOO + ["example_custom"])
+@pytest.mark.parametrize("name", [n.split("/", 1)[1] for n in list_specs()
+                                  if n.startswith("topologies/")])
 def test_shipped_topology_specs_load_and_build(name):
     spec = load_spec(f"topologies/{name}")
     g = build_ir(spec)
@@ -178,6 +179,7 @@ def test_topology_builds_runs_and_trains(name):
     gradient, and three SGD steps lower a fixed dummy loss."""
     tf = pytest.importorskip("tensorflow")
     import numpy as np
+
     from edetgraph.nn.model import build_model
 
     spec = _tiny(name)

@@ -1,9 +1,11 @@
-"""IR passes: small ``g -> g`` functions, each checking what it relies on first.
+"""The IR builder: ``build_ir(spec)`` turns a spec's feature network into a checked,
+fully resolved ``networkx`` DAG (the second of the three files from spec to TensorFlow).
 
-``build_ir(spec)`` is the standard pipeline: backbone inputs and extra levels, the cell
-repeated ``fpn.repeats`` times, the resampling that level and channel differences imply,
-then feature-map sizes; on request, dead-node pruning and resample sharing
-(``graph_passes``). ``run(g, passes)`` composes any list of passes.
+It is a pipeline of small ``g -> g`` passes, each checking what it relies on first:
+backbone inputs and extra levels, the topology's cell (``topology.cell_nodes``, checked by
+``ir.cell_graph``) repeated ``fpn.repeats`` times, the resampling that level and channel
+differences imply, then feature-map sizes; on request, dead-node pruning and resample
+sharing (``edetgraph.graph.passes``). ``run(g, passes)`` composes any list of passes.
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from typing import Callable, Iterable
 
 import networkx as nx
 
-from edetgraph.graph import blocks, ir, passes as graph_passes, topology
+from edetgraph.graph import blocks, ir, topology
 from edetgraph.graph.ir import GraphError
+from edetgraph.graph.passes import dead_nodes, diff, prune_dead, share_resample
 from edetgraph.graph.sizes import feature_sizes
 
 Pass = Callable[[nx.DiGraph], nx.DiGraph]
@@ -29,7 +32,7 @@ def run(g: nx.DiGraph, passes: Iterable[Pass], trace: list | None = None,
         if trace is not None:
             trace.append((name, g.number_of_nodes(), g.number_of_edges()))
         if diffs is not None:
-            diffs.append(graph_passes.diff(name, before, g))
+            diffs.append(diff(name, before, g))
     return g
 
 
@@ -166,10 +169,10 @@ def build_ir(spec, trace: list | None = None, *, prune: bool = False, share: boo
         partial(repeat_cells, cell=cell, nodes=nodes, repeats=fpn.repeats,
                 channels=fpn.channels, separable=fpn.separable, conv_bn_act=fpn.conv_bn_act,
                 act=spec.act),
-        *([graph_passes.prune_dead] if prune else []),
+        *([prune_dead] if prune else []),
         partial(insert_resampling, resample_bn=fpn.resample_bn,
                 conv_after_downsample=fpn.conv_after_downsample),
-        *([graph_passes.share_resample] if share else []),
+        *([share_resample] if share else []),
         annotate_sizes,
     ], trace=trace, diffs=diffs)
     return g if prune else _require_live(g, cell)
@@ -179,7 +182,7 @@ def _require_live(g: nx.DiGraph, cell: nx.DiGraph) -> nx.DiGraph:
     """Every cell node is live in the cell (cell_graph checked it), but a cell input level
     no node reads still leaves work unused (earlier cells' outputs at that level, or an extra
     level's resampling): an error, like a dead node, unless the prune pass is asked for."""
-    dead = graph_passes.dead_nodes(g)
+    dead = dead_nodes(g)
     if dead:
         first = min(dead, key=lambda n: g.nodes[n]["op"] != "fuse")   # a fuse node if any
         unread = [n for n, d in cell.nodes(data=True)

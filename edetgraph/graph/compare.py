@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import networkx as nx
 
-from edetgraph.graph.cost import Cost, model_cost
 from edetgraph.graph.build import build_ir
+from edetgraph.graph.cost import Cost, model_cost
 
 FEATURE_NETWORK = ("resample", "fpn_cells")
 

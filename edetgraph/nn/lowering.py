@@ -13,8 +13,16 @@ import networkx as nx
 import tensorflow as tf
 
 from edetgraph.graph import fusion, ir
-from edetgraph.nn.layers import BatchNorm, Conv, SeparableConv, activation, conv_bn, max_pool, \
-    upsample_nearest, variable
+from edetgraph.nn.layers import (
+    BatchNorm,
+    Conv,
+    SeparableConv,
+    activation,
+    conv_bn,
+    max_pool,
+    upsample_nearest,
+    variable,
+)
 
 _LOWERINGS: dict[str, Callable] = {}
 

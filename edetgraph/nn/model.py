@@ -8,11 +8,11 @@ from __future__ import annotations
 import networkx as nx
 import tensorflow as tf
 
+from edetgraph.graph import outputs
+from edetgraph.graph.build import build_ir
 from edetgraph.nn.backbone import EfficientNet
 from edetgraph.nn.heads import box_head, class_head
 from edetgraph.nn.lowering import FeatureNetwork
-from edetgraph.graph import outputs
-from edetgraph.graph.build import build_ir
 
 
 class DetectionModel(tf.Module):

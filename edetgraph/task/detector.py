@@ -16,11 +16,11 @@ from typing import Mapping
 import numpy as np
 import tensorflow as tf
 
-from edetgraph.graph import outputs
-from edetgraph.task.anchors import spec_anchors
 from edetgraph.checkpoints.checkpoint import load_checkpoint
-from edetgraph.task.labels import COCO_LABELS, COCO_NUM_CLASSES
+from edetgraph.graph import outputs
 from edetgraph.nn.model import DetectionModel, build_model
+from edetgraph.task.anchors import spec_anchors
+from edetgraph.task.labels import COCO_LABELS, COCO_NUM_CLASSES
 from edetgraph.task.postprocess import METHODS, postprocess, to_detections_json
 from edetgraph.task.preprocess import preprocess_batch
 

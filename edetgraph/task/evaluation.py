@@ -26,6 +26,7 @@ from edetgraph.task.anchors import spec_anchors
 from edetgraph.task.coco import EvalError, coco_metrics, load_coco, to_coco_results
 from edetgraph.task.postprocess import postprocess
 
+
 class Evaluator:
     """Runs a model over a TFRecord split and scores it; reusable during training.
 

@@ -13,8 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from edetgraph.graph.spec import load_spec
-from edetgraph.training.config import from_dict
 from edetgraph.task.labeler import labeler_for
+from edetgraph.training.config import from_dict
 from edetgraph.training.step import build_state, make_train_function
 
 

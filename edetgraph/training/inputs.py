@@ -18,9 +18,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from edetgraph.graph import outputs
 from edetgraph.data import synthetic as synth
 from edetgraph.data.pipeline import list_files, make_dataset
+from edetgraph.graph import outputs
 from edetgraph.task.labeler import labeler_for
 
 TRAIN_KEYS = ("image", "num_positives")

@@ -14,10 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from edetgraph.task.anchors import spec_anchors
-from edetgraph.task.losses import (LossConfig, decayed_variables, detection_loss, global_normalizer,
-                              weight_decay_loss)
 from edetgraph.nn.model import build_model
+from edetgraph.task.anchors import spec_anchors
+from edetgraph.task.losses import (
+    LossConfig,
+    decayed_variables,
+    detection_loss,
+    global_normalizer,
+    weight_decay_loss,
+)
 from edetgraph.training.optim import EMA, SGDMomentum, clip_gradients
 from edetgraph.training.schedule import WarmupCosine
 

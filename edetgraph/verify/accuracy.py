@@ -24,7 +24,6 @@ from edetgraph.verify.images import eval_batches
 from edetgraph.verify.parity import AP_DROP, AP_DROP_WHY
 
 
-
 class Postprocessor:
     """The project's TF post-processing, traced once for the raw-output shapes of one batch.
 
