@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -85,23 +86,32 @@ class Format:
         return None
 
 
+@dataclass
+class _Job:
+    """What the steps of one export share."""
+    spec: object
+    fmt: Format
+    opts: ExportOptions
+    say: object
+    model: object = None
+    weights: dict = None
+    serve: object = None
+    head: object = None
+
+
 def export(spec, out: str, fmt: Format, opts: ExportOptions) -> dict:
     """Build, convert, gate, and keep ``out`` only if every check passes; returns the summary.
 
     Raises ExportFailed (nothing written) when conversion or the parity gate fails, or, with
     ``opts.eval``, when the file loses more AP than its kind allows.
     """
-    say = (lambda m: log(fmt.prog, m)) if opts.verbose else (lambda m: None)
     start = time.perf_counter()
-    weights_text = (f"random weights, seed {opts.seed}" if opts.ckpt is None else opts.ckpt)
-    say(f"building {spec.name} ({weights_text})")
-    model, weights = fmt.build(spec, opts)
-    head = fmt.head(spec, opts)
-    serve = make_serving_fn(model, spec, opts.batch, opts.input, head)
-    say(fmt.describe(opts))
+    job = _build(_Job(spec, fmt, opts, (lambda m: log(fmt.prog, m)) if opts.verbose
+                      else (lambda m: None)))
+    job.say(fmt.describe(opts))
     t0 = time.perf_counter()
-    converted = fmt.convert(serve, model, spec, opts, say)
-    convert_s = time.perf_counter() - t0
+    converted = fmt.convert(job.serve, job.model, spec, opts, job.say)
+    timings = {"convert_s": time.perf_counter() - t0}
     with StagedOutput(out) as staged:
         fmt.write(converted, staged.path)
         try:
@@ -109,35 +119,56 @@ def export(spec, out: str, fmt: Format, opts: ExportOptions) -> dict:
                                  **fmt.runner_options)
         except RunnerError as e:
             raise ExportFailed(str(e).replace(staged.path, out)) from None
-        say("parity gate: running the file and TF on the same inputs")
         t0 = time.perf_counter()
-        gate = ParityGate(tolerance_for(fmt.kind(), opts.gate.atol, opts.gate.float64_factor),
-                          spec.num_classes, max(spec.image_size))
-        try:
-            parity = run_gate(gate, serve, runner.run, spec, opts.input, opts.batch,
-                              opts.gate.random_inputs, detections=head is not None,
-                              probe=fmt.probe(model, spec, serve, staged.path, opts),
-                              model=model)
-        except ParityError as e:
-            raise ExportFailed(str(e)) from None
-        info = runner.info()
-        summary = {
-            "schema": SCHEMA, "format": fmt.name,
-            "file": {"path": staged.out, **file_facts(staged.path)},
-            "spec": spec.name, "spec_source": spec.source, "weights": weights,
-            "options": fmt.options(opts, converted),
-            "inputs": info["inputs"], "outputs": info["outputs"],
-            **fmt.facts(converted, staged.path, runner), "parity": parity,
-            "timings": {"convert_s": convert_s, "parity_s": time.perf_counter() - t0,
-                        "total_s": time.perf_counter() - start},
-            "versions": versions(*fmt.versions)}
+        parity = _parity(job, staged.path, runner)
+        timings.update(parity_s=time.perf_counter() - t0, total_s=time.perf_counter() - start)
+        summary = _summary(job, staged, converted, runner, parity, timings)
         if parity["passed"]:
             own = fmt.check(converted, staged.path)
             if own is not None:
                 summary["check"] = own
-        check_accuracy(summary, spec, serve, runner.run, fmt.kind(), opts, say)
+        check_accuracy(summary, spec, job.serve, runner.run, fmt.kind(), opts, job.say)
         keep_if_passed(staged, summary, out)
     return summary
+
+
+def _build(job: _Job) -> _Job:
+    """The model with its weights and the serving function to convert."""
+    opts = job.opts
+    job.say(f"building {job.spec.name} ("
+            f"{f'random weights, seed {opts.seed}' if opts.ckpt is None else opts.ckpt})")
+    job.model, job.weights = job.fmt.build(job.spec, opts)
+    job.head = job.fmt.head(job.spec, opts)
+    job.serve = make_serving_fn(job.model, job.spec, opts.batch, opts.input, job.head)
+    return job
+
+
+def _parity(job: _Job, path: str, runner) -> dict:
+    """The parity gate: the file against TF on the gate's inputs (raw outputs, or the
+    in-graph detections plus the format's probe), float64 where the tolerance asks."""
+    job.say("parity gate: running the file and TF on the same inputs")
+    spec, opts = job.spec, job.opts
+    gate = ParityGate(tolerance_for(job.fmt.kind(), opts.gate.atol, opts.gate.float64_factor),
+                      spec.num_classes, max(spec.image_size))
+    try:
+        return run_gate(gate, job.serve, runner.run, spec, opts.input, opts.batch,
+                        opts.gate.random_inputs, detections=job.head is not None,
+                        probe=job.fmt.probe(job.model, spec, job.serve, path, opts),
+                        model=job.model)
+    except ParityError as e:
+        raise ExportFailed(str(e)) from None
+
+
+def _summary(job: _Job, staged, converted, runner, parity: dict, timings: dict) -> dict:
+    """The summary JSON written beside the file (keys are a contract: see the README)."""
+    info = runner.info()
+    return {"schema": SCHEMA, "format": job.fmt.name,
+            "file": {"path": staged.out, **file_facts(staged.path)},
+            "spec": job.spec.name, "spec_source": job.spec.source, "weights": job.weights,
+            "options": job.fmt.options(job.opts, converted),
+            "inputs": info["inputs"], "outputs": info["outputs"],
+            **job.fmt.facts(converted, staged.path, runner), "parity": parity,
+            "timings": timings, "versions": versions(*job.fmt.versions)}
 
 
 def check_accuracy(summary: dict, spec, serve, run_file, kind: str, opts: ExportOptions,
