@@ -16,12 +16,13 @@ import tf2onnx
 from edetgraph.graph import outputs
 from edetgraph.task.anchors import spec_anchors
 from edetgraph.task.postprocess import postprocess
+from edetgraph.verify import coverage
 from exporters.options import ExportFailed, ExportOptions, OnnxOptions
 from exporters.pipeline import Format
 
 
 class OnnxFormat(Format):
-    name, prog, runner = "onnx", "to_onnx", "onnxruntime"
+    name, prog, runner, target = "onnx", "to_onnx", "onnxruntime", "onnx"
     versions = ("tensorflow-cpu", "tensorflow", "tf2onnx", "onnx", "onnxruntime")
 
     def __init__(self, options: OnnxOptions = OnnxOptions()):
@@ -56,6 +57,9 @@ class OnnxFormat(Format):
 
     def facts(self, converted, path: str, runner) -> dict:
         return {"ops": op_histogram(converted)}
+
+    def coverage(self, path: str, opts: ExportOptions) -> dict:
+        return {"onnxruntime": coverage.onnxruntime(path, threads=opts.gate.threads)}
 
 
 def _nodes(graph):

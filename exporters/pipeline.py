@@ -29,6 +29,7 @@ from edetgraph.task.serving import make_serving_fn
 from edetgraph.task.weights import model_with_weights
 from edetgraph.verify import accuracy
 from edetgraph.verify.accuracy import format_ap
+from edetgraph.verify.coverage import summary_line as coverage_line
 from edetgraph.verify.gate import run_gate
 from edetgraph.verify.parity import ParityError, ParityGate, format_parity, tolerance_for
 from edetgraph.verify.runners import RunnerError, make_runner
@@ -44,6 +45,7 @@ class Format:
     prog = ""              # the command's name in progress lines
     runner = ""            # verify.runners kind that runs the written file
     runner_options: dict = {}  # ... and its options (e.g. a SavedModel signature)
+    target = "tf"          # the op forms the network is lowered to (edetgraph.nn.targets)
     versions: tuple = ()   # distributions recorded in the summary
 
     def build(self, spec, opts: ExportOptions):
@@ -85,6 +87,10 @@ class Format:
         """A check of the format's own after the gate (None: none); raises ExportFailed."""
         return None
 
+    def coverage(self, path: str, opts: ExportOptions) -> dict:
+        """Which runtime paths run the file (``edetgraph.verify.coverage`` reports by name)."""
+        return {}
+
 
 @dataclass
 class _Job:
@@ -95,7 +101,8 @@ class _Job:
     say: object
     model: object = None
     weights: dict = None
-    serve: object = None
+    serve: object = None       # the reference: TF's op forms
+    converted: object = None   # what is converted: the target's op forms
     head: object = None
 
 
@@ -110,7 +117,7 @@ def export(spec, out: str, fmt: Format, opts: ExportOptions) -> dict:
                       else (lambda m: None)))
     job.say(fmt.describe(opts))
     t0 = time.perf_counter()
-    converted = fmt.convert(job.serve, job.model, spec, opts, job.say)
+    converted = fmt.convert(job.converted, job.model, spec, opts, job.say)
     timings = {"convert_s": time.perf_counter() - t0}
     with StagedOutput(out) as staged:
         fmt.write(converted, staged.path)
@@ -123,6 +130,11 @@ def export(spec, out: str, fmt: Format, opts: ExportOptions) -> dict:
         parity = _parity(job, staged.path, runner)
         timings.update(parity_s=time.perf_counter() - t0, total_s=time.perf_counter() - start)
         summary = _summary(job, staged, converted, runner, parity, timings)
+        summary["coverage"] = fmt.coverage(staged.path, opts)
+        for report in summary["coverage"].values():
+            line = coverage_line(report)
+            if line:
+                log(fmt.prog, f"WARNING: {line}")
         if parity["passed"]:
             own = fmt.check(converted, staged.path)
             if own is not None:
@@ -140,6 +152,8 @@ def _build(job: _Job) -> _Job:
     job.model, job.weights = job.fmt.build(job.spec, opts)
     job.head = job.fmt.head(job.spec, opts)
     job.serve = make_serving_fn(job.model, job.spec, opts.batch, opts.input, job.head)
+    job.converted = make_serving_fn(job.model, job.spec, opts.batch, opts.input, job.head,
+                                    target=job.fmt.target)
     return job
 
 
@@ -290,11 +304,29 @@ def format_summary(s: dict) -> str:
     if s.get("ops"):
         ops = ", ".join(f"{k} {v}" for k, v in sorted(s["ops"].items(), key=lambda kv: -kv[1]))
         lines.append(f"  ops ({sum(s['ops'].values())}): {ops}")
+    for name, report in (s.get("coverage") or {}).items():
+        lines.append(f"  coverage {name}: {format_coverage(report)}")
     lines.extend("  " + line for line in format_parity(s["parity"]).splitlines())
     if s.get("accuracy"):
         lines.append("  " + format_ap(s["accuracy"]))
     lines.append(f"  summary: {s['file']['path']}.json")
     return "\n".join(lines)
+
+
+def format_coverage(report: dict) -> str:
+    """One line of a coverage report (edetgraph.verify.coverage)."""
+    line = coverage_line(report)
+    if line:
+        return line
+    if "partitions" in report:
+        return f"one {report['delegate']} partition, all {report['nodes']} nodes delegated"
+    if "compatible" in report:
+        return "compatible" if report["compatible"] else "; ".join(report["warnings"])
+    if "nodes" in report:
+        return ", ".join(f"{n} nodes on {p}" for p, n in report["nodes"].items())
+    if "layers" in report:
+        return ", ".join(f"{n} layers in {p}" for p, n in report["layers"].items())
+    return str(report)
 
 
 def run(spec, out: str, fmt: Format, opts: ExportOptions) -> int:

@@ -20,6 +20,7 @@ from edetgraph.task.anchors import spec_anchors
 from edetgraph.task.postprocess import make_tflite_detection_postprocess
 from edetgraph.task.preprocess import normalize_in_graph, prepare_image, read_image
 from edetgraph.task.serving import detection_op_inputs
+from edetgraph.verify import coverage
 from edetgraph.verify.runners import tflite_interpreter
 from exporters.cli import representative_files
 from exporters.float_heads import convert_with_float_heads
@@ -30,7 +31,7 @@ QUANTS = ("fp32", "fp16", "dynamic", "int8")
 
 
 class TFLiteFormat(Format):
-    name, prog, runner = "tflite", "to_tflite", "tflite"
+    name, prog, runner, target = "tflite", "to_tflite", "tflite", "tflite"
     versions = ("tensorflow-cpu", "tensorflow", "ai-edge-litert")
 
     def __init__(self, options: TFLiteOptions = TFLiteOptions()):
@@ -110,6 +111,9 @@ class TFLiteFormat(Format):
 
     def facts(self, converted, path: str, runner) -> dict:
         return {"runtime": runner.info()["runtime"], "ops": op_histogram(path)}
+
+    def coverage(self, path: str, opts: ExportOptions) -> dict:
+        return {"xnnpack": coverage.tflite(path), "gpu_delegate": coverage.tflite_gpu(path)}
 
 
 def representative_images(source: str, limit: int):

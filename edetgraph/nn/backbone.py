@@ -10,7 +10,15 @@ from __future__ import annotations
 import tensorflow as tf
 
 from edetgraph.graph import blocks as bk
-from edetgraph.nn.layers import BatchNorm, Conv, DepthwiseConv, activation, conv_bn, drop_connect
+from edetgraph.nn.layers import (
+    BatchNorm,
+    Conv,
+    DepthwiseConv,
+    activation,
+    conv_bn,
+    drop_connect,
+)
+from edetgraph.nn.targets import DEFAULT, Target
 
 
 class MBConv(tf.Module):
@@ -37,16 +45,15 @@ class MBConv(tf.Module):
         self.project = Conv(f"{scope}/{next(convs)}", mid, b.out_ch, 1, seed=seed)
         self.bn2 = BatchNorm(f"{scope}/{next(names)}", b.out_ch, **bn_kw)
 
-    def __call__(self, x, training: bool = False):
+    def __call__(self, x, training: bool = False, target: Target = DEFAULT):
         y = x
         if self.expand is not None:
             y = activation(conv_bn(self.expand, self.bn0, y, training), self.act)
         y = activation(conv_bn(self.dw, self.bn1, y, training), self.act)
         if self.se_reduce is not None:
-            # The same mean as over [1, 2] at once, taken along rows then columns: exported
-            # runtimes sum in a different order from TF, and over whole 256x256 maps that
-            # moved D0's logits by up to 4.8e-4; over one row or column at a time, 3e-5.
-            s = tf.reduce_mean(tf.reduce_mean(y, [2], keepdims=True), [1], keepdims=True)
+            # Never one sum over the whole map (see nn.targets): exported runtimes sum in
+            # their own order, and over 256x256 values that moved D0's logits by 4.8e-4.
+            s = target.spatial_mean(y)
             s = self.se_expand(activation(self.se_reduce(s), self.act))
             y = tf.sigmoid(s) * y
         y = conv_bn(self.project, self.bn2, y, training)
@@ -73,12 +80,13 @@ class EfficientNet(tf.Module):
                               1.0 - cfg.drop_connect * b.index / n, seed=seed)
                        for b in blist[: last + 1]]
 
-    def __call__(self, images, training: bool = False) -> dict[int, tf.Tensor]:
+    def __call__(self, images, training: bool = False,
+                 target: Target = DEFAULT) -> dict[int, tf.Tensor]:
         x = activation(conv_bn(self.stem, self.stem_bn, images, training), self.cfg.act)
         feats = {}
         wanted = {i: lvl for lvl, i in self.feature_at.items()}
         for blk in self.blocks:
-            x = blk(x, training)
+            x = blk(x, training, target)
             if blk.b.index in wanted:
                 feats[wanted[blk.b.index]] = x
         return feats

@@ -9,7 +9,14 @@ import math
 
 import tensorflow as tf
 
-from edetgraph.nn.layers import BatchNorm, Conv, SeparableConv, activation, conv_bn, drop_connect
+from edetgraph.nn.layers import (
+    BatchNorm,
+    Conv,
+    SeparableConv,
+    activation,
+    conv_bn,
+    drop_connect,
+)
 
 
 class Head(tf.Module):

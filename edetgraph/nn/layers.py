@@ -193,21 +193,3 @@ def max_pool(x, in_hw, out_hw):
     sh = (in_hw[0] - 1) // out_hw[0] + 1
     sw = (in_hw[1] - 1) // out_hw[1] + 1
     return tf.nn.max_pool2d(x, [sh + 1, sw + 1], [sh, sw], "SAME")
-
-
-def upsample_nearest(x, in_hw, out_hw):
-    """Nearest resize as TF1 ``resize_nearest_neighbor`` (no half-pixel centres) computes it.
-
-    An exact integer factor is a reshape + broadcast: it has an XLA gradient on every device
-    (ResizeNearestNeighborGrad has none on CPU) and tf2onnx/TFLite lower it to cheap ops.
-    """
-    (ih, iw), (oh, ow) = in_hw, out_hw
-    if oh % ih == 0 and ow % iw == 0:
-        fh, fw = oh // ih, ow // iw
-        c = x.shape[-1]
-        y = tf.reshape(x, [-1, ih, 1, iw, 1, c])
-        y = tf.broadcast_to(y, [tf.shape(x)[0], ih, fh, iw, fw, c])
-        return tf.reshape(y, [-1, oh, ow, c])
-    rows = np.floor(np.arange(oh) * (ih / oh)).astype(np.int32)
-    cols = np.floor(np.arange(ow) * (iw / ow)).astype(np.int32)
-    return tf.gather(tf.gather(x, rows, axis=1), cols, axis=2)

@@ -20,16 +20,17 @@ from edetgraph.nn.layers import (
     activation,
     conv_bn,
     max_pool,
-    upsample_nearest,
     variable,
 )
+from edetgraph.nn.targets import DEFAULT, Target
 
 _LOWERINGS: dict[str, Callable] = {}
 
 
 def lowering(op: str):
     """Register ``fn(g, node, ctx) -> step`` as the lowering of ``op``: the step is what runs
-    the node, ``step(inputs, training) -> tensor`` (a tf.Module or a function)."""
+    the node, ``step(inputs, training, target) -> tensor`` (a tf.Module or a function;
+    ``target`` is the ``edetgraph.nn.targets.Target`` whose op forms to emit)."""
     def deco(fn):
         _LOWERINGS[op] = fn
         return fn
@@ -58,14 +59,14 @@ class Resample(tf.Module):
     def _project(self, x, training):
         return x if self.conv is None else conv_bn(self.conv, self.bn, x, training)
 
-    def __call__(self, xs, training=False):
+    def __call__(self, xs, training=False, target: Target = DEFAULT):
         x = xs[0]
         if not self.conv_after:
             x = self._project(x, training)
         if self.down:
             x = max_pool(x, self.in_hw, self.out_hw)
         elif self.up:
-            x = upsample_nearest(x, self.in_hw, self.out_hw)
+            x = target.upsample(x, self.in_hw, self.out_hw)
         if self.conv_after:
             x = self._project(x, training)
         return x
@@ -90,18 +91,18 @@ class Fuse(tf.Module):
                                                  seed=seed))
         self.bn = BatchNorm(f"{scope}/{d['combine_scope']}/bn", ch, **bn_kw)
 
-    def fuse(self, xs):
-        return self.method.combine(tf, xs, self.weights)
+    def fuse(self, xs, target: Target = DEFAULT):
+        return self.method.combine(target.ops, xs, self.weights)
 
-    def __call__(self, xs, training=False):
-        x = self.fuse(xs)
+    def __call__(self, xs, training=False, target: Target = DEFAULT):
+        x = self.fuse(xs, target)
         if not self.pattern:
             x = activation(x, self.act)
         x = conv_bn(self.conv, self.bn, x, training)
         return activation(x, self.act) if self.pattern else x
 
 
-def _identity(xs, training=False):
+def _identity(xs, training=False, target=None):
     return xs[0]
 
 
@@ -151,8 +152,9 @@ class FeatureNetwork(tf.Module):
         self.nodes = {n: step for n, _, step in self.steps if isinstance(step, tf.Module)}
         self.outputs = {g.nodes[n]["level"]: n for n in ir.ordered_outputs(g)}
 
-    def __call__(self, feats: dict[int, tf.Tensor], training=False) -> dict[int, tf.Tensor]:
+    def __call__(self, feats: dict[int, tf.Tensor], training=False,
+                 target: Target = DEFAULT) -> dict[int, tf.Tensor]:
         vals = {("feature", level): x for level, x in feats.items()}
         for name, srcs, step in self.steps:
-            vals[name] = step([vals[s] for s in srcs], training)
+            vals[name] = step([vals[s] for s in srcs], training, target)
         return {level: vals[n] for level, n in self.outputs.items()}

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from edetgraph.graph import outputs
 from edetgraph.graph.build import build_ir
+from edetgraph.nn import targets
 from edetgraph.nn.backbone import EfficientNet
 from edetgraph.nn.heads import box_head, class_head
 from edetgraph.nn.lowering import FeatureNetwork
@@ -47,14 +48,17 @@ class DetectionModel(tf.Module):
         """Documented shapes of every raw output, keyed ``cls_l3`` ... ``box_l7``."""
         return outputs.shapes(self.spec, batch)
 
-    def __call__(self, images, training: bool = False):
-        feats = self.backbone(images, training)
-        feats = self.fpn(feats, training)
+    def __call__(self, images, training: bool = False, target: str | None = None):
+        forms = targets.get(target)
+        feats = self.backbone(images, training, forms)
+        feats = self.fpn(feats, training, forms)
         return self.class_net(feats, training), self.box_net(feats, training)
 
-    def raw_outputs(self, images, training: bool = False) -> dict[str, tf.Tensor]:
-        """The head outputs as a dict ``cls_l{L}`` / ``box_l{L}`` (the export signature)."""
-        cls, box = self(images, training)
+    def raw_outputs(self, images, training: bool = False,
+                    target: str | None = None) -> dict[str, tf.Tensor]:
+        """The head outputs as a dict ``cls_l{L}`` / ``box_l{L}`` (the export signature);
+        ``target`` picks the op forms of a runtime (``edetgraph.nn.targets``)."""
+        cls, box = self(images, training, target)
         return outputs.as_dict(self.spec.levels, cls, box)
 
     def variables_by_name(self) -> dict[str, tf.Variable]:

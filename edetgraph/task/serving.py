@@ -19,11 +19,13 @@ def detection_op_inputs(raw: dict, spec) -> dict:
     return {"box_encodings": box, "class_scores": tf.sigmoid(cls)}
 
 
-def make_serving_fn(model, spec, batch, input_kind: str, head=None):
+def make_serving_fn(model, spec, batch, input_kind: str, head=None, target: str | None = None):
     """The function that is converted: ``images -> dict``, a static-shape ``tf.function``.
 
     ``batch`` None makes the batch dimension dynamic; ``input_kind`` uint8 normalises inside;
-    ``head(raw_outputs) -> dict`` adds in-graph post-processing (None: raw head outputs).
+    ``head(raw_outputs) -> dict`` adds in-graph post-processing (None: raw head outputs);
+    ``target`` writes the network in the op forms of that runtime (``edetgraph.nn.targets``;
+    None: TensorFlow's, the reference every file is compared with).
     """
     h, w = spec.image_size
     dtype = tf.uint8 if input_kind == "uint8" else tf.float32
@@ -32,7 +34,7 @@ def make_serving_fn(model, spec, batch, input_kind: str, head=None):
     @tf.function(input_signature=signature, autograph=False)
     def serve(images):
         x = normalize_in_graph(images, spec) if input_kind == "uint8" else images
-        raw = model.raw_outputs(x)
+        raw = model.raw_outputs(x, target=target)
         return head(raw) if head is not None else raw
 
     return serve

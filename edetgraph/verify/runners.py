@@ -9,111 +9,30 @@ dequantized with each tensor's own scale and zero point, unless the runner is ma
 Runtime and TFLite runners work on a machine without it.
 """
 import importlib
-import importlib.metadata
 import inspect
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-SUFFIX = {"onnxruntime": ".onnx", "tflite": ".tflite"}
+from edetgraph.verify.ov_runner import OpenVinoRunner
+from edetgraph.verify.runner_base import (SUFFIX, Runner, RunnerError, TensorInfo,  # noqa: F401
+                                          check_file, first_line, version)
+
 TFLITE_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
-_DISTRIBUTION = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
-                 "tensorflow": "tensorflow", "onnxruntime": "onnxruntime"}
 
 
-class RunnerError(RuntimeError):
-    """A one-line, user-facing failure naming the file and the backend."""
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One input or output: ``shape`` uses None for a dynamic dimension;
-    ``quantization`` is (scale, zero_point) for a quantized tensor, else None."""
-    name: str
-    shape: tuple
-    dtype: str
-    quantization: tuple = None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
-
-
-def _version(module_name: str) -> str:
-    top = module_name.split(".")[0]
-    try:
-        return importlib.metadata.version(_DISTRIBUTION.get(top, top))
-    except importlib.metadata.PackageNotFoundError:
-        return getattr(importlib.import_module(top), "__version__", "unknown")
-
-
-def _check_file(path, kind: str) -> str:
-    path = os.fspath(path)
-    if not path.endswith(SUFFIX[kind]):
-        raise RunnerError(f"{path}: the {kind} backend expects a {SUFFIX[kind]} file")
-    if not os.path.isfile(path):
-        raise RunnerError(f"{path}: no such file (backend {kind})")
-    return path
-
-
-class _Runner:
-    """Shared bookkeeping: input checks, load time, info()."""
-    kind = ""
-
-    def __init__(self, path, threads):
-        self.path, self.threads = path, threads
-        self.input_details: list[TensorInfo] = []
-        self.output_details: list[TensorInfo] = []
-        self.load_seconds = 0.0
-        self.runtime, self.runtime_version, self.accelerator = "", "", None
-
-    def _feeds(self, x) -> dict:
-        """Map ``x`` (array, or {name: array} for multi-input models) to checked inputs."""
-        if not isinstance(x, dict):
-            if len(self.input_details) != 1:
-                names = [d.name for d in self.input_details]
-                raise RunnerError(f"{self.path} ({self.kind}): model has inputs {names}; "
-                                  "pass a dict {name: array}")
-            x = {self.input_details[0].name: x}
-        for d in self.input_details:
-            if d.name not in x:
-                raise RunnerError(f"{self.path} ({self.kind}): missing input '{d.name}'")
-            got = np.shape(x[d.name])
-            fits = len(got) == len(d.shape) and all(
-                want is None or want == g for want, g in zip(d.shape, got))
-            if not fits:
-                raise RunnerError(f"{self.path} ({self.kind}): input '{d.name}' has shape "
-                                  f"{tuple(got)}, model expects {d.shape}")
-        return x
-
-    def info(self) -> dict:
-        """Runtime name and version, file size, provider/delegate, threads, load time."""
-        size = os.path.getsize(self.path) if self.path and os.path.isfile(self.path) else None
-        return {"kind": self.kind, "runtime": self.runtime,
-                "runtime_version": self.runtime_version, "path": self.path,
-                "file_bytes": size, "threads": self.threads, "accelerator": self.accelerator,
-                "load_seconds": self.load_seconds,
-                "inputs": [vars(d) for d in self.input_details],
-                "outputs": [vars(d) for d in self.output_details]}
-
-    def __call__(self, x):
-        return self.run(x)
-
-
-class OnnxRuntimeRunner(_Runner):
+class OnnxRuntimeRunner(Runner):
     """ONNX Runtime session; ``providers`` defaults to the CPU provider."""
     kind = "onnxruntime"
 
     def __init__(self, path, threads=None, providers=None, spinning=False):
-        super().__init__(_check_file(path, self.kind), threads)
+        super().__init__(check_file(path, self.kind), threads)
         try:
             import onnxruntime as ort  # deferred: each runner needs only its own runtime
         except ImportError as exc:
             raise RunnerError(f"{self.path}: onnxruntime is not installed "
-                              f"(pip install onnxruntime): {_first_line(exc)}") from None
+                              f"(pip install onnxruntime): {first_line(exc)}") from None
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
@@ -128,7 +47,7 @@ class OnnxRuntimeRunner(_Runner):
                 self.path, opts, providers=list(providers or ["CPUExecutionProvider"]))
         except Exception as exc:  # ORT raises several unrelated types for a bad file
             raise RunnerError(f"{self.path}: onnxruntime cannot load it: "
-                              f"{_first_line(exc)}") from None
+                              f"{first_line(exc)}") from None
         self.load_seconds = time.perf_counter() - start
         self.runtime, self.runtime_version = "onnxruntime", ort.__version__
         self.accelerator = self.session.get_providers()
@@ -160,7 +79,7 @@ def _load_tflite_module():
                 return name, importlib.import_module("tensorflow").lite
             return name, importlib.import_module(name)
         except ImportError as exc:
-            errors.append(f"{name}: {_first_line(exc)}")
+            errors.append(f"{name}: {first_line(exc)}")
     return None, "; ".join(errors)
 
 
@@ -179,18 +98,18 @@ def tflite_interpreter(path=None, *, no_delegates: bool = False, **kw):
         module.Interpreter(**kw)
 
 
-class TFLiteRunner(_Runner):
+class TFLiteRunner(Runner):
     """LiteRT / tflite-runtime / tf.lite interpreter (first one importable)."""
     kind = "tflite"
 
     def __init__(self, path, threads=None, delegate=None, raw=False):
-        super().__init__(_check_file(path, self.kind), threads)
+        super().__init__(check_file(path, self.kind), threads)
         name, module = _load_tflite_module()
         if name is None:
             raise RunnerError(f"{self.path}: no TFLite runtime installed (tried "
                               f"{', '.join(TFLITE_MODULES)}; pip install ai-edge-litert)")
         self.raw = raw
-        self.runtime, self.runtime_version = name.rsplit(".", 1)[0], _version(name)
+        self.runtime, self.runtime_version = name.rsplit(".", 1)[0], version(name)
         self.accelerator = delegate
         start = time.perf_counter()
         try:
@@ -203,7 +122,7 @@ class TFLiteRunner(_Runner):
             self.interp.allocate_tensors()
         except Exception as exc:  # ValueError/RuntimeError for bad files and delegates
             raise RunnerError(f"{self.path}: {self.runtime} cannot load it: "
-                              f"{_first_line(exc)}") from None
+                              f"{first_line(exc)}") from None
         self.load_seconds = time.perf_counter() - start
         self._in = self.interp.get_input_details()
         self._out = self.interp.get_output_details()
@@ -256,7 +175,7 @@ class TFLiteRunner(_Runner):
                 for d, info in zip(self._out, self.output_details)}
 
 
-class TFRunner(_Runner):
+class TFRunner(Runner):
     """Any TF callable (tf.function, ConcreteFunction, SavedModel signature) or a SavedModel dir.
 
     Outputs: a dict keeps its keys, sorted (the order tf.nest gives the exported files);
@@ -278,7 +197,7 @@ class TFRunner(_Runner):
                 fn = tf.saved_model.load(path).signatures[signature]
             except Exception as exc:
                 raise RunnerError(f"{path}: tensorflow cannot load signature "
-                                  f"'{signature}': {_first_line(exc)}") from None
+                                  f"'{signature}': {first_line(exc)}") from None
         self.load_seconds = time.perf_counter() - start
         self.fn, self.accelerator = fn, getattr(fn, "__name__", type(fn).__name__)
         self._by_keyword, specs = self._input_specs(fn)
@@ -332,25 +251,29 @@ class TFRunner(_Runner):
         return {f"output_{i}": np.asarray(v) for i, v in enumerate(out)}
 
 
-RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "tflite": TFLiteRunner, "tf": TFRunner}
+RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "tflite": TFLiteRunner, "tf": TFRunner,
+           "openvino": OpenVinoRunner}
 
 
 def kind_for_path(path) -> str:
-    """Backend kind from a file name: .onnx -> onnxruntime, .tflite -> tflite, dir -> tf."""
+    """Backend kind from a file name: .onnx -> onnxruntime, .tflite -> tflite, .xml (an
+    OpenVINO IR) -> openvino, a folder -> tf (a SavedModel)."""
     path = os.fspath(path)
-    for kind, suffix in SUFFIX.items():
-        if path.endswith(suffix):
+    for kind, suffixes in SUFFIX.items():
+        if path.endswith(suffixes):
             return kind
     if os.path.isdir(path):
         return "tf"
-    raise RunnerError(f"{path}: unknown model type (expected .onnx, .tflite or a SavedModel dir)")
+    raise RunnerError(f"{path}: unknown model type (expected .onnx, .tflite, .xml or a "
+                      "SavedModel dir)")
 
 
 def make_runner(kind, path=None, threads=None, **opts):
     """A runner of ``kind`` ('onnxruntime' | 'tflite' | 'tf' | 'auto' from the path).
 
     Options: onnxruntime ``providers=[...]``; tflite ``delegate=PATH``, ``raw=True`` (no
-    (de)quantization); tf ``fn=callable`` or a SavedModel ``path`` and ``signature=``.
+    (de)quantization); tf ``fn=callable`` or a SavedModel ``path`` and ``signature=``;
+    openvino ``precision=`` f32 | bf16 (an .onnx file or an int8 .xml IR).
     """
     if kind == "auto":
         kind = kind_for_path(path)

@@ -1,0 +1,145 @@
+"""Lowering targets: the op forms each runtime runs natively, where TensorFlow offers a choice.
+
+The same weights and the same arithmetic, written for the runtime that will execute them:
+
+| op | ``tf`` (training, SavedModel) | ``tflite`` | ``onnx`` / ``openvino`` |
+| --- | --- | --- | --- |
+| fusion sum (``add_n``) | AddN | a chain of ADD (XNNPACK has no ADD_N) | Sum |
+| nearest upsample | reshape + broadcast (XLA has its gradient) | copies + DEPTH_TO_SPACE (delegated; BROADCAST_TO and RESIZE_NEAREST_NEIGHBOR are not) | Resize (NCHW-native: no Transpose/Reshape/Expand around it) |
+| squeeze-excite mean | mean of rows, then of columns | the same (two MEAN, delegated in float and int8) | the same (two ReduceMean) |
+
+Why the squeeze-excite mean is never one reduction over a whole map: runtimes sum in
+their own order, and one sum over a 256x256 map carries enough float32 rounding to move
+D0's logits by ~2e-4, beyond what TF float32 itself is from the exact result; sums over a
+row or a column stay short and exact enough. (XNNPACK delegates both MEANs; in an int8
+file it does not delegate AVERAGE_POOL_2D, so pooling is no alternative.)
+
+``target.ops`` is what ``edetgraph.graph.fusion`` combinations receive as ``tf``: the
+TensorFlow module with the target's ``add_n``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+TARGETS = ("tf", "tflite", "onnx", "openvino")
+
+
+class _Ops:
+    """The TensorFlow module as a fusion combination sees it, with the target's add_n."""
+
+    def __init__(self, target: "Target"):
+        self._target = target
+
+    def add_n(self, xs):
+        return self._target.add_n(xs)
+
+    def __getattr__(self, name):
+        return getattr(tf, name)
+
+
+class Target:
+    """The ``tf`` forms; subclasses replace those their runtime does not run natively."""
+    name = "tf"
+
+    def __init__(self):
+        self.ops = _Ops(self)
+
+    def add_n(self, xs):
+        return tf.add_n(xs)
+
+    def upsample(self, x, in_hw, out_hw):
+        """Nearest resize as TF1 ``resize_nearest_neighbor`` (no half-pixel centres).
+
+        An exact integer factor is a reshape + broadcast: it has an XLA gradient on every
+        device (ResizeNearestNeighborGrad has none on CPU); other factors gather rows and
+        columns.
+        """
+        (ih, iw), (oh, ow) = in_hw, out_hw
+        if oh % ih == 0 and ow % iw == 0:
+            fh, fw = oh // ih, ow // iw
+            c = x.shape[-1]
+            y = tf.reshape(x, [-1, ih, 1, iw, 1, c])
+            y = tf.broadcast_to(y, [tf.shape(x)[0], ih, fh, iw, fw, c])
+            return tf.reshape(y, [-1, oh, ow, c])
+        rows, cols = nearest_indices(ih, oh), nearest_indices(iw, ow)
+        return tf.gather(tf.gather(x, rows, axis=1), cols, axis=2)
+
+    def spatial_mean(self, x):
+        """Mean over height and width, keeping both as size 1 (squeeze-excite)."""
+        return tf.reduce_mean(tf.reduce_mean(x, [2], keepdims=True), [1], keepdims=True)
+
+
+def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
+    """Source index of each output pixel: ``floor(out * in / out_size)``."""
+    return np.floor(np.arange(size_out) * (size_in / size_out)).astype(np.int32)
+
+
+def _resize_matches(size_in: int, size_out: int) -> bool:
+    """Whether a runtime's nearest resize (float32 ``floor(out * (in / out_size))``, no
+    half-pixel centres) picks exactly :func:`nearest_indices`."""
+    scale = np.float32(size_in) / np.float32(size_out)
+    got = np.minimum(np.floor(np.arange(size_out, dtype=np.float32) * scale), size_in - 1)
+    return bool(np.array_equal(got.astype(np.int32), nearest_indices(size_in, size_out)))
+
+
+class _ResizeTarget(Target):
+    """Upsampling as the runtime's own nearest resize, wherever it picks the same pixels."""
+
+    def upsample(self, x, in_hw, out_hw):
+        if _resize_matches(in_hw[0], out_hw[0]) and _resize_matches(in_hw[1], out_hw[1]):
+            return tf.compat.v1.image.resize_nearest_neighbor(
+                x, out_hw, align_corners=False, half_pixel_centers=False)
+        return super().upsample(x, in_hw, out_hw)
+
+
+class TFLiteTarget(Target):
+    name = "tflite"
+
+    def upsample(self, x, in_hw, out_hw):
+        """Nearest upsampling by ``f``: ``f * f`` copies side by side in the channels, then
+        DEPTH_TO_SPACE (both delegated; XNNPACK runs no RESIZE_NEAREST_NEIGHBOR), then a crop
+        where the map is odd-sized (``2n - 1`` rows upsampled from ``n`` pick exactly the first
+        ``2n - 1`` rows of the doubled map)."""
+        (ih, iw), (oh, ow) = in_hw, out_hw
+        f = -(-oh // ih)
+        if f != -(-ow // iw) or not (_crop_matches(ih, oh, f) and _crop_matches(iw, ow, f)):
+            return super().upsample(x, in_hw, out_hw)
+        y = tf.nn.depth_to_space(tf.concat([x] * (f * f), axis=-1), f)
+        return y if (oh, ow) == (ih * f, iw * f) else y[:, :oh, :ow, :]
+
+    def add_n(self, xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = tf.add(out, x)
+        return out
+
+
+def _crop_matches(size_in: int, size_out: int, f: int) -> bool:
+    """Whether upsampling by ``f`` then keeping the first ``size_out`` pixels picks exactly
+    :func:`nearest_indices`."""
+    return bool(np.array_equal(np.arange(size_out) // f, nearest_indices(size_in, size_out)))
+
+
+class OnnxTarget(_ResizeTarget):
+    name = "onnx"
+
+
+class OpenVinoTarget(OnnxTarget):
+    """OpenVINO reads the ONNX file: the ONNX forms."""
+    name = "openvino"
+
+
+DEFAULT = Target()   # the forms of training and the SavedModel
+
+_BY_NAME = {"tf": Target, "tflite": TFLiteTarget, "onnx": OnnxTarget,
+            "openvino": OpenVinoTarget}
+
+
+def get(name: str | None) -> Target:
+    """The target called ``name`` (None: ``tf``)."""
+    try:
+        return _BY_NAME[name or "tf"]()
+    except KeyError:
+        raise ValueError(f"unknown lowering target {name!r} (known: {', '.join(TARGETS)})") \
+            from None
