@@ -75,22 +75,18 @@ def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
     return np.floor(np.arange(size_out) * (size_in / size_out)).astype(np.int32)
 
 
-def _resize_matches(size_in: int, size_out: int) -> bool:
-    """Whether a runtime's nearest resize (float32 ``floor(out * (in / out_size))``, no
-    half-pixel centres) picks exactly :func:`nearest_indices`."""
-    scale = np.float32(size_in) / np.float32(size_out)
-    got = np.minimum(np.floor(np.arange(size_out, dtype=np.float32) * scale), size_in - 1)
-    return bool(np.array_equal(got.astype(np.int32), nearest_indices(size_in, size_out)))
-
-
 class _ResizeTarget(Target):
-    """Upsampling as the runtime's own nearest resize, wherever it picks the same pixels."""
+    """Upsampling as the runtime's own nearest resize by an integer factor (its output size
+    then follows exactly from its scale), cropped where the map is odd-sized."""
 
     def upsample(self, x, in_hw, out_hw):
-        if _resize_matches(in_hw[0], out_hw[0]) and _resize_matches(in_hw[1], out_hw[1]):
-            return tf.compat.v1.image.resize_nearest_neighbor(
-                x, out_hw, align_corners=False, half_pixel_centers=False)
-        return super().upsample(x, in_hw, out_hw)
+        (ih, iw), (oh, ow) = in_hw, out_hw
+        f = -(-oh // ih)
+        if f != -(-ow // iw) or not (_crop_matches(ih, oh, f) and _crop_matches(iw, ow, f)):
+            return super().upsample(x, in_hw, out_hw)
+        y = tf.compat.v1.image.resize_nearest_neighbor(x, (ih * f, iw * f), align_corners=False,
+                                                       half_pixel_centers=False)
+        return y if (oh, ow) == (ih * f, iw * f) else y[:, :oh, :ow, :]
 
 
 class TFLiteTarget(Target):
