@@ -8,31 +8,83 @@ import importlib.util
 import sys
 from dataclasses import dataclass, field
 
-BACKENDS = ("tf", "tf-xla", "onnxruntime", "tflite-fp32", "tflite-fp16", "tflite-int8",
-            "tflite-int8-fh")
+from edetgraph.verify.ov_runner import cpu_has_bf16
+
+@dataclass(frozen=True)
+class Backend:
+    """One row kind of the table: what runs the model, from which exported file."""
+    name: str
+    runner: str                     # edetgraph.verify.runners kind
+    export: str | None = None       # the exporter making its file (None: TF in process)
+    quant: str | None = None        # the file's quantisation (TFLite / OpenVINO int8)
+    kind: str = "fp32"              # parity tolerance and AP bound (edetgraph.verify.parity)
+    precision: str | None = None    # OpenVINO inference precision
+    float_heads: bool = False       # int8 with the class/box heads kept float32
+    e2e: bool = False               # uint8 picture in, in-graph NMS, detections out
+
+    @property
+    def suffix(self) -> str | None:
+        """File name ending of its export (shared by backends that run the same file)."""
+        if self.export is None:
+            return None
+        e2e = "_e2e" if self.e2e else ""
+        if self.export == "onnx":
+            return f"{e2e}.onnx"
+        if self.export == "openvino":
+            return f"{e2e}_ov_{self.quant}.xml"
+        return f"{e2e}_{self.quant}{'fh' if self.float_heads else ''}.tflite"
+
+
+_TABLE = (
+    Backend("tf", "tf"),
+    Backend("tf-xla", "tf"),
+    Backend("onnxruntime", "onnxruntime", "onnx"),
+    Backend("openvino-fp32", "openvino", "onnx", precision="f32"),
+    Backend("openvino-bf16", "openvino", "onnx", kind="bf16", precision="bf16"),
+    Backend("openvino-int8", "openvino", "openvino", "int8", "int8", precision="f32"),
+    Backend("tflite-fp32", "tflite", "tflite", "fp32"),
+    Backend("tflite-fp16", "tflite", "tflite", "fp16", "fp16"),
+    Backend("tflite-int8", "tflite", "tflite", "int8", "int8"),
+    Backend("tflite-int8-fh", "tflite", "tflite", "int8", "int8", float_heads=True),
+    Backend("tf-e2e", "tf", e2e=True),
+    Backend("onnxruntime-e2e", "onnxruntime", "onnx", e2e=True),
+    Backend("openvino-bf16-e2e", "openvino", "onnx", kind="bf16", precision="bf16", e2e=True),
+    Backend("tflite-fp32-e2e", "tflite", "tflite", "fp32", e2e=True),
+    Backend("tflite-int8-e2e", "tflite", "tflite", "int8", "int8", e2e=True),
+)
+TABLE = {b.name: b for b in _TABLE}
+BACKENDS = tuple(TABLE)
 DEFAULT_BACKENDS = ("tf", "onnxruntime", "tflite-fp32", "tflite-fp16", "tflite-int8")
-# backend -> (runner kind, file suffix, TFLite quantization)
-FILE_BACKENDS = {"onnxruntime": ("onnxruntime", ".onnx", None),
-                 "tflite-fp32": ("tflite", "_fp32.tflite", "fp32"),
-                 "tflite-fp16": ("tflite", "_fp16.tflite", "fp16"),
-                 "tflite-int8": ("tflite", "_int8.tflite", "int8"),
-                 "tflite-int8-fh": ("tflite", "_int8fh.tflite", "int8")}
-FLOAT_HEADS = {"tflite-int8-fh"}  # int8 with the class/box heads kept float32
+# backend -> (runner kind, file suffix, quantization): the backends that run a file
+FILE_BACKENDS = {b.name: (b.runner, b.suffix, b.quant) for b in _TABLE if b.export}
+FLOAT_HEADS = {b.name for b in _TABLE if b.float_heads}
 # backend -> the numeric kind whose parity tolerance (edetgraph.verify.parity) judges it
-TOLERANCE = {"tf": "fp32", "tf-xla": "fp32", "onnxruntime": "fp32", "tflite-fp32": "fp32",
-             "tflite-fp16": "fp16", "tflite-int8": "int8", "tflite-int8-fh": "int8"}
+TOLERANCE = {b.name: b.kind for b in _TABLE}
+# e2e rows: the in-graph post-processing of each exporter
+E2E_NMS = {"onnx": "hard", "tflite": "fast", None: "soft"}
 
 
 def runtime_missing(backend: str) -> str | None:
     """Why ``backend`` cannot run on this machine (a missing runtime), or None."""
     have = lambda module: importlib.util.find_spec(module) is not None  # noqa: E731
-    if FILE_BACKENDS[backend][0] == "onnxruntime":
-        for module, what in (("onnxruntime", "onnxruntime"), ("tf2onnx", "tf2onnx (to export)"),
-                             ("onnx", "onnx (to export)")):
+    b = TABLE[backend]
+    if b.export in ("onnx", "openvino"):
+        for module, what in (("tf2onnx", "tf2onnx (to export)"), ("onnx", "onnx (to export)")):
             if not have(module):
                 return f"{what} is not installed here"
-    elif not any(have(m) for m in ("ai_edge_litert", "tflite_runtime", "tensorflow")):
+    if b.runner == "onnxruntime" and not have("onnxruntime"):
+        return "onnxruntime is not installed here"
+    if b.runner == "openvino" and not have("openvino"):
+        return "openvino is not installed here (pip install openvino)"
+    if b.export == "openvino" and not have("nncf"):
+        return "nncf is not installed here (pip install nncf), needed for OpenVINO int8"
+    if b.runner == "tflite" and not any(have(m) for m in ("ai_edge_litert", "tflite_runtime",
+                                                        "tensorflow")):
         return "no TFLite runtime is installed here (pip install ai-edge-litert)"
+    if b.precision == "bf16" and have("openvino"):
+        ok, why = cpu_has_bf16()
+        if not ok:
+            return why
     return None
 
 
@@ -57,6 +109,7 @@ class BenchConfig:
     random_inputs: int = 2
     memory: bool = True
     device_results: tuple = ()
+    peers: dict = field(default_factory=dict)      # --peer NAME=FILE: foreign models timed
     spec_args: dict = field(default_factory=dict)  # how the spec was named, for the record
 
     def problem(self) -> str | None:

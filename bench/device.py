@@ -16,7 +16,7 @@ REQUIRED = ("label", "timestamp", "model.name", "model.bytes", "model.sha256", "
             "runtime.name", "runtime.version", "latency.runs", "environment.device",
             "environment.machine", "environment.system", "init_ms") + tuple(
                 f"latency.{k}" for k in STAT_KEYS)
-BACKEND = {"tflite": "tflite", "onnx": "onnxruntime"}
+BACKEND = {"tflite": "tflite", "onnx": "onnxruntime", "xml": "openvino"}
 
 
 class DeviceResultError(ValueError):
@@ -66,7 +66,8 @@ def validate_device_result(result, path="<result>") -> dict:
 def device_row(result, source="") -> dict:
     """One flat table row from a validated result."""
     env, rt, lat = result["environment"], result["runtime"], result["latency"]
-    backend = BACKEND[result["model"]["format"]]
+    backend = ("openvino" if rt["name"] == "openvino"
+               else BACKEND[result["model"]["format"]])
     cpus = env.get("cpus_usable") or env.get("cpu_count")
     accel = rt.get("delegate") or ",".join(rt.get("providers") or []) or None
     return {"name": f"{backend}@{result['label']}", "backend": backend, "label": result["label"],

@@ -174,12 +174,59 @@ class OnnxModel:
         return outputs
 
 
-def load_model(path, threads=None, delegate=None, provider=None):
+class OpenVinoModel:
+    """OpenVINO CPU plugin (optional: `pip install openvino`) on an .onnx file or an IR .xml
+    (e.g. an int8 file from NNCF); precision f32 or bf16."""
+
+    def __init__(self, path, threads, precision):
+        try:
+            import openvino as ov  # deferred: a device needs only one runtime
+        except ImportError:
+            raise Failure("openvino is not installed: pip install openvino") from None
+        core = ov.Core()
+        if precision == "bf16" and "BF16" not in core.get_property(
+                "CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise Failure("--openvino bf16: this CPU has no bf16 support")
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+                  "NUM_STREAMS": 1}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            self.compiled = core.compile_model(core.read_model(path), "CPU", config)
+        except Exception as exc:
+            raise Failure(f"{path}: openvino cannot load it: {_line(exc)}") from None
+        self.runtime, self.version = "openvino", ov.__version__.split("-")[0]
+        self.accelerator = {"providers": [f"CPU {precision}"]}
+        self.request = self.compiled.create_infer_request()
+        self.inputs = [self._sig(p) for p in self.compiled.inputs]
+        self.outputs = [self._sig(p) for p in self.compiled.outputs]
+
+    @staticmethod
+    def _sig(port):
+        shape = [None if d.is_dynamic else d.get_length() for d in port.get_partial_shape()]
+        return _signature(port.any_name, shape, port.get_element_type().to_dtype())
+
+    def prepare(self, values):
+        return [np.ascontiguousarray(v, s["dtype"]) for s, v in zip(self.inputs, values)]
+
+    def run(self, ready):
+        result = self.request.infer(ready)
+        return [np.array(result[p]) for p in self.compiled.outputs]
+
+    def dequantize(self, outputs):
+        return outputs
+
+
+def load_model(path, threads=None, delegate=None, provider=None, openvino=None):
     """The model wrapper for ``path``'s extension, with one-line failures."""
-    if not (path.endswith(".tflite") or path.endswith(".onnx")):
-        raise Failure(f"{path}: expected a .tflite or .onnx file")
+    if not path.endswith((".tflite", ".onnx", ".xml")):
+        raise Failure(f"{path}: expected a .tflite, .onnx or OpenVINO .xml file")
     if not os.path.isfile(path):
         raise Failure(f"{path}: no such file")
+    if openvino or path.endswith(".xml"):
+        if path.endswith(".tflite"):
+            raise Failure(f"{path}: --openvino runs .onnx files and OpenVINO .xml IRs")
+        return OpenVinoModel(path, threads, openvino or "f32")
     if path.endswith(".tflite"):
         if provider:
             raise Failure(f"{path}: --provider is for .onnx models (use --delegate for .tflite)")
@@ -280,7 +327,7 @@ def _file_facts(path):
 def benchmark(args):
     """Load, warm up, time; returns the result dict (see SCHEMA)."""
     start = time.perf_counter()
-    model = load_model(args.model, args.threads, args.delegate, args.provider)
+    model = load_model(args.model, args.threads, args.delegate, args.provider, args.openvino)
     init_s = time.perf_counter() - start
     values = make_inputs(model.inputs, args.input, args.seed)
     batch = int(values[0].shape[0]) if values and values[0].ndim else 1
@@ -332,6 +379,9 @@ def parse_args(argv=None):
                    help="TFLite external delegate library (.so) to load")
     p.add_argument("--provider", metavar="NAME", help="ONNX Runtime execution provider, e.g. "
                    "XnnpackExecutionProvider (CPU kept as fallback)")
+    p.add_argument("--openvino", choices=("f32", "bf16"),
+                   help="run an .onnx file in OpenVINO (optional runtime) at this precision "
+                   "instead of ONNX Runtime; .xml IRs always run in OpenVINO (default f32)")
     p.add_argument("--out", metavar="FILE.json", help="also write the JSON to this file")
     p.add_argument("--label", metavar="NAME",
                    help="name for this run in the report (default: the device's hostname)")

@@ -12,11 +12,13 @@ import hashlib
 import json
 import os
 
-from bench.config import FILE_BACKENDS, FLOAT_HEADS
+from bench.config import TABLE, Backend
 from edetgraph.data.synthetic import generate
 from exporters.onnx_format import OnnxFormat
-from exporters.options import ExportOptions, GateOptions, OnnxOptions, TFLiteOptions
-from exporters.pipeline import export
+from exporters.openvino_format import OpenVinoFormat
+from exporters.options import (ExportOptions, GateOptions, OnnxOptions, OpenVinoOptions,
+                               TFLiteOptions)
+from exporters.pipeline import export, file_facts
 from exporters.tflite_format import TFLiteFormat
 
 OPSET = 17
@@ -25,7 +27,7 @@ OPSET = 17
 def export_path(cfg, backend: str) -> str:
     """``OUT/<spec>_<H>x<W>_b<batch><suffix>``, e.g. efficientdet-d0_512x512_b1_int8.tflite."""
     h, w = cfg.spec.image_size
-    suffix = FILE_BACKENDS[backend][1]
+    suffix = TABLE[backend].suffix
     return os.path.join(os.path.abspath(cfg.out), f"{cfg.spec.name}_{h}x{w}_b{cfg.batch}{suffix}")
 
 
@@ -36,13 +38,16 @@ def spec_digest(spec) -> str:
 
 def _wanted(cfg, backend: str, representative: str | None) -> dict:
     """What the exporter summary and the key must say for a file to be reused."""
-    quant = FILE_BACKENDS[backend][2]
-    options = {"batch": cfg.batch, "input": "float", "postprocess": "none"}
-    options.update({"opset": OPSET} if quant is None else {"quant": quant})
-    if quant == "int8":
+    b = TABLE[backend]
+    options = {"batch": cfg.batch, "input": "uint8" if b.e2e else "float",
+               "postprocess": _postprocess(b)}
+    options.update({"quant": b.quant} if b.export in ("tflite", "openvino") else {})
+    options.update({"opset": OPSET} if b.export in ("onnx", "openvino") else {})
+    if b.quant == "int8":
         options.update(representative_data=representative,
-                       calibration_images=cfg.calibration_images,
-                       float_heads=backend in FLOAT_HEADS)
+                       calibration_images=cfg.calibration_images)
+    if b.export == "tflite" and b.quant == "int8":
+        options.update(float_heads=b.float_heads)
     weights = ({"source": "random", "seed": cfg.seed} if cfg.ckpt is None
                else {"source": os.path.abspath(cfg.ckpt)})
     ckpt_stat = None
@@ -51,14 +56,6 @@ def _wanted(cfg, backend: str, representative: str | None) -> dict:
         ckpt_stat = [st.st_size, int(st.st_mtime)]
     return {"spec": cfg.spec.name, "options": options, "weights": weights,
             "key": {"spec_sha256": spec_digest(cfg.spec), "ckpt_stat": ckpt_stat}}
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def stale_reason(path: str, wanted: dict) -> str | None:
@@ -70,7 +67,9 @@ def stale_reason(path: str, wanted: dict) -> str | None:
             key = json.load(f)
     except (OSError, ValueError):
         return "no export yet"
-    if not os.path.isfile(path) or _sha256(path) != summary.get("file", {}).get("sha256"):
+    companions = [path[:-4] + ".bin"] if path.endswith(".xml") else []
+    if not all(os.path.isfile(p) for p in [path, *companions]) or \
+            file_facts(path, companions)["sha256"] != summary.get("file", {}).get("sha256"):
         return "the file does not match its summary"
     if not summary.get("parity", {}).get("passed"):
         return "its parity gate did not pass"
@@ -91,8 +90,7 @@ def ensure_export(cfg, backend: str, row: dict, say) -> str:
     ``row`` gets ``export``: reused or not, why, and the export time.
     """
     path = export_path(cfg, backend)
-    quant = FILE_BACKENDS[backend][2]
-    representative = representative_source(cfg, say) if quant == "int8" else None
+    representative = representative_source(cfg, say) if TABLE[backend].quant == "int8" else None
     wanted = _wanted(cfg, backend, representative)
     why = stale_reason(path, wanted)
     if why is None:
@@ -100,21 +98,40 @@ def ensure_export(cfg, backend: str, row: dict, say) -> str:
         row["export"] = {"reused": True, "summary": path + ".json"}
         return path
     say(f"{backend}: exporting {os.path.basename(path)} ({why})")
-    for stale in (path, path + ".json", path + ".bench.json"):
+    companions = [path[:-4] + ".bin"] if path.endswith(".xml") else []
+    for stale in (path, path + ".json", path + ".bench.json", *companions):
         if os.path.exists(stale):
             os.remove(stale)  # never run a file that no longer matches the request
+    b = TABLE[backend]
     opts = ExportOptions(ckpt=cfg.ckpt, seed=cfg.seed, batch=cfg.batch,
+                         input="uint8" if b.e2e else "float", postprocess=_postprocess(b),
                          gate=GateOptions(threads=cfg.threads),
                          verbose=getattr(say, "enabled", True))
-    fmt = OnnxFormat(OnnxOptions(OPSET)) if quant is None else TFLiteFormat(TFLiteOptions(
-        quant=quant, representative=representative, calibration_images=cfg.calibration_images,
-        float_heads=backend in FLOAT_HEADS))
-    summary = export(cfg.spec, path, fmt, opts)
+    summary = export(cfg.spec, path, _format(b, representative, cfg.calibration_images), opts)
     with open(path + ".bench.json", "w") as f:
         json.dump(wanted["key"], f, indent=2)
     row["export"] = {"reused": False, "why": why, "summary": path + ".json",
                      "seconds": summary.get("timings", {}).get("total_s")}
     return path
+
+
+def _postprocess(b: Backend) -> str:
+    """The in-graph post-processing of an end-to-end row's file (none for the others)."""
+    if not b.e2e:
+        return "none"
+    return "fast" if b.export == "tflite" else "hard-nms"
+
+
+def _format(b: Backend, representative: str | None, calibration_images: int):
+    """The exporter format that makes ``b``'s file."""
+    if b.export == "onnx":
+        return OnnxFormat(OnnxOptions(OPSET))
+    if b.export == "openvino":
+        return OpenVinoFormat(OpenVinoOptions(quant=b.quant, representative=representative,
+                                              calibration_images=calibration_images))
+    return TFLiteFormat(TFLiteOptions(quant=b.quant, representative=representative,
+                                      calibration_images=calibration_images,
+                                      float_heads=b.float_heads))
 
 
 def representative_source(cfg, say) -> str:

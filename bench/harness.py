@@ -3,24 +3,29 @@ and measure parity with TF, detection agreement, AP, latency, load time and memo
 
     results = run_benchmark(BenchConfig(spec=load_spec("d0"), out="bench_out"))
 
-Backends: ``tf`` (the model's ``tf.function``), ``tf-xla`` (the same, ``jit_compile=True``),
-``onnxruntime``, and on LiteRT ``tflite-fp32``, ``tflite-fp16``, ``tflite-int8`` and
-``tflite-int8-fh`` (int8 with the class/box heads kept float32). Every requested backend
-ends with a row whose status is ``ok``, ``skipped`` or ``failed``, with the reason.
+Backends (``bench.config.TABLE``): ``tf`` (the model's ``tf.function``), ``tf-xla`` (the
+same, ``jit_compile=True``), ``onnxruntime``, OpenVINO ``openvino-fp32``, ``openvino-bf16``
+(the ONNX file) and ``openvino-int8`` (NNCF), on LiteRT ``tflite-fp32``, ``tflite-fp16``,
+``tflite-int8`` and ``tflite-int8-fh`` (int8 with the class/box heads kept float32), and the
+end-to-end rows (``bench.e2e``); foreign models with ``--peer``. Every requested backend ends
+with a row whose status is ``ok``, ``skipped`` or ``failed``, with the reason; a quantised
+row whose measured AP loss exceeds its kind's bound is ``failed``.
 The TF model is built once here with the exporters' weights (checkpoint, or the seeded
 random weights of ``edetgraph.task.weights.model_with_weights``), so TF is the reference for
 every file. Latency is measured interleaved (``bench.latency``); see ``describe_method``.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 
 import numpy as np
 import tensorflow as tf
 
-from bench import exports, probes, quality
-from bench.config import BACKENDS, FILE_BACKENDS, TOLERANCE, BenchConfig, Progress, runtime_missing
+from bench import e2e, exports, probes, quality
+from bench.config import (BACKENDS, FILE_BACKENDS, TABLE, TOLERANCE, BenchConfig, Progress,
+                          runtime_missing)
 from bench.device import load_device_results
 from bench.latency import describe_method, measure_interleaved, measure_peak_memory
 from bench.report import NOTES
@@ -30,15 +35,18 @@ from edetgraph.task.weights import model_with_weights
 from edetgraph.verify.accuracy import Postprocessor, coco_ap
 from edetgraph.verify.datasets import check_eval_data
 from edetgraph.verify.detections import agreement, match_detections
+from edetgraph.verify import coverage
 from edetgraph.verify.exact import ExactReference
 from edetgraph.verify.images import eval_batches, parity_batches
+from edetgraph.verify.parity import AP_DROP
 from edetgraph.verify.runners import make_runner
 
 SCHEMA = "edetgraph.bench/1"
 
 
-def plan_rows(backends) -> dict:
-    """One row per requested backend; unknown names are skipped with the reason."""
+def plan_rows(backends, peers=None) -> dict:
+    """One row per requested backend (unknown names are skipped with the reason), then one
+    per peer file."""
     rows = {}
     for name in backends:
         row = {"name": name, "backend": name, "host": True, "status": "pending", "reason": None}
@@ -50,6 +58,9 @@ def plan_rows(backends) -> dict:
             if missing:
                 row.update(status="skipped", reason=missing)
         rows[name] = row
+    for name, path in (peers or {}).items():
+        rows[name] = {"name": name, "backend": "peer", "host": True, "status": "pending",
+                      "reason": None, "file": os.path.abspath(path), "peer": True}
     return rows
 
 
@@ -81,10 +92,12 @@ def _tf_runners(model, serve, cfg, rows, tf_threads, say) -> dict:
         sig = [tf.TensorSpec([cfg.batch, h, w, 3], tf.float32, name="images")]
         fns["tf-xla"] = tf.function(model.raw_outputs, input_signature=sig, jit_compile=True,
                                     autograph=False)
-    x = np.zeros((cfg.batch, h, w, 3), np.float32)
+    if "tf-e2e" in _pending(rows):
+        fns["tf-e2e"] = e2e.reference(model, cfg.spec, "soft", cfg.batch)
     runners = {}
     for name, fn in fns.items():
         say(f"{name}: tracing" + (" and XLA-compiling" if name == "tf-xla" else ""))
+        x = np.zeros((cfg.batch, h, w, 3), np.uint8 if TABLE[name].e2e else np.float32)
         try:
             runner = make_runner("tf", None, None, fn=fn)
             start = time.perf_counter()
@@ -114,17 +127,52 @@ def _file_runners(cfg, rows, say) -> dict:
         except Exception as exc:  # ExportFailed, or a converter crash: reported in the row
             _fail(rows[name], "export", exc)
             continue
-        kind = FILE_BACKENDS[name][0]
+        b = TABLE[name]
         try:
-            runner = make_runner(kind, path, cfg.threads)
+            runner = make_runner(b.runner, path, cfg.threads,
+                                 **({"precision": b.precision} if b.precision else {}))
         except Exception as exc:
             _fail(rows[name], "load", exc)
             continue
+        rows[name]["coverage"] = _coverage(b, path, runner)
         info = runner.info()
         rows[name].update(file=path, file_bytes=info["file_bytes"], runtime=info["runtime"],
                           runtime_version=info["runtime_version"], threads=cfg.threads,
                           load_s=runner.load_seconds, accelerator=info["accelerator"])
         runners[name] = runner
+    return runners
+
+
+def _coverage(b, path: str, runner) -> dict | None:
+    """The row's runtime coverage: the export summary's report for the runtime it runs on,
+    or (OpenVINO reading the ONNX file) the compiled model's."""
+    if b.runner == "openvino":
+        return coverage.openvino(runner.compiled, b.quant or b.precision or "f32")
+    try:
+        with open(path + ".json") as f:
+            reports = json.load(f).get("coverage") or {}
+    except (OSError, ValueError):
+        return None
+    return reports.get({"tflite": "xnnpack", "onnxruntime": "onnxruntime"}.get(b.runner, ""))
+
+
+def _peer_runners(cfg, rows, say) -> dict:
+    """Load each foreign model of --peer (its rows have no parity: nothing to compare)."""
+    runners = {}
+    for name in [n for n in _pending(rows) if rows[n].get("peer")]:
+        try:
+            runner = e2e.peer_runner(rows[name]["file"], cfg.threads)
+        except Exception as exc:
+            _fail(rows[name], "load", exc)
+            continue
+        info = runner.info()
+        rows[name].update(file_bytes=info["file_bytes"], runtime=info["runtime"],
+                          runtime_version=info["runtime_version"], threads=cfg.threads,
+                          load_s=runner.load_seconds, accelerator=info["accelerator"],
+                          parity={"tolerance": "n/a", "passed": None,
+                                  "why": "a foreign model: parity does not apply"})
+        runners[name] = runner
+        say(f"{name}: peer {rows[name]['file']} ({info['runtime']})")
     return runners
 
 
@@ -143,7 +191,7 @@ def _check_quality(cfg, model, runners, rows, say) -> Postprocessor:
     ref_dets = {i: detector(ref[i]) for i in real}
     say(f"parity and detection agreement on {len(inputs)} batch(es) "
         f"({', '.join(lab for labels, _, _ in inputs for lab in labels)})")
-    for name in [n for n in _pending(rows) if n in runners]:
+    for name in [n for n in _raw_rows(rows) if n in runners]:
         try:
             if name == "tf":  # the reference itself
                 got, rows[name]["parity"] = ref, quality.REFERENCE
@@ -159,9 +207,51 @@ def _check_quality(cfg, model, runners, rows, say) -> Postprocessor:
     return detector
 
 
+def _raw_rows(rows) -> list:
+    """Pending rows whose backends give raw head outputs (not e2e rows, not peers)."""
+    return [n for n in _pending(rows) if n in TABLE and not TABLE[n].e2e]
+
+
+def _e2e_rows(rows) -> list:
+    return [n for n in _pending(rows) if n in TABLE and TABLE[n].e2e]
+
+
+def _check_e2e(cfg, model, runners, rows, say) -> dict:
+    """End-to-end rows: detection agreement with TF under the same NMS on the real
+    pictures; their parity is the exporters' gate, read from the export summary."""
+    names = [n for n in _e2e_rows(rows) if n in runners]
+    refs = {nms: e2e.runner(e2e.reference(model, cfg.spec, nms, cfg.batch))
+            for nms in sorted({e2e.nms_of(n) for n in names})}
+    real = [x for _, x, real in parity_batches(cfg.spec, "uint8", cfg.batch, 0, cfg.seed) if real]
+    for name in names:
+        try:
+            ref = refs[e2e.nms_of(name)]
+            rows[name]["detections"] = agreement(
+                [match_detections(ref.run(x), runners[name].run(x)) for x in real])
+            rows[name]["parity"] = (quality.REFERENCE if name == "tf-e2e"
+                                    else _export_parity(rows[name]))
+            rows[name]["nms"] = e2e.nms_of(name)
+        except Exception as exc:
+            _fail(rows[name], "parity", exc)
+    return refs
+
+
+def _export_parity(row: dict) -> dict:
+    """An end-to-end file's parity: what its exporter's gate found (detections one to one
+    for fp32 files, the detection op's inputs for TFLite)."""
+    with open(row["file"] + ".json") as f:
+        gate = json.load(f)["parity"]
+    worst = max(gate["outputs"].values(), key=lambda o: o["max_abs"], default=None)
+    return {"max_abs": worst["max_abs"] if worst else None,
+            "max_rel": worst["max_rel"] if worst else None,
+            "tolerance": gate["tolerance"]["name"], "passed": gate["passed"],
+            "failures": gate["failures"][:3], "why": "the exporter's gate (export summary)"}
+
+
 def _evaluate_ap(cfg, runners, rows, detector, say) -> None:
-    """COCO AP of every runner on --data, one pass over the images shared by all."""
-    names = [n for n in _pending(rows) if n in runners]
+    """COCO AP of every raw-output runner on --data, one pass over the images shared by
+    all."""
+    names = [n for n in _raw_rows(rows) if n in runners]
     dets, ids = {n: [] for n in names}, []
     for batch_ids, x, scales in eval_batches(cfg.data, cfg.annotations, cfg.spec, "float",
                                              cfg.batch, cfg.max_images):
@@ -178,6 +268,57 @@ def _evaluate_ap(cfg, runners, rows, detector, say) -> None:
         rows[name]["ap"] = coco_ap(cfg.annotations, dets[name], ids)
 
 
+def _evaluate_ap_e2e(cfg, runners, rows, refs, say) -> None:
+    """COCO AP of the end-to-end rows and of TF under each of their NMS, on the uint8
+    pictures the files take (boxes back to original pixels with the letterbox scale)."""
+    names = [n for n in _e2e_rows(rows) if n in runners]
+    if not names:
+        return
+    who = {**{n: runners[n] for n in names}, **{f"tf/{k}": r for k, r in refs.items()}}
+    dets, ids = {n: [] for n in who}, []
+    for batch_ids, x, scales in eval_batches(cfg.data, cfg.annotations, cfg.spec, "uint8",
+                                             cfg.batch, cfg.max_images):
+        for n, r in who.items():
+            out = {k: np.asarray(v) for k, v in r.run(x).items()}
+            out["boxes"] = out["boxes"] * scales[:, None, None]
+            dets[n] += to_coco_results(out, batch_ids)
+        ids += batch_ids
+    say(f"AP end to end: {len(ids)} image(s), scoring")
+    aps = {n: coco_ap(cfg.annotations, d, ids) for n, d in dets.items()}
+    for name in names:
+        rows[name]["ap"] = aps[name]
+        rows[name]["ap_reference"] = {"nms": e2e.nms_of(name), **aps[f"tf/{e2e.nms_of(name)}"]}
+
+
+def _judge_accuracy(cfg, rows) -> None:
+    """AP loss against TF (same NMS) within the kind's bound, else the row fails; without
+    --data, quantised rows say their accuracy is unverified and give their SQNR per head."""
+    tf_ap = (rows.get("tf") or {}).get("ap")
+    for name in _pending(rows):
+        b = TABLE.get(name)
+        if b is None or name in ("tf", "tf-e2e"):
+            continue
+        ref = rows[name].get("ap_reference") or tf_ap
+        ap = rows[name].get("ap")
+        if ap is not None and ref is not None:
+            drop, bound = 100.0 * (ref["AP"] - ap["AP"]), AP_DROP.get(b.kind, 0.1)
+            rows[name]["accuracy"] = {"ap_drop_points": drop, "max_ap_drop_points": bound,
+                                      "passed": drop <= bound}
+            if drop > bound:
+                rows[name].update(status="failed", reason=f"AP {ap['AP']:.4f} is {drop:.2f} "
+                                  f"points below TF's {ref['AP']:.4f}; a {b.kind} file may "
+                                  f"lose at most {bound:g}")
+        elif b.kind != "fp32":
+            nrmse = (rows[name].get("parity") or {}).get("nrmse") or {}
+            rows[name]["accuracy"] = {"verified": False, "why": "no --data to measure AP on",
+                                      "sqnr_db": {h: _sqnr(v) for h, v in nrmse.items()}}
+
+
+def _sqnr(nrmse) -> float | None:
+    """Signal-to-quantisation-noise ratio in dB from RMSE / std."""
+    return None if not nrmse else float(-20.0 * np.log10(nrmse))
+
+
 def _measure_latency(cfg, runners, rows, progress) -> None:
     timed = {n: runners[n] for n in _pending(rows) if n in runners}
     if not timed:
@@ -185,7 +326,14 @@ def _measure_latency(cfg, runners, rows, progress) -> None:
     progress(f"latency: {cfg.warmup} warm-up + {cfg.runs} interleaved runs of "
              f"{', '.join(timed)}")
     x = parity_batches(cfg.spec, "float", cfg.batch, 0, cfg.seed)[0][1]  # street.jpg
-    stats = measure_interleaved(timed, x, warmup=cfg.warmup, runs=cfg.runs,
+    pixels = parity_batches(cfg.spec, "uint8", cfg.batch, 0, cfg.seed)[0][1]
+
+    def make_input(name):
+        if rows[name].get("peer"):
+            return e2e.peer_input(timed[name], cfg.seed)
+        return pixels if TABLE[name].e2e else x
+
+    stats = measure_interleaved(timed, make_input, warmup=cfg.warmup, runs=cfg.runs,
                                 progress=progress.rounds)
     for name, s in stats.items():
         rows[name]["latency"] = s
@@ -196,9 +344,15 @@ def _measure_memory(cfg, rows, say) -> None:
     for name in _pending(rows):
         say(f"memory: {name} in a subprocess")
         try:
-            if name in FILE_BACKENDS:
+            if rows[name].get("peer"):
                 rows[name]["memory"] = measure_peak_memory(
-                    FILE_BACKENDS[name][0], rows[name]["file"], cfg.threads, runs=3)
+                    e2e.kind_for_path(rows[name]["file"]), rows[name]["file"], cfg.threads,
+                    runs=3)
+            elif name in FILE_BACKENDS:
+                b = TABLE[name]
+                rows[name]["memory"] = measure_peak_memory(
+                    b.runner, rows[name]["file"], cfg.threads, runs=3,
+                    **({"precision": b.precision} if b.precision else {}))
             else:
                 rows[name]["memory"] = probes.tf_peak_memory(cfg.spec, cfg.threads, cfg.batch,
                                                               xla=name == "tf-xla")
@@ -224,7 +378,7 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict:
     if cfg.data:
         check_eval_data(cfg.data, cfg.annotations)
     os.makedirs(cfg.out, exist_ok=True)
-    rows = plan_rows(cfg.backends)
+    rows = plan_rows(cfg.backends, cfg.peers)
     tf_threads = set_tf_threads(cfg.threads)
     progress(f"building {cfg.spec.name} at {cfg.spec.image_size[0]}x{cfg.spec.image_size[1]} "
              f"({'random weights, seed %d' % cfg.seed if cfg.ckpt is None else cfg.ckpt})")
@@ -234,9 +388,13 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict:
     serve = make_serving_fn(model, cfg.spec, cfg.batch, "float")
     runners = _tf_runners(model, serve, cfg, rows, tf_threads, progress)
     runners.update(_file_runners(cfg, rows, progress))
+    runners.update(_peer_runners(cfg, rows, progress))
     detector = _check_quality(cfg, model, runners, rows, progress)
+    refs = _check_e2e(cfg, model, runners, rows, progress)
     if cfg.data:
         _evaluate_ap(cfg, runners, rows, detector, progress)
+        _evaluate_ap_e2e(cfg, runners, rows, refs, progress)
+    _judge_accuracy(cfg, rows)
     _measure_latency(cfg, runners, rows, progress)
     if cfg.memory:
         _measure_memory(cfg, rows, progress)

@@ -133,6 +133,8 @@ from edetgraph.verify import runners
 kind, path, threads, runs, opts = json.loads(sys.argv[1])
 if kind == "onnxruntime":
     import onnxruntime
+elif kind == "openvino":
+    import openvino
 elif kind == "tflite":
     runners._load_tflite_module()
 base = latency.peak_rss_mb()
@@ -157,7 +159,7 @@ def measure_peak_memory(kind: str, path, threads: int = None, runs: int = 5,
     is used because a high-water mark never goes down within one process. The ``tf`` kind
     (an in-process callable) is not supported here.
     """
-    if kind not in ("onnxruntime", "tflite"):
+    if kind not in ("onnxruntime", "tflite", "openvino"):
         raise ValueError(f"measure_peak_memory: backend {kind} is not supported "
                          "(file runners only)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

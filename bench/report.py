@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 
+from edetgraph.verify.coverage import summary_line
 from edetgraph.verify.detections import AGREE_IOU, AGREE_SCORE
 
 # What the figures mean, printed under the table and kept in results.json.
@@ -44,7 +45,7 @@ CSV_COLUMNS = ("name", "host", "status", "reason", "device", "runtime", "threads
                "det_agreement", "det_tf_count", "det_mean_score_diff", "AP", "AP50",
                "p50_ms", "p90_ms", "mean_ms", "min_ms", "max_ms", "std_ms", "runs",
                "throughput_ips", "speedup_vs_tf_p50", "load_s", "peak_mb", "model_mb",
-               "export_reused")
+               "export_reused", "coverage", "ap_drop_points", "accuracy_verified")
 
 
 def _get(row, *keys):
@@ -87,16 +88,39 @@ def flat_row(row: dict, speedup=None) -> dict:
            "AP": _get(row, "ap", "AP"), "AP50": _get(row, "ap", "AP50"),
            "speedup_vs_tf_p50": speedup, "load_s": row.get("load_s"),
            "peak_mb": mem.get("peak_mb"), "model_mb": mem.get("model_mb"),
-           "export_reused": _get(row, "export", "reused")}
+           "export_reused": _get(row, "export", "reused"),
+           "coverage": short_coverage(row.get("coverage")),
+           "ap_drop_points": _get(row, "accuracy", "ap_drop_points"),
+           "accuracy_verified": (None if row.get("accuracy") is None
+                                 else row["accuracy"].get("verified", True))}
     out.update({k: lat.get(k) for k in ("p50_ms", "p90_ms", "mean_ms", "min_ms", "max_ms",
                                          "std_ms", "runs", "throughput_ips")})
     return out
 
 
-HOST_HEADER = (f"{'backend':14s} {'status':7s} {'MB':>6s} {'max|diff|':>9s} {'max rel':>8s} "
+def short_coverage(report: dict | None) -> str | None:
+    """A table cell: ``1 part`` (one XNNPACK partition), ``37p 36ref`` (partitions, nodes on
+    reference kernels), ``CPU`` / ``3 fb`` (ONNX Runtime fallbacks), ``bf16 98%`` (OpenVINO
+    layers in the requested precision)."""
+    if not report:
+        return None
+    if "partitions" in report:
+        left = sum(report["not_delegated"].values())
+        return "1 part" if report["fully_delegated"] else f"{report['partitions']}p {left}ref"
+    if "providers" in report:
+        n = sum(report["fallback"].values())
+        return report["providers"][0].replace("ExecutionProvider", "") if not n else f"{n} fb"
+    if "layers" in report:
+        total = sum(report["layers"].values())
+        other = sum(report["other_precision"].values())
+        return f"{report['requested']} {100 * (total - other) / max(total, 1):.0f}%"
+    return None
+
+
+HOST_HEADER = (f"{'backend':17s} {'status':7s} {'MB':>6s} {'max|diff|':>9s} {'max rel':>8s} "
                f"{'tol':>4s} {'agree/n':>8s} {'dscore':>7s} {'AP':>6s} {'AP50':>6s} {'p50 ms':>8s} "
                f"{'p90 ms':>8s} {'mean ms':>8s} {'min ms':>8s} {'img/s':>6s} {'x TF':>5s} "
-               f"{'load s':>7s} {'mem MB':>7s}")
+               f"{'load s':>7s} {'mem MB':>7s} {'coverage':>10s}")
 
 
 def _agree(f: dict) -> str:
@@ -110,13 +134,14 @@ def _host_line(f: dict) -> str:
     tol = f["parity_tolerance"] or "-"
     if f["parity_passed"] is False:
         tol += "!"
-    return (f"{f['name']:14s} {f['status']:7s} {_fmt(f['file_mb'], '6.1f')} "
+    return (f"{f['name'][:17]:17s} {f['status']:7s} {_fmt(f['file_mb'], '6.1f')} "
             f"{_fmt(f['max_abs'], '9.2e')} {_fmt(f['max_rel'], '8.1e')} {tol:>4s} "
             f"{_agree(f):>8s} {_fmt(f['det_mean_score_diff'], '7.4f')} "
             f"{_fmt(f['AP'], '6.3f')} {_fmt(f['AP50'], '6.3f')} {_fmt(f['p50_ms'], '8.1f')} "
             f"{_fmt(f['p90_ms'], '8.1f')} {_fmt(f['mean_ms'], '8.1f')} {_fmt(f['min_ms'], '8.1f')} "
             f"{_fmt(f['throughput_ips'], '6.2f')} {_fmt(f['speedup_vs_tf_p50'], '5.2f')} "
-            f"{_fmt(f['load_s'], '7.2f')} {_fmt(f['model_mb'], '7.0f')}")
+            f"{_fmt(f['load_s'], '7.2f')} {_fmt(f['model_mb'], '7.0f')} "
+            f"{_fmt(f['coverage'], '>10s')}")
 
 
 def _device_lines(device_rows: list) -> list:
@@ -149,6 +174,18 @@ def format_report(results: dict) -> str:
             lines.append(f"  {r['name']}: parity outside its tolerance: {failure}")
         if _get(r, "memory", "error"):
             lines.append(f"  {r['name']}: memory not measured: {r['memory']['error']}")
+        off_path = summary_line(r["coverage"]) if r.get("coverage") else None
+        if off_path:
+            lines.append(f"  {r['name']}: {off_path}")
+        acc = r.get("accuracy") or {}
+        if acc.get("verified") is False:
+            sqnr = ", ".join(f"{h} {v:.1f} dB" for h, v in acc["sqnr_db"].items()
+                             if v is not None)
+            lines.append(f"  {r['name']}: accuracy UNVERIFIED ({acc['why']}); SQNR per head: "
+                         f"{sqnr or 'not measured'}")
+        elif "ap_drop_points" in acc:
+            lines.append(f"  {r['name']}: AP {acc['ap_drop_points']:+.2f} points from TF "
+                         f"(allowed {acc['max_ap_drop_points']:g})")
     lines += _device_lines(results.get("device_rows") or [])
     wrap = lambda t: textwrap.fill(t, 100, subsequent_indent="  ")  # noqa: E731
     lines += ["", wrap(results["method"])]

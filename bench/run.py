@@ -11,6 +11,7 @@ import sys
 
 from bench.config import BACKENDS, DEFAULT_BACKENDS, BenchConfig, Progress
 from bench.device import DeviceResultError
+from bench.peers import parse_peers
 from bench.report import format_report, write_report
 from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
 from edetgraph.cli import OneLineParser
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--nms", default="soft", choices=("soft", "hard", "fast"),
         help="post-processing for detection agreement and AP (default soft)")
     add("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    add("--peer", action="append", default=[], metavar="NAME=FILE",
+        help="a foreign .onnx or .tflite model timed beside ours (latency and memory; no "
+        "parity), e.g. effdet=peers/tf_efficientdet_d0_net.onnx (repeatable)")
     add("--device-results", nargs="+", default=[], metavar="FILE.json",
         help="bench/device_runner.py results (files or folders) to report beside the host's")
     add("--out", default="bench_out", metavar="DIR", help="exports and results (%(default)s)")
@@ -61,6 +65,7 @@ def config(args, spec) -> BenchConfig:
         batch=args.batch, data=args.data, annotations=args.annotations, max_images=args.max_images,
         representative=args.representative_data, calibration_images=args.calibration_images,
         nms=args.nms, memory=not args.no_memory, device_results=tuple(args.device_results),
+        peers=parse_peers(args.peer) if spec is not None else {},
         spec_args={"spec": args.spec, "set": args.set})
 
 
@@ -69,6 +74,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     problem = config(args, None).problem()
+    try:
+        parse_peers(args.peer)
+    except ValueError as e:
+        problem = problem or str(e)
     if problem:
         p.error(problem)
     from bench.harness import run_benchmark  # deferred: TensorFlow starts once a request is valid

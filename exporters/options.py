@@ -47,6 +47,8 @@ class TFLiteOptions:
     representative: str | None = None   # int8 calibration images (folder or TFRecord)
     calibration_images: int = 100
     float_heads: bool = False           # int8 with the class/box heads kept float32
+    triage: bool = True                 # int8 with --eval-data: keep the fewest layers float
+                                        # that bring the AP loss within the bound
 
 
 @dataclass(frozen=True)
@@ -63,3 +65,11 @@ class ExportOptions:
     gate: GateOptions = field(default_factory=GateOptions)
     eval: EvalOptions | None = None
     verbose: bool = True
+
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    quant: str = "int8"                 # int8 (NNCF post-training) | fp32 (the IR as it is)
+    representative: str | None = None   # int8 calibration images (folder or TFRecord)
+    calibration_images: int = 100
+    opset: int = 17                     # of the ONNX file OpenVINO reads

@@ -91,6 +91,10 @@ class Format:
         """Which runtime paths run the file (``edetgraph.verify.coverage`` reports by name)."""
         return {}
 
+    def companions(self, path: str) -> list:
+        """Files written beside ``path`` that belong to it (an OpenVINO IR's .bin)."""
+        return []
+
 
 @dataclass
 class _Job:
@@ -140,6 +144,10 @@ def export(spec, out: str, fmt: Format, opts: ExportOptions) -> dict:
             if own is not None:
                 summary["check"] = own
         check_accuracy(summary, spec, job.serve, runner.run, fmt.kind(), opts, job.say)
+        if fmt.kind() != "fp32" and opts.eval is None:
+            summary["accuracy_unverified"] = unverified(parity)
+            log(fmt.prog, f"WARNING: {summary['accuracy_unverified']['why']}")
+        staged.companions = fmt.companions(staged.path)
         keep_if_passed(staged, summary, out)
     return summary
 
@@ -177,7 +185,8 @@ def _summary(job: _Job, staged, converted, runner, parity: dict, timings: dict) 
     """The summary JSON written beside the file (keys are a contract: see the README)."""
     info = runner.info()
     return {"schema": SCHEMA, "format": job.fmt.name,
-            "file": {"path": staged.out, **file_facts(staged.path)},
+            "file": {"path": staged.out,
+                     **file_facts(staged.path, job.fmt.companions(staged.path))},
             "spec": job.spec.name, "spec_source": job.spec.source, "weights": job.weights,
             "options": job.fmt.options(job.opts, converted),
             "inputs": info["inputs"], "outputs": info["outputs"],
@@ -201,6 +210,17 @@ def check_accuracy(summary: dict, spec, serve, run_file, kind: str, opts: Export
     summary["timings"]["ap_check_s"] = time.perf_counter() - t0
 
 
+def unverified(parity: dict) -> dict:
+    """What a quantised file without --eval-data can say of its accuracy: nothing measured,
+    and the SQNR of each head on the parity pictures."""
+    sqnr = {h: (None if not f["nrmse"] else round(float(-20 * np.log10(f["nrmse"])), 2))
+            for h, f in parity["heads"].items()}
+    text = ", ".join(f"{h} {v} dB" for h, v in sqnr.items() if v is not None)
+    return {"verified": False, "sqnr_db": sqnr,
+            "why": f"accuracy UNVERIFIED: no --eval-data, so the AP this file loses is not "
+                   f"measured (SQNR per head on the parity pictures: {text or 'n/a'})"}
+
+
 # ----------------------------------------------------------------- staged files and summary
 
 class StagedOutput:
@@ -218,6 +238,7 @@ class StagedOutput:
         self._dir = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial",
                                      dir=os.path.dirname(self.out))
         self.path = os.path.join(self._dir, name)
+        self.companions: list = []      # staged files moved beside ``out`` with it
 
     def commit(self, summary: dict) -> None:
         """Move the file into place and write the summary JSON beside it."""
@@ -227,6 +248,8 @@ class StagedOutput:
             f.write("\n")
         if os.path.isdir(self.out):       # a folder: move the old one out of the way first
             os.replace(self.out, self.path + ".old")
+        for extra in self.companions:
+            os.replace(extra, os.path.join(os.path.dirname(self.out), os.path.basename(extra)))
         os.replace(self.path, self.out)
         os.replace(staged_json, self.out + ".json")
 
@@ -265,14 +288,15 @@ def strict_json(value):
     return value
 
 
-def file_facts(path: str) -> dict:
-    """Size and SHA-256 of a file; of a folder, the total size and a digest over its files'
-    relative paths and contents."""
+def file_facts(path: str, companions=()) -> dict:
+    """Size and SHA-256 of a file (and of the ``companions`` that belong to it, e.g. an
+    OpenVINO IR's .bin); of a folder, the total size and a digest over its files' relative
+    paths and contents."""
     digest = hashlib.sha256()
-    files = [path] if os.path.isfile(path) else sorted(
+    files = [path, *companions] if os.path.isfile(path) else sorted(
         os.path.join(d, f) for d, _, names in os.walk(path) for f in names)
     for name in files:
-        if name != path:
+        if name != path and not os.path.isfile(path):
             digest.update(os.path.relpath(name, path).encode() + b"\0")
         with open(name, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -309,6 +333,14 @@ def format_summary(s: dict) -> str:
     lines.extend("  " + line for line in format_parity(s["parity"]).splitlines())
     if s.get("accuracy"):
         lines.append("  " + format_ap(s["accuracy"]))
+    if s.get("accuracy_unverified"):
+        lines.append("  " + s["accuracy_unverified"]["why"])
+    triage = (s.get("options") or {}).get("triage")
+    if triage:
+        lines.append(f"  int8 triage: {len(triage['float_layers'])} of "
+                     f"{triage['layers_measured']} layers kept float32 for an AP loss within "
+                     f"{triage['bound_points']:g} points")
+        lines.extend(f"    {f['layer']}: {f['why']}" for f in triage["float_layers"][:10])
     lines.append(f"  summary: {s['file']['path']}.json")
     return "\n".join(lines)
 

@@ -18,13 +18,15 @@ import tensorflow as tf
 from edetgraph.graph import outputs
 from edetgraph.task.anchors import spec_anchors
 from edetgraph.task.postprocess import make_tflite_detection_postprocess
-from edetgraph.task.preprocess import normalize_in_graph, prepare_image, read_image
+from edetgraph.task.preprocess import normalize_in_graph
 from edetgraph.task.serving import detection_op_inputs
 from edetgraph.verify import coverage
+from edetgraph.verify.parity import AP_DROP
 from edetgraph.verify.runners import tflite_interpreter
-from exporters.cli import representative_files
+from exporters.calibration import calibration_batches, representative_images
 from exporters.float_heads import convert_with_float_heads
-from exporters.options import ExportError, ExportFailed, ExportOptions, TFLiteOptions
+from exporters.triage import Triage
+from exporters.options import ExportFailed, ExportOptions, TFLiteOptions
 from exporters.pipeline import Format
 
 QUANTS = ("fp32", "fp16", "dynamic", "int8")
@@ -58,30 +60,33 @@ class TFLiteFormat(Format):
         return text
 
     def convert(self, serve, model, spec, opts: ExportOptions, say):
-        """``(flatbuffer bytes, number of head ops kept float or None)``."""
+        """``(flatbuffer bytes, number of head ops kept float or None, triage report or
+        None)``."""
         t = self.tfl
 
         def calibration():
-            group = []
-            for i, image in enumerate(representative_images(t.representative,
-                                                            t.calibration_images)):
-                group.append(prepare_image(image, spec, opts.input))
-                if len(group) == opts.batch:
-                    yield [np.stack(group)]
-                    group = []
-                if (i + 1) % 20 == 0:
-                    say(f"  calibrated on {i + 1} images")
+            for x in calibration_batches(t.representative, t.calibration_images, spec,
+                                         opts.input, opts.batch, say):
+                yield [x]
 
         if t.quant == "int8":  # a bad TFRecord fails here, not deep inside the converter
             next(representative_images(t.representative, 1), None)
         if t.float_heads:
             say("the class/box heads stay float32 (--float-heads); the rest is int8")
-        try:
-            conv = _converter(serve, model, t.quant, t.io, opts.input, opts.postprocess,
+        def converter():
+            return _converter(serve, model, t.quant, t.io, opts.input, opts.postprocess,
                               calibration)
+
+        try:
             if t.float_heads:
-                return convert_with_float_heads(conv, serve, model, calibration)
-            return conv.convert(), None
+                return (*convert_with_float_heads(converter(), serve, model, calibration), None)
+            if t.quant == "int8" and opts.eval is not None and t.triage:
+                bound = (AP_DROP["int8"] if opts.eval.max_ap_drop is None
+                         else opts.eval.max_ap_drop)
+                flatbuffer, report = Triage(converter, calibration, spec, serve, opts.eval,
+                                            opts.input, opts.batch, bound, say).run()
+                return flatbuffer, None, report
+            return converter().convert(), None, None
         except ExportFailed:
             raise
         except Exception as e:  # ConverterError and friends
@@ -106,6 +111,7 @@ class TFLiteFormat(Format):
                 "representative_data": t.representative,
                 "calibration_images": t.calibration_images if t.quant == "int8" else None,
                 "float_heads": t.float_heads, "float_head_ops": converted[1],
+                "triage": converted[2],
                 "max_detections": opts.max_detections, "score_threshold": opts.score_threshold,
                 "iou_threshold": opts.iou_threshold}
 
@@ -114,26 +120,6 @@ class TFLiteFormat(Format):
 
     def coverage(self, path: str, opts: ExportOptions) -> dict:
         return {"xnnpack": coverage.tflite(path), "gpu_delegate": coverage.tflite_gpu(path)}
-
-
-def representative_images(source: str, limit: int):
-    """Yield up to ``limit`` uint8 RGB images, decoded with TensorFlow's decoders."""
-    kind, files = representative_files(source)
-    if kind == "dir":
-        for f in files[:limit]:
-            try:
-                yield read_image(f).numpy()
-            except ValueError as e:
-                raise ExportError(f"--representative-data: {e}") from None
-        return
-    feature = {"image/encoded": tf.io.FixedLenFeature((), tf.string)}
-    try:
-        for record in tf.data.TFRecordDataset(files).take(limit):
-            encoded = tf.io.parse_single_example(record, feature)["image/encoded"]
-            yield tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
-    except tf.errors.OpError as e:
-        raise ExportError(f"--representative-data {source}: not a TFRecord of tf.Examples with "
-                          f"image/encoded ({e.message.splitlines()[0][:200]})") from None
 
 
 def _converter(serve, model, quant, io, input_kind, postprocess, representative):

@@ -54,6 +54,11 @@ def build_parser() -> OneLineParser:
                    "TFRecord file(s) (a glob is fine) of tf.Examples with image/encoded")
     p.add_argument("--calibration-images", type=int, default=100, metavar="N",
                    help="how many representative images to calibrate on (default 100)")
+    p.add_argument("--no-triage", dest="triage", action="store_false",
+                   help="int8 with --eval-data: refuse a file beyond the AP bound as it is, "
+                   "instead of keeping its most sensitive layers in float32 (by default the "
+                   "fewest such layers are searched for, on the evaluation data, and reported "
+                   "in the summary with the range statistics that made them sensitive)")
     p.add_argument("--float-heads", action="store_true",
                    help="int8 only: keep the class and box heads in float32 and quantise the "
                    "rest: for swish models, whose head activations have a few channels far "
@@ -115,7 +120,8 @@ def main(argv=None) -> int:
     from exporters import pipeline, tflite_format  # deferred: TensorFlow starts after the checks
     fmt = tflite_format.TFLiteFormat(TFLiteOptions(
         quant=args.quant, io=args.io, representative=args.representative_data,
-        calibration_images=args.calibration_images, float_heads=args.float_heads))
+        calibration_images=args.calibration_images, float_heads=args.float_heads,
+        triage=args.triage))
     return pipeline.run(spec, args.out, fmt, export_options(args, batch))
 
 

@@ -118,8 +118,8 @@ def openvino(compiled, requested: str) -> dict:
     (int8 files: those left in float)."""
     skip = {"Parameter", "Result", "Const", "Constant", "Reorder", "Input", "Output",
             "Reshape", "Squeeze", "Unsqueeze"}     # no arithmetic: precision is moot
-    want = {"f32": "f32", "fp32": "f32", "bf16": "bf16", "int8": "i8", "i8": "i8"}.get(
-        requested.lower(), requested.lower())
+    want = {"f32": {"f32"}, "fp32": {"f32"}, "bf16": {"bf16"}, "int8": {"i8", "u8"}}.get(
+        requested.lower(), {requested.lower()})
     counts, other = Counter(), Counter()
     for op in compiled.get_runtime_model().get_ops():
         info = op.get_rt_info()
@@ -129,7 +129,7 @@ def openvino(compiled, requested: str) -> dict:
         if kind in skip or precision in ("i32", "i64"):     # shapes and indices, not data
             continue
         counts[precision] += 1
-        if precision != want:
+        if precision not in want:
             other[kind] += 1
     return {"requested": requested, "layers": dict(counts.most_common()),
             "other_precision": dict(other.most_common())}

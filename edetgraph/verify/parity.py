@@ -60,6 +60,10 @@ TOLERANCES = {
                       "weights stored as float16 (relative rounding <= 2^-11); the error "
                       "compounds through ~100 layers, so each head's RMSE must stay below 5 % "
                       "of its spread (SQNR >= 26 dB)"),
+    "bf16": Tolerance("bf16", None, 0.05, False, True,
+                      "activations and weights in bfloat16 (8 mantissa bits, relative rounding "
+                      "<= 2^-8) where the CPU has it, judged like fp16: each head's RMSE below "
+                      "5 % of its spread"),
     "dynamic": Tolerance("dynamic", None, 1.0, False, True,
                          "int8 weights, activations quantised on the fly: each head's RMSE must "
                          "stay below the spread of the TF values (SQNR > 0 dB), i.e. the file "
@@ -74,9 +78,10 @@ TOLERANCES = {
 
 
 # The largest AP loss (points, 0-100) each kind of file may show against the float TF model.
-AP_DROP = {"fp32": 0.1, "fp16": 1.0, "dynamic": 3.0, "int8": 3.0}
+AP_DROP = {"fp32": 0.1, "fp16": 1.0, "bf16": 1.0, "dynamic": 3.0, "int8": 3.0}
 AP_DROP_WHY = ("AP (IoU 0.50:0.95) of the file may be at most this many points below the TF "
-               "model's on --eval-data: fp32 0.1 (ties in NMS only), fp16 1, dynamic and int8 3")
+               "model's on --eval-data: fp32 0.1 (ties in NMS only), fp16 and bf16 1, dynamic "
+               "and int8 3")
 
 DETECTION_SCORE_TOL = 1e-4  # scores are in [0, 1]: the raw tolerance, absolute
 DETECTION_BOX_TOL = 1e-3    # of the image side (0.5 px at 512): far below what AP resolves,

@@ -1,0 +1,152 @@
+"""int8 that keeps its accuracy: a per-layer sensitivity triage for TFLite.
+
+Full-integer int8 gives every tensor one scale. Where a layer's activations have a few
+channels far wider than the rest (swish + squeeze-excite models: a head channel spanning
++-30 beside hundreds spanning +-1), the narrow ones are left two or three int8 steps and the
+model loses its accuracy. Which layers those are is measured, not guessed:
+
+1. quantise fully, and measure every quantised layer's own error on the calibration images
+   with TFLite's QuantizationDebugger (each layer is fed its float input, so errors do not
+   accumulate): its SQNR = 10 log10(var(float output) / MSE(int8 - float)), and the range
+   statistics that explain it (float min and max, the 99.9th percentile of |value|, the
+   int8 step);
+2. measure the AP loss of the full int8 file on the evaluation data; within the bound, done;
+3. otherwise keep layers in float, lowest SQNR first, searching the fewest that bring the
+   loss within the bound (doubling, then bisecting; each candidate is a real conversion
+   measured on the evaluation data);
+4. report the float layers and why.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from edetgraph.verify.accuracy import measure
+from edetgraph.verify.runners import make_runner
+from exporters.options import ExportFailed
+
+MAX_TRIALS = 12      # conversions the search may spend after the full int8 one
+
+
+def _sqnr_db(float_values, quant_values, scale, zero_point) -> float:
+    f = np.asarray(float_values, np.float64)
+    q = (np.asarray(quant_values, np.float64) - zero_point) * scale
+    mse = float(np.mean((q - f) ** 2))
+    var = float(np.var(f))
+    return 10.0 * np.log10(var / mse) if mse > 0 and var > 0 else float("inf")
+
+
+METRICS = {
+    "sqnr_db": _sqnr_db,
+    "float_min": lambda f, q, s, z: float(np.min(f)),
+    "float_max": lambda f, q, s, z: float(np.max(f)),
+    "p999_abs": lambda f, q, s, z: float(np.percentile(np.abs(f), 99.9)),
+    "scale": lambda f, q, s, z: float(s),
+}
+
+
+def layer_statistics(converter, calibration) -> dict:
+    """``{layer: {sqnr_db, float_min, float_max, p999_abs, scale}}`` of a full int8
+    conversion on the calibration data."""
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        layer_direct_compare_metrics=METRICS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=calibration, debug_options=options)
+        debugger.run()
+    return {name: dict(stats) for name, stats in debugger.layer_statistics.items()}
+
+
+def convert_keeping_float(converter, calibration, nodes) -> bytes:
+    """The int8 conversion with ``nodes`` (layer names) kept in float32."""
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                           tf.lite.OpsSet.TFLITE_BUILTINS]
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(nodes))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=calibration, debug_options=options)
+        return debugger.get_nondebug_quantized_model()
+
+
+def _why(name: str, s: dict) -> dict:
+    spread = max(abs(s["float_min"]), abs(s["float_max"]))
+    return {"layer": name, "sqnr_db": round(s["sqnr_db"], 2),
+            "range": [round(s["float_min"], 4), round(s["float_max"], 4)],
+            "p999_abs": round(s["p999_abs"], 4), "int8_step": s["scale"],
+            "why": (f"SQNR {s['sqnr_db']:.1f} dB: values span +-{spread:.3g} while 99.9 % are "
+                    f"within +-{s['p999_abs']:.3g}, so one int8 step ({s['scale']:.3g}) is "
+                    f"{100 * s['scale'] / max(s['p999_abs'], 1e-12):.1f} % of their typical "
+                    f"size")}
+
+
+class Triage:
+    """Runs the search for one export; ``result`` holds the report for the summary."""
+
+    def __init__(self, make_converter, calibration, spec, serve, eval_opts, input_kind,
+                 batch, bound: float, say):
+        self.make_converter, self.calibration = make_converter, calibration
+        self.spec, self.serve, self.ev = spec, serve, eval_opts
+        self.input_kind, self.batch, self.bound, self.say = input_kind, batch, bound, say
+        self.trials: list = []
+
+    def _ap_drop(self, flatbuffer: bytes, k: int) -> float:
+        with tempfile.TemporaryDirectory(prefix="edetgraph-triage-") as tmp:
+            path = os.path.join(tmp, "candidate.tflite")
+            with open(path, "wb") as f:
+                f.write(flatbuffer)
+            runner = make_runner("tflite", path, None)
+            annotations = self.ev.annotations or os.path.join(self.ev.data, "instances.json")
+            r = measure(self.spec, self.serve, runner.run, self.ev.data, annotations,
+                        self.input_kind, self.batch, "int8", self.ev.images, self.ev.nms,
+                        self.bound)
+        drop = r["ap_drop_points"]
+        self.trials.append({"float_layers": k, "ap_drop_points": round(drop, 3),
+                            "ap": r["file"]["AP"], "tf_ap": r["tf"]["AP"]})
+        self.say(f"  triage: {k} layer(s) in float -> AP loss {drop:+.2f} points "
+                 f"(bound {self.bound:g})")
+        return drop
+
+    def run(self) -> tuple[bytes, dict]:
+        """``(flatbuffer, report)``: the fewest float layers within the bound found."""
+        self.say("triage: measuring every quantised layer's error on the calibration images")
+        stats = layer_statistics(self.make_converter(), self.calibration)
+        ranked = sorted(stats, key=lambda n: stats[n]["sqnr_db"])
+        full = self.make_converter().convert()
+        best, best_k = full, 0
+        if self._ap_drop(full, 0) > self.bound:
+            best, best_k = self._search(ranked)
+        report = {"bound_points": self.bound, "layers_measured": len(stats),
+                  "float_layers": [_why(n, stats[n]) for n in ranked[:best_k]],
+                  "most_sensitive": [_why(n, stats[n]) for n in ranked[:10]],
+                  "trials": self.trials}
+        return best, report
+
+    def _search(self, ranked: list):
+        lo, hi, found = 0, None, None
+        k = 1
+        while hi is None and len(self.trials) <= MAX_TRIALS:
+            k = min(k, len(ranked))
+            model = convert_keeping_float(self.make_converter(), self.calibration, ranked[:k])
+            if self._ap_drop(model, k) <= self.bound:
+                hi, found = k, model
+            elif k == len(ranked):
+                break
+            else:
+                lo, k = k, k * 2
+        if found is None:
+            raise ExportFailed(f"int8 triage: even {k} float layer(s) leave the AP loss above "
+                               f"{self.bound:g} points; use fp16, or --max-ap-drop")
+        while hi - lo > 1 and len(self.trials) <= MAX_TRIALS:
+            mid = (lo + hi) // 2
+            model = convert_keeping_float(self.make_converter(), self.calibration, ranked[:mid])
+            if self._ap_drop(model, mid) <= self.bound:
+                hi, found = mid, model
+            else:
+                lo = mid
+        return found, hi
