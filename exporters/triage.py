@@ -49,9 +49,17 @@ METRICS = {
 }
 
 
+def node_name(verify_name: str) -> str:
+    """The float model's op output name of a debugger layer: the debugger names a layer
+    ``NumericVerify/<op output name><digit>:<index>`` (TF 2.21's own parsing, mirrored)."""
+    name = verify_name.rsplit(":", 1)[0].split("/", 1)[1]
+    return name[:-1] if name[-1:].isdigit() else name
+
+
 def layer_statistics(converter, calibration) -> dict:
     """``{layer: {sqnr_db, float_min, float_max, p999_abs, scale}}`` of a full int8
-    conversion on the calibration data."""
+    conversion on the calibration data, keyed by the float op output names that
+    ``convert_keeping_float`` takes."""
     options = tf.lite.experimental.QuantizationDebugOptions(
         layer_direct_compare_metrics=METRICS)
     with warnings.catch_warnings():
@@ -59,7 +67,7 @@ def layer_statistics(converter, calibration) -> dict:
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=calibration, debug_options=options)
         debugger.run()
-    return {name: dict(stats) for name, stats in debugger.layer_statistics.items()}
+    return {node_name(name): dict(stats) for name, stats in debugger.layer_statistics.items()}
 
 
 def convert_keeping_float(converter, calibration, nodes) -> bytes:

@@ -268,3 +268,52 @@ def test_cli_refuses_bad_requests_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--spec", "demo", "--data", str(tmp_path)])
     assert exc.value.code == 2 and "--annotations" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_openvino_end_to_end_and_peer_rows(tmp_path):
+    """OpenVINO rows, end-to-end rows beside the TF Detector, and a foreign model timed
+    beside ours; without --data a quantised row says its accuracy is unverified."""
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install openvino)")
+    import tf2onnx
+    from _tiny_models import tiny_function
+    fn = tiny_function()
+    peer = tmp_path / "peer.onnx"
+    tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=17,
+                                  output_path=str(peer))
+    sets = [x for s in TINY for x in ("--set", s)]
+    backends = "tf,openvino-fp32,openvino-int8,tf-e2e,onnxruntime-e2e,tflite-fp32-e2e"
+    status, printed = _cli(["--spec", "demo", *sets, "--backends", backends, "--runs", 3,
+                            "--warmup", 1, "--calibration-images", 4, "--no-memory",
+                            "--peer", f"tiny={peer}", "--out", tmp_path / "b", "--quiet"])
+    assert status == 0, printed
+    rows = {r["name"]: r for r in json.loads((tmp_path / "b" / "results.json").read_text())
+            ["rows"]}
+    assert list(rows) == backends.split(",") + ["tiny"]
+    assert all(r["status"] == "ok" for r in rows.values()), {n: r["reason"] for n, r in
+                                                             rows.items()}
+    assert rows["openvino-fp32"]["parity"]["passed"] and rows["openvino-fp32"]["parity"][
+        "max_abs"] < 1e-4
+    assert rows["openvino-fp32"]["coverage"]["requested"] == "f32"
+    assert rows["openvino-int8"]["file"].endswith("_ov_int8.xml")
+    assert rows["openvino-int8"]["accuracy"]["verified"] is False
+    assert "accuracy UNVERIFIED" in printed
+    for name in ("onnxruntime-e2e", "tflite-fp32-e2e"):
+        assert rows[name]["detections"]["fraction"] == 1.0, (name, rows[name]["detections"])
+        assert rows[name]["parity"]["passed"] and rows[name]["latency"]["runs"] == 3
+    assert rows["tflite-fp32-e2e"]["nms"] == "fast" and rows["onnxruntime-e2e"]["nms"] == "hard"
+    assert rows["tiny"]["parity"]["tolerance"] == "n/a" and rows["tiny"]["latency"]["p50_ms"] > 0
+    assert "tiny" in printed and "coverage" in printed
+
+
+def test_peer_arguments_are_checked(tmp_path, capsys):
+    from bench.peers import parse_peers
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    assert parse_peers([f"a={tmp_path / 'm.onnx'}"]) == {"a": str(tmp_path / "m.onnx")}
+    for bad, why in (("noequals", "expected NAME=FILE"), (f"tf={tmp_path / 'm.onnx'}", "taken"),
+                     (f"b={tmp_path / 'none.onnx'}", "no such file")):
+        with pytest.raises(ValueError, match=why):
+            parse_peers([bad])
+    with pytest.raises(SystemExit) as e:
+        main(["--spec", "demo", "--peer", "broken", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "--peer 'broken'" in capsys.readouterr().err
