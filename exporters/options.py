@@ -73,3 +73,5 @@ class OpenVinoOptions:
     representative: str | None = None   # int8 calibration images (folder or TFRecord)
     calibration_images: int = 100
     opset: int = 17                     # of the ONNX file OpenVINO reads
+    triage: bool = True                 # int8 with --eval-data: NNCF's accuracy control keeps
+                                        # the layers float that the AP bound needs

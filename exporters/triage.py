@@ -32,6 +32,7 @@ from edetgraph.verify.runners import make_runner
 from exporters.options import ExportFailed
 
 MAX_TRIALS = 12      # conversions the search may spend after the full int8 one
+STAT_IMAGES = 16     # calibration batches the per-layer statistics are measured on
 
 
 def _channels(values) -> np.ndarray:
@@ -76,16 +77,22 @@ def node_name(verify_name: str) -> str:
     return name[:-1] if name[-1:].isdigit() else name
 
 
-def layer_statistics(converter, calibration) -> dict:
-    """``{layer: {sqnr_db, float_min, float_max, p999_abs, scale}}`` of a full int8
-    conversion on the calibration data, keyed by the float op output names that
-    ``convert_keeping_float`` takes."""
+def layer_statistics(converter, calibration, limit: int = STAT_IMAGES) -> dict:
+    """``{layer: {sqnr_db, channel_spread, float_min, float_max, p999_abs, scale}}`` of a
+    full int8 conversion (calibrated on all the data), measured on its first ``limit``
+    batches and keyed by the float op output names that ``convert_keeping_float`` takes."""
+    def first_batches():
+        for i, batch in enumerate(calibration()):
+            if i >= limit:
+                return
+            yield batch
+
     options = tf.lite.experimental.QuantizationDebugOptions(
         layer_direct_compare_metrics=METRICS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=calibration, debug_options=options)
+            converter=converter, debug_dataset=first_batches, debug_options=options)
         debugger.run()
     return {node_name(name): dict(stats) for name, stats in debugger.layer_statistics.items()}
 

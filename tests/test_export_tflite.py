@@ -164,6 +164,12 @@ def test_int8_uint8_io_from_tfrecord(tmp_path, small_tf):
     heads = summary["parity"]["heads"]
     assert summary["parity"]["passed"] and all(h["nrmse"] < 1.0 for h in heads.values())
     print("int8 small heads RMSE/std:", {h: round(v["nrmse"], 3) for h, v in heads.items()})
+    # No --eval-data: the summary says the accuracy is not measured, with the SQNR per head
+    unverified = summary["accuracy_unverified"]
+    assert unverified["verified"] is False and "accuracy" not in summary
+    for head, f in heads.items():
+        assert unverified["sqnr_db"][head] == pytest.approx(-20 * np.log10(f["nrmse"]), abs=0.01)
+    assert summary["coverage"]["xnnpack"]["fully_delegated"]
 
 
 def test_int8_with_float_heads_keeps_only_the_heads_float(tmp_path, small_tf):
