@@ -25,6 +25,7 @@ _API = {
     "list_specs": "edetgraph.graph.spec",
     "build_ir": "edetgraph.graph.build",
     "model_cost": "edetgraph.graph.cost",
+    "compound": "edetgraph.graph.scaling",
     "DetectionModel": "edetgraph.nn.model",
     "build_model": "edetgraph.nn.model",
     "CheckpointError": "edetgraph.checkpoints.archive",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edetgraph.graph import scaling
 from edetgraph.graph.build import build_ir
 from edetgraph.graph.compare import compare, format_table
 from edetgraph.graph.cost import COMPONENTS, model_cost
@@ -47,6 +48,7 @@ def report(spec, g=None, diffs=None) -> dict:
         "flops": total.flops,
         "by_component": {k: mc.by_component[k].as_dict() for k in COMPONENTS},
         "flops_by_op_type": total.by_op_type(),
+        "scaling": scaling.report(spec),
         "graph": {
             "nodes": g.number_of_nodes(),
             "edges": g.number_of_edges(),
@@ -80,6 +82,16 @@ def format_report(r: dict) -> str:
                  f"{_fmt(r['flops']):>12}{100.0:>8.1f}%")
     lines.append(f"exact: params {r['params_trainable']:,} trainable / {r['params_total']:,} total,"
                  f" FLOPs {r['flops']:,} multiply-adds")
+    sc = r.get("scaling")
+    if sc:
+        v = sc["resolved"]
+        lines += ["", f"scaling: phi {sc['phi']:g} ({sc['family']}): input {v['image_size']},"
+                  f" BiFPN {v['fpn.channels']} channels x {v['fpn.repeats']} cells, head"
+                  f" {v['head.repeats']} layers, {v['backbone']}"]
+        deps = sc["departures"]
+        lines.append("  departs from the formulas: " + "; ".join(
+            f"{k} {d['spec']} (formula {d['formula']})" for k, d in deps.items())
+            if deps else "  every scaled value is the formulas'")
     gr = r["graph"]
     lines += ["", f"feature network: {gr['nodes']} nodes, {gr['edges']} edges "
               f"({', '.join(f'{v} {k}' for k, v in gr['by_op'].items())}); {gr['cells']} cells x "

@@ -1,9 +1,13 @@
 """Spec loading: official values, typed validation, overrides, clear errors."""
+import json
+from pathlib import Path
+
 import pytest
 import yaml
 from conftest import OFFICIAL, SPECS
 
 from edetgraph.graph import scaling
+from edetgraph.graph.cost import model_cost
 from edetgraph.graph.spec import SpecError, from_dict, list_specs, load_spec
 
 BASE = yaml.safe_load((SPECS / "d0.yaml").read_text())
@@ -113,21 +117,95 @@ def test_cli_bad_spec_is_one_line(tmp_path):
 # Where each official spec departs from the paper's formulas (Table 1 vs eqs. 1-3), written
 # out by hand from the paper so that a change to either the specs or the formulas shows up.
 EXPECTED_DEPARTURES = {
-    "d0": {}, "d1": {}, "d3": {}, "d6": {},
-    "d2": {"fpn_channels": (112, 120)},
-    "d4": {"fpn_channels": (224, 216)},
-    "d5": {"fpn_repeats": (7, 8), "image_size": (1280, 1152)},
-    "d6": {"fpn_repeats": (8, 9), "head_repeats": (5, 5)},
-    "d7": {"fpn_channels": (384, 520), "fpn_repeats": (8, 10), "image_size": (1536, 1408)},
+    "d0": {}, "d1": {}, "d3": {}, "d6": {"fpn.repeats": (8, 9)},
+    "d2": {"fpn.channels": (112, 120)},
+    "d4": {"fpn.channels": (224, 216)},
+    "d5": {"fpn.repeats": (7, 8), "image_size": (1280, 1152)},
+    "d7": {"fpn.channels": (384, 520), "fpn.repeats": (8, 10), "image_size": (1536, 1408)},
+    "d7x": {"fpn.channels": (384, 520), "fpn.repeats": (8, 10), "image_size": (1536, 1408),
+            "backbone": ("efficientnet-b7", "efficientnet-b6")},
+    "lite0": {}, "lite1": {}, "lite3": {},
+    "lite2": {"fpn.channels": (112, 120)},
+    "lite3x": {"fpn.channels": (200, 160), "image_size": (640, 512)},
+    "lite4": {"fpn.channels": (224, 216), "image_size": (640, 576)},
 }
-
-
-@pytest.mark.parametrize("name,phi", [(f"d{i}", i) for i in range(8)])
-def test_departures_from_the_compound_scaling_formulas(name, phi):
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_official_specs_are_scaling_plus_departures(name):
+    """Each official file gives phi and family and pins only its departures; it resolves to
+    the official values (test_official_spec_matches_official_hparams above; parameter and
+    FLOP counts in test_every_spec)."""
     spec = load_spec(name)
-    got = scaling.departures(spec, phi)
-    want = {k: v for k, v in EXPECTED_DEPARTURES[name].items() if v[0] != v[1]}
-    assert got == want
+    assert spec.scaling is not None
+    assert scaling.departures(spec) == EXPECTED_DEPARTURES[name]
+    raw = yaml.safe_load(Path(spec.source).read_text())
+    pinned = {"image_size": "image_size" in raw, "backbone": "backbone" in raw,
+              "fpn.channels": "channels" in raw["fpn"], "fpn.repeats": "repeats" in raw["fpn"],
+              "head.repeats": "repeats" in raw["head"]}
+    assert {k for k, v in pinned.items() if v} == set(EXPECTED_DEPARTURES[name])
+
+
+def test_scaling_fills_only_what_the_spec_leaves_out():
+    data = dict(BASE, scaling={"phi": 2})
+    for key in ("image_size", "backbone"):
+        data.pop(key, None)
+    data["fpn"] = {k: v for k, v in data["fpn"].items() if k not in ("channels", "repeats")}
+    data["head"] = {k: v for k, v in data.get("head", {}).items() if k != "repeats"}
+    spec = from_dict(data)
+    assert (spec.image_size, spec.fpn.channels, spec.fpn.repeats, spec.head.repeats,
+            spec.backbone.name) == ((768, 768), 120, 5, 3, "efficientnet-b2")
+    pinned = from_dict(data, overrides=["fpn.channels=112"])
+    assert pinned.fpn.channels == 112
+    assert scaling.departures(pinned) == {"fpn.channels": (112, 120)}
+    lite = from_dict(data, overrides=["scaling.family=lite"])
+    assert (lite.image_size[0], lite.backbone.name) == (448, "efficientnet-lite2")
+
+
+def test_fractional_phi_interpolates_the_backbone():
+    s1, s2 = load_spec("d1"), load_spec("d2")
+    data = {"name": "half", "num_classes": 90, "scaling": {"phi": 1.5},
+            "fpn": {"topology": "bifpn"}, "head": {"separable": True}}
+    half = from_dict(data)
+    assert half.fpn.channels == scaling.bifpn_width(1.5) == 104
+    assert half.fpn.repeats == 5 and half.head.repeats == 3
+    c1, c2, ch = (model_cost(s).total for s in (s1, s2, half))
+    assert c1.params_trainable < ch.params_trainable < c2.params_trainable
+    b1, b2, bh = (s.backbone_config() for s in (s1, s2, half))
+    assert b1.width < bh.width < b2.width and b1.depth < bh.depth < b2.depth
+
+
+@pytest.mark.parametrize("bad,where", [
+    ({"phi": -1}, "scaling.phi"), ({"phi": 9}, "scaling.phi"),
+    ({"phi": 1, "family": "mobile"}, "scaling.family"), ({"phi": "two"}, "scaling.phi"),
+    ({"phi": 5, "family": "lite"}, "scaling.phi")])
+def test_bad_scaling_is_named(bad, where):
+    data = dict(BASE, scaling=bad)
+    with pytest.raises(SpecError, match=where.replace(".", r"\.")):
+        from_dict(data)
+
+
+def test_custom_topology_scales_as_a_family():
+    """The topology zoo's custom example declares phi = 0; --set scaling.phi=N gives the
+    family member, growing in every scaled dimension and in cost."""
+    costs = []
+    for phi in (0, 1, 2):
+        spec = load_spec("topologies/example_custom", [f"scaling.phi={phi}"])
+        assert scaling.departures(spec) == {}
+        assert spec.fpn.nodes is not None
+        costs.append(model_cost(spec).total)
+    assert costs[0].flops < costs[1].flops < costs[2].flops
+    assert costs[0].params_trainable < costs[1].params_trainable < costs[2].params_trainable
+
+
+def test_inspect_shows_resolved_values_and_departures():
+    from conftest import run_py
+    r = run_py("from edetgraph.inspect import main; raise SystemExit(main())", "--spec", "d5")
+    assert r.returncode == 0, r.stderr
+    assert "scaling: phi 5 (efficientdet): input 1280, BiFPN 288 channels x 7 cells" in r.stdout
+    assert "image_size 1280 (formula 1152); fpn.repeats 7 (formula 8)" in r.stdout
+    r = run_py("from edetgraph.inspect import main; raise SystemExit(main())",
+               "--spec", "d5", "--json")
+    got = json.loads(r.stdout)["scaling"]
+    assert got["departures"]["fpn.repeats"] == {"spec": 7, "formula": 8}
 
 
 def test_formulas():

@@ -98,6 +98,14 @@ class BackboneConfig:
         return expand_blocks(self)
 
 
+def table_entry(name: str) -> tuple:
+    """``(width, depth, drop_connect, lite)`` of a named backbone of the B0-B7 / Lite0-4
+    table; ValueError for another name."""
+    if name not in _TABLE:
+        raise ValueError(f"{name!r} is not a named backbone ({', '.join(_TABLE)})")
+    return _TABLE[name]
+
+
 def decode_block(s: str) -> Stage:
     """Parse one block string; raises ValueError naming it when malformed."""
     m = _BLOCK_RE.match(s)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from edetgraph.graph import blocks, fusion, schema
+from edetgraph.graph import blocks, fusion, scaling, schema
 
 WEIGHT_METHODS = tuple(fusion.METHODS)       # fastattn, attn, sum, channel_(fast)attn
 ACTIVATIONS = ("swish", "relu6", "relu", "silu", "hswish")
@@ -97,6 +97,15 @@ class BatchNormSpec:
 
 
 @dataclass(frozen=True)
+class ScalingSpec:
+    """Compound scaling: the values the spec leaves out come from the formulas at ``phi``
+    (``edetgraph.graph.scaling``); ``family`` efficientdet (B0-B6 backbones, 512 + 128 phi)
+    or lite (Lite0-4, 320 + 64 phi)."""
+    phi: float
+    family: str = "efficientdet"
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     image_size: tuple[int, int]
@@ -108,6 +117,7 @@ class ModelSpec:
     anchors: AnchorSpec = field(default_factory=AnchorSpec)
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
     bn: BatchNormSpec = field(default_factory=BatchNormSpec)
+    scaling: Optional[ScalingSpec] = None  # resolved on load; kept to show departures
     source: Optional[str] = None          # file it came from (set by the loader)
 
     @property
@@ -206,13 +216,27 @@ def _normalise(data: dict) -> dict:
     return data
 
 
+def _scaled(data: dict) -> dict:
+    """``data`` with its ``scaling`` block checked and applied (before the rest is validated:
+    the block supplies values the validator requires)."""
+    if data.get("scaling") is None:
+        return data
+    s = schema.build(ScalingSpec, data["scaling"], "scaling", SpecError)
+    if s.family not in scaling.FAMILIES:
+        _fail("scaling.family", f"{s.family!r} is not one of {', '.join(scaling.FAMILIES)}")
+    top = len(scaling.FAMILIES[s.family].backbones) - 1
+    if not 0 <= s.phi <= top:
+        _fail("scaling.phi", f"must be in [0, {top}] for the {s.family} family, got {s.phi:g}")
+    return scaling.resolve(data)
+
+
 def from_dict(data: Any, source: str | None = None, overrides=()) -> ModelSpec:
     """Validate raw spec data (a mapping as YAML gives it) into a :class:`ModelSpec`."""
     where = source or "<spec>"
     try:
         if not isinstance(data, dict):
             raise SpecError(f"<root>: expected a mapping, got {type(data).__name__}")
-        data = _normalise(apply_overrides(data, overrides))
+        data = _normalise(_scaled(apply_overrides(data, overrides)))
         spec = schema.build(ModelSpec, data, "", SpecError)
         _check(spec)
     except SpecError as e:
