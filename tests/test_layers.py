@@ -24,6 +24,7 @@ LAYERS = (
     ("task", ("edetgraph/task/",)),
     ("training", ("edetgraph/training/",)),
     ("verify", ("edetgraph/verify/",)),
+    ("nas", ("edetgraph/nas/",)),
     ("commands", ("edetgraph/__init__.py", "edetgraph/inspect.py", "edetgraph/train.py",
                   "edetgraph/eval.py", "edetgraph/infer.py", "edetgraph/search.py")),
     ("exporters", ("exporters/",)),

@@ -141,6 +141,37 @@ def resolve(data: dict) -> dict:
     return out
 
 
+def relative(data: dict, phi: float, family: str = "efficientdet", multiple: int = 32) -> dict:
+    """Raw spec data scaled by ``phi`` from its own values as the phi = 0 member: the same
+    formulas, relative to a base that is not D0 (a small model, a custom topology).
+
+    Width x 1.35^phi (to a multiple of 8), cells + ceil(phi), head layers + floor(phi / 3),
+    input x (1 + phi/4) (512 -> 640 per step, as the family grows; to a multiple of
+    ``multiple``), backbone width and depth multipliers x the family's B0 -> B(phi) ratios.
+    """
+    f = FAMILIES[family]
+    fpn, head = dict(data.get("fpn") or {}), dict(data.get("head") or {})
+    size = data["image_size"]
+    size = size if isinstance(size, int) else max(size)
+    out = {k: v for k, v in data.items() if k != "scaling"}
+    out.update(fpn=fpn, head=head)
+    fpn["channels"] = max(8, round(fpn.get("channels", 64) * 1.35 ** phi / 8) * 8)
+    fpn["repeats"] = fpn.get("repeats", 3) + bifpn_depth(phi) - 3
+    head["repeats"] = head.get("repeats", 3) + head_depth(phi) - 3
+    step = size * f.resolution_step / f.resolution_base
+    out["image_size"] = int(round((size + step * phi) / multiple) * multiple)
+    bb = dict(data.get("backbone") or {})
+    w0, d0, *_ = blocks.table_entry(f.backbones[0])
+    scaled = backbone(phi, family)
+    w1, d1 = ((scaled["width"], scaled["depth"]) if "width" in scaled
+              else blocks.table_entry(scaled["name"])[:2])
+    base_w = bb.get("width") or blocks.table_entry(bb.get("name", f.backbones[0]))[0]
+    base_d = bb.get("depth") or blocks.table_entry(bb.get("name", f.backbones[0]))[1]
+    bb.update(width=round(base_w * w1 / w0, 4), depth=round(base_d * d1 / d0, 4))
+    out["backbone"] = bb
+    return out
+
+
 def resolved(spec) -> dict:
     """The scaled values of a loaded spec, keyed by spec path (``fpn.channels`` ...)."""
     size = spec.image_size

@@ -1,0 +1,31 @@
+"""What the search's stages share: its error, its progress line and atomic writes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+
+class SearchError(Exception):
+    """A request the search cannot do; the message is one line naming what is wrong."""
+
+
+def say(msg: str) -> None:
+    print(f"[search] {msg}", flush=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, value) -> None:
+    write_atomic(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
+
+
+def digest(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
