@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edetgraph.graph.budget import check_budget
 from edetgraph.graph.build import build_ir
 from edetgraph.graph.compare import compare, format_table
 from edetgraph.graph.cost import COMPONENTS, model_cost
@@ -45,6 +46,7 @@ def report(spec, g=None, diffs=None) -> dict:
         "params_trainable": total.params_trainable,
         "params_total": total.params_total,
         "flops": total.flops,
+        "activation_bytes": total.activation_bytes,
         "by_component": {k: mc.by_component[k].as_dict() for k in COMPONENTS},
         "flops_by_op_type": total.by_op_type(),
         "graph": {
@@ -151,11 +153,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _build(spec, args):
+    """The IR and its pass diffs; SpecError for a topology error or a model past the limits
+    (inspect answers for what could be built)."""
     diffs: list = []
     try:
         g = build_ir(spec, prune=args.prune, share=args.share_resample, diffs=diffs)
     except SpecError as e:       # a topology error: say which file it is in
         raise SpecError(f"{spec.source or spec.name}: {e}") from None
+    check_budget(spec, g)
     return g, diffs
 
 
