@@ -6,14 +6,13 @@ Exports what is missing into --out (reused while spec, weights and options are u
 prints a table and writes results.json, results.csv and results.png there.
 """
 import argparse
-import os
 import sys
 
 from bench.config import BACKENDS, DEFAULT_BACKENDS, BenchConfig, Progress
 from bench.device import DeviceResultError
 from bench.report import format_report, write_report
 from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
-from edetgraph.cli import OneLineParser
+from edetgraph.cli import OneLineParser, quiet_tensorflow
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.task.coco import EvalError
 from edetgraph.verify.datasets import EvalDataError
@@ -67,10 +66,10 @@ def config(args, spec) -> BenchConfig:
 def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     problem = config(args, None).problem()
     if problem:
         p.error(problem)
+    quiet_tensorflow()
     from bench.harness import run_benchmark  # deferred: TensorFlow starts once a request is valid
     try:
         cfg = config(args, load_spec(args.spec, args.set))

@@ -19,21 +19,25 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import tensorflow as tf
+from edetgraph.cli import quiet_tensorflow
 
-from bench import run as bench_run
-from edetgraph import train
-from edetgraph.graph import outputs
-from edetgraph.graph.build import build_ir
-from edetgraph.graph.draw import draw
-from edetgraph.graph.spec import load_spec
-from edetgraph.inspect import format_report, report
-from edetgraph.nn.model import build_model
-from edetgraph.resources import path
-from edetgraph.task import anchors, postprocess, preprocess
-from edetgraph.training.config import load_train_config
-from edetgraph.training.inputs import synthetic_data
+quiet_tensorflow()  # before TensorFlow loads below: its start-up notices are not warnings
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from bench import run as bench_run  # noqa: E402
+from edetgraph import train  # noqa: E402
+from edetgraph.graph import outputs  # noqa: E402
+from edetgraph.graph.build import build_ir  # noqa: E402
+from edetgraph.graph.draw import draw  # noqa: E402
+from edetgraph.graph.spec import load_spec  # noqa: E402
+from edetgraph.inspect import format_report, report  # noqa: E402
+from edetgraph.nn.model import build_model  # noqa: E402
+from edetgraph.resources import path  # noqa: E402
+from edetgraph.task import anchors, postprocess, preprocess  # noqa: E402
+from edetgraph.training.config import load_train_config  # noqa: E402
+from edetgraph.training.inputs import synthetic_data  # noqa: E402
 
 
 def _stage(title: str) -> float:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from edetgraph.checkpoints.archive import CheckpointError
+from edetgraph.cli import quiet_tensorflow
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.task.coco import EvalError, format_table
 
@@ -47,6 +48,7 @@ def main(argv=None) -> int:
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    quiet_tensorflow()
     from edetgraph.task.evaluation import Evaluator  # deferred: --help skips TensorFlow
     detections = args.detections or str(Path(args.out).parent / "detections.json"
                                         if args.out else "detections.json")

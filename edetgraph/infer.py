@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from edetgraph.checkpoints.archive import CheckpointError
+from edetgraph.cli import quiet_tensorflow
 from edetgraph.graph.spec import SpecError
 
 METHODS = ("soft", "hard", "fast")  # edetgraph.task.postprocess.METHODS, without importing TF for --help
@@ -57,6 +58,7 @@ def main(argv=None) -> int:
     if args.max_dets < 1:
         print(f"error: --max-dets must be >= 1, got {args.max_dets}", file=sys.stderr)
         return 2
+    quiet_tensorflow()
     from edetgraph.task import pictures  # deferred: --help and refusals skip TensorFlow
     try:
         pictures.run(args)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edetgraph.cli import quiet_tensorflow
 from edetgraph.graph.budget import check_budget
 from edetgraph.graph.build import build_ir
 from edetgraph.graph.compare import compare, format_table
@@ -111,6 +112,7 @@ def _pass_change(p: dict) -> str:
 def verify(spec, r: dict, g=None) -> list[str]:
     """Build the TF model (from IR ``g`` if given, e.g. after --prune) and compare its
     variables with the cost model; returns problems."""
+    quiet_tensorflow()
     from edetgraph.nn.model import DetectionModel  # deferred: only --verify needs TensorFlow
 
     model = DetectionModel(spec, graph=g)

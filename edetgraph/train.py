@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edetgraph.cli import quiet_tensorflow
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.task.coco import format_table
 from edetgraph.training.config import TrainConfigError, load_train_config
@@ -50,6 +51,7 @@ def main(argv=None) -> int:
     except (SpecError, TrainConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    quiet_tensorflow()
     from edetgraph.training import trainer  # deferred: --help and bad settings skip TensorFlow
     try:
         result = trainer.train(spec, config, args.model_dir, args.data, args.val_data, args.val_json,

@@ -16,10 +16,14 @@ import json
 import sys
 from collections import Counter, defaultdict
 
-import tensorflow as tf
-from PIL import Image
+from edetgraph.cli import quiet_tensorflow
 
-from edetgraph.data.tfexample import encode_example
+quiet_tensorflow()  # before TensorFlow loads below: its start-up notices are not warnings
+
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from edetgraph.data.tfexample import encode_example  # noqa: E402
 
 
 class CocoError(ValueError):
