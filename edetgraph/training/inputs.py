@@ -132,7 +132,7 @@ def resolve_data(spec, config, data=None, val_data=None, val_json=None, log=None
         list_files(data)
         if val_data:
             list_files(val_data)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:   # no files, or two shard sets in one glob
         raise DataError(str(e)) from None
     if val_json and not tf.io.gfile.exists(val_json):
         raise DataError(f"{val_json}: no such file")

@@ -20,6 +20,7 @@ import tensorflow as tf
 import yaml
 
 from edetgraph.checkpoints.checkpoint import CheckpointError, load_checkpoint
+from edetgraph.data.pipeline import UndecodableData
 from edetgraph.task.evaluation import Evaluator
 from edetgraph.training import inputs as tdata
 from edetgraph.training.checkpointing import Checkpointer, CheckpointMismatch
@@ -147,7 +148,10 @@ def train(spec, config, model_dir, data=None, val_data=None, val_json=None, ckpt
         paths = tdata.resolve_data(spec, config, data, val_data, val_json, log)
     except (DistributeError, tdata.DataError) as e:
         raise TrainError(str(e)) from None
-    loop = _make_loop(spec, config, model_dir, paths, dist, ckpt, log, inject_nan_at)
+    try:
+        loop = _make_loop(spec, config, model_dir, paths, dist, ckpt, log, inject_nan_at)
+    except (tdata.DataError, UndecodableData) as e:
+        raise TrainError(f"--data {data or paths.train}: {e}") from None
     _run_setup(config, model_dir, spec, loop.chief)
     _attach_extras(loop, spec, paths)
     log(f"training {spec.name} for {loop.total} steps (batch {config.batch_size}, "
