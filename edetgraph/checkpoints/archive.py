@@ -26,6 +26,7 @@ import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from edetgraph.checkpoints.integrity import missing_data_files, older_checkpoints
 from edetgraph.files import cache_dir, disk_full_message, free_bytes, is_disk_full, remove
 from edetgraph.files import write_text as write_atomic
 from edetgraph.limits import human_bytes, limit, override_hint
@@ -46,9 +47,21 @@ def resolve_checkpoint(path, extract_dir=None) -> str:
 
     `path` may be a tar archive (``.tar.gz``/``.tgz``/``.tar``; unpacked safely into
     `extract_dir`, default a folder of edetgraph's cache named after the archive, reused
-    while the archive is unchanged), a folder (with a ``checkpoint`` file or a single ``*.index``, looked for up
-    to two levels down) or its ``checkpoint`` file, a prefix, or a prefix's ``.index`` file.
+    while the archive is unchanged), a folder (with a ``checkpoint`` file or a single
+    ``*.index``, looked for up to two levels down) or its ``checkpoint`` file, a prefix, or
+    a prefix's ``.index`` file. A prefix whose data files are not all there is refused.
     """
+    prefix = _resolve(path, extract_dir)
+    missing = missing_data_files(prefix)
+    if missing:
+        older = older_checkpoints(prefix)
+        hint = f"; {older[0]} is there (pass it as the prefix)" if older else ""
+        raise CheckpointError(f"{prefix}: its data file {os.path.basename(missing[0])} is "
+                              f"missing{hint}")
+    return prefix
+
+
+def _resolve(path, extract_dir) -> str:
     p = Path(os.fspath(path)).expanduser()
     if p.name == "checkpoint" and p.is_file():
         p = p.parent
