@@ -15,14 +15,15 @@ from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
 from edetgraph.cli import OneLineParser, quiet_tensorflow
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.task.coco import EvalError
-from edetgraph.verify.datasets import EvalDataError
+from edetgraph.verify.datasets import EvalDataError, default_annotations
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
-                      epilog="Exit status: 0 all backends ran (or were skipped, with the "
-                      "reason) within their parity tolerance; 1 a backend failed or missed its "
-                      "tolerance (the report is written); 2 bad request.")
+                      epilog="Exit status: 0 all backends ran (or were skipped for a runtime "
+                      "missing here, with the reason) within their parity tolerance; 1 a "
+                      "backend failed or missed its tolerance (the report is written); 2 bad "
+                      "request (an unknown backend name included).")
     add = p.add_argument
     add("--spec", required=True, help="spec file or built-in name (d0, lite0, demo, ...)")
     add("--set", action="append", default=[], metavar="KEY=VALUE", help="spec override")
@@ -36,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch", type=int, default=1, help="batch size (default 1)")
     add("--data", metavar="DIR|TFRECORD", help="images for COCO AP: a folder (or one holding "
         "images/) or a TFRecord glob")
-    add("--annotations", metavar="JSON", help="the COCO instances file of --data")
+    add("--annotations", metavar="JSON", help="the COCO instances file of --data (default "
+        "DIR/instances.json when --data is a folder holding one)")
     add("--max-images", type=int, metavar="N", help="AP on the first N images only")
     add("--representative-data", metavar="DIR|TFRECORD", help="int8 calibration images "
         "(default: the --data images, else synthetic scenes)")
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config(args, spec) -> BenchConfig:
+    if args.data and not args.annotations:   # as the exporters' --eval-data does
+        args.annotations = default_annotations(args.data)
     return BenchConfig(
         spec=spec, out=args.out, backends=tuple(b.strip() for b in args.backends.split(",")
                                                 if b.strip()),

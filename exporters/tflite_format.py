@@ -21,6 +21,7 @@ from edetgraph.task.postprocess import make_tflite_detection_postprocess
 from edetgraph.task.preprocess import normalize_in_graph, prepare_image, read_image
 from edetgraph.task.serving import detection_op_inputs
 from edetgraph.verify.runners import tflite_interpreter
+from edetgraph.verify.ties import NmsRule
 from exporters.cli import representative_files
 from exporters.float_heads import convert_with_float_heads
 from exporters.options import ExportError, ExportFailed, ExportOptions, TFLiteOptions
@@ -46,6 +47,12 @@ class TFLiteFormat(Format):
             spec_anchors(spec), spec.num_classes, opts.max_detections, opts.score_threshold,
             opts.iou_threshold, image_size=spec.image_size)
         return lambda raw: detect(*outputs.split(raw, spec.levels))
+
+    def nms_rule(self, spec, opts: ExportOptions) -> NmsRule | None:
+        if opts.postprocess != "fast":
+            return None
+        return NmsRule("fast", opts.iou_threshold, opts.score_threshold, opts.max_detections,
+                       tuple(spec.image_size))
 
     def describe(self, opts: ExportOptions) -> str:
         t = self.tfl
