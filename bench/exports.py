@@ -14,6 +14,7 @@ import os
 
 from bench.config import FILE_BACKENDS, FLOAT_HEADS
 from edetgraph.data.synthetic import generate
+from edetgraph.files import write_text
 from exporters.onnx_format import OnnxFormat
 from exporters.options import ExportOptions, GateOptions, OnnxOptions, TFLiteOptions
 from exporters.pipeline import export
@@ -110,8 +111,7 @@ def ensure_export(cfg, backend: str, row: dict, say) -> str:
         quant=quant, representative=representative, calibration_images=cfg.calibration_images,
         float_heads=backend in FLOAT_HEADS))
     summary = export(cfg.spec, path, fmt, opts)
-    with open(path + ".bench.json", "w") as f:
-        json.dump(wanted["key"], f, indent=2)
+    write_text(path + ".bench.json", json.dumps(wanted["key"], indent=2))
     row["export"] = {"reused": False, "why": why, "summary": path + ".json",
                      "seconds": summary.get("timings", {}).get("total_s")}
     return path
@@ -137,8 +137,7 @@ def representative_source(cfg, say) -> str:
     if len(have) < cfg.calibration_images or not _same_json(marker, made_for):
         say(f"writing {cfg.calibration_images} synthetic calibration images to {images}")
         generate(folder, cfg.calibration_images, size, seed=cfg.seed, val_fraction=0.0)
-        with open(marker, "w") as f:
-            json.dump(made_for, f)
+        write_text(marker, json.dumps(made_for))
     return images
 
 

@@ -28,6 +28,7 @@ import tensorflow as tf  # noqa: E402
 
 from bench import run as bench_run  # noqa: E402
 from edetgraph import train  # noqa: E402
+from edetgraph.files import atomic_path, write_text  # noqa: E402
 from edetgraph.graph import outputs  # noqa: E402
 from edetgraph.graph.build import build_ir  # noqa: E402
 from edetgraph.graph.draw import draw  # noqa: E402
@@ -58,7 +59,7 @@ def inspect_d0(out: Path) -> None:
     print(format_report(r))
     for suffix in (".svg", ".png"):
         print(f"    BiFPN drawn to {draw(g, out / f'd0_bifpn{suffix}', title='EfficientDet-D0 BiFPN')}")
-    (out / "d0_inspect.json").write_text(json.dumps(r, indent=1))
+    write_text(out / "d0_inspect.json", json.dumps(r, indent=1))
     _done(t0)
 
 
@@ -80,8 +81,8 @@ def d0_on_street(out: Path) -> None:
     print(f"    input {tuple(image.shape)} -> network {tuple(x.shape)}, scale to original {float(scale):.2f}")
     print("    raw outputs: " + ", ".join(f"L{l} {tuple(c.shape)}" for l, c in zip(spec.levels, cls)))
     print(f"    soft-NMS kept {n} detections (random weights: boxes are meaningless, shapes are not)")
-    np.savez(out / "d0_street_raw.npz", **{k: v.numpy() for k, v in
-                                           outputs.as_dict(spec.levels, cls, box).items()})
+    with atomic_path(out / "d0_street_raw.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{k: v.numpy() for k, v in outputs.as_dict(spec.levels, cls, box).items()})
     _done(t0)
 
 

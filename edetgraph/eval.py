@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edetgraph.checkpoints.archive import CheckpointError
 from edetgraph.cli import quiet_tensorflow
+from edetgraph.files import write_text
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.task.coco import EvalError, format_table
 
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     print(format_table(metrics))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(metrics, indent=1))
+        write_text(args.out, json.dumps(metrics, indent=1))
     return 0
 
 
