@@ -17,6 +17,7 @@ from pathlib import Path
 from edetgraph.checkpoints.archive import CheckpointError
 from edetgraph.cli import quiet_tensorflow
 from edetgraph.files import write_text
+from edetgraph.graph.budget import check_budget
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.task.coco import EvalError, format_table
 
@@ -46,7 +47,8 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         spec = load_spec(args.spec, args.set)
-    except SpecError as e:
+        check_budget(spec)   # a model past the limits is refused before TensorFlow starts
+    except (SpecError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     quiet_tensorflow()

@@ -22,7 +22,8 @@ from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
 from edetgraph.cli import first_line, quiet_tensorflow
 from edetgraph.data.picture import check_picture
 from edetgraph.files import disk_full_message, is_disk_full
-from edetgraph.graph.spec import SpecError
+from edetgraph.graph.budget import check_budget
+from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.limits import LIMITS
 
 METHODS = ("soft", "hard", "fast")  # edetgraph.task.postprocess.METHODS, without importing TF for --help
@@ -73,6 +74,7 @@ def _refusal(args) -> str | None:
         return f"--max-pixels must be >= 1, got {args.max_pixels}"
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         return f"--out {args.out}: is a file, not a folder"
+    check_budget(load_spec(args.spec, args.set))   # a SpecError before TensorFlow starts
     for path in args.image:
         if not os.path.isfile(path):
             return f"{path}: no such image file"
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         problem = _refusal(args)
-    except (ValueError, OSError, CheckpointError) as e:
+    except (ValueError, OSError, CheckpointError) as e:   # SpecError is a ValueError
         problem = first_line(e)
     if problem:
         print(f"error: {problem}", file=sys.stderr)

@@ -137,3 +137,27 @@ def test_inspect_refuses_a_huge_model_in_one_line():
                "--spec", "d0", "--set", "fpn.channels=10000000", "--verify")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "EDETGRAPH_MAX_PARAMS" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "infer", "to_onnx"])
+def test_every_command_refuses_a_huge_model_before_tensorflow(command, tmp_path):
+    """With TensorFlow made unimportable: a refusal that needed it would crash instead."""
+    block = ("import sys, importlib.abc\n"
+             "class Block(importlib.abc.MetaPathFinder):\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name.split('.')[0] in ('tensorflow', 'keras', 'tf_keras'):\n"
+             "            raise ImportError('tensorflow is blocked in this test')\n"
+             "sys.meta_path.insert(0, Block())\n")
+    main = {"train": "from edetgraph.train import main",
+            "infer": "from edetgraph.infer import main",
+            "to_onnx": "sys.path.insert(0, 'exporters'); import to_onnx\n"
+                       "main = lambda argv: to_onnx.run_cli(to_onnx.PROG, to_onnx.main, argv)"}[command]
+    args = {"train": ["--model-dir", str(tmp_path / "run")],
+            "infer": ["--image", str(ROOT / "edetgraph" / "resources" / "street.jpg"),
+                      "--out", str(tmp_path / "out")],
+            "to_onnx": ["--out", str(tmp_path / "x.onnx")]}[command]
+    r = run_py(block + main + "\nsys.exit(main(sys.argv[1:]))", "--spec", "d0",
+               "--set", "fpn.channels=10000000", *args)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "EDETGRAPH_MAX_PARAMS" in r.stderr
+    assert list(tmp_path.iterdir()) == []
