@@ -48,6 +48,26 @@ def remove(path) -> None:
             os.unlink(path)
 
 
+def make_dirs(folder) -> list:
+    """Create ``folder`` and its missing parents; return those created, deepest first (for
+    :func:`remove_empty`, so a failure can leave the tree as it found it)."""
+    created, p = [], Path(folder)
+    while not p.exists():
+        created.append(p)
+        p = p.parent
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def remove_empty(created: list) -> None:
+    """Remove the folders :func:`make_dirs` created, deepest first, while they are empty."""
+    for p in created:
+        try:
+            p.rmdir()
+        except OSError:     # not empty (something was kept there) or already gone
+            return
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it to ``path`` when the block ends

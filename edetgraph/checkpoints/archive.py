@@ -27,7 +27,15 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from edetgraph.checkpoints.integrity import missing_data_files, older_checkpoints
-from edetgraph.files import cache_dir, disk_full_message, free_bytes, is_disk_full, remove
+from edetgraph.files import (
+    cache_dir,
+    disk_full_message,
+    free_bytes,
+    is_disk_full,
+    make_dirs,
+    remove,
+    remove_empty,
+)
 from edetgraph.files import write_text as write_atomic
 from edetgraph.limits import human_bytes, limit, override_hint
 
@@ -149,7 +157,7 @@ def extract_archive(archive, extract_dir=None) -> Path:
         raise CheckpointError(
             f"{archive}: would overwrite {', '.join(str(target / c) for c in clashes)} "
             f"(left by another archive or version); remove it or choose another extract_dir")
-    created = _make_dirs(target)
+    created = make_dirs(target)
     moved: list = []
     staging = None
     try:
@@ -170,27 +178,8 @@ def extract_archive(archive, extract_dir=None) -> Path:
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-        _remove_empty(created)
+        remove_empty(created)
     return _content_root(target, tops)
-
-
-def _make_dirs(target: Path) -> list:
-    """Create `target` and its missing parents; return those created, deepest first."""
-    created, p = [], target
-    while not p.exists():
-        created.append(p)
-        p = p.parent
-    target.mkdir(parents=True, exist_ok=True)
-    return created
-
-
-def _remove_empty(created: list) -> None:
-    """Remove the folders `_make_dirs` created when nothing was left in them."""
-    for p in created:
-        try:
-            p.rmdir()
-        except OSError:     # not empty (a complete extraction) or gone
-            return
 
 
 def _check_space(archive: Path, target: Path, total: int) -> None:
