@@ -20,12 +20,13 @@ from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
 from edetgraph.data.picture import PictureError, check_picture, picture_size
 
 CLI = "import sys; from edetgraph.infer import main; sys.exit(main(sys.argv[1:]))"
-# Runs infer in-process and reports this process's own peak RSS, so earlier tests' children
-# do not count.
-MEASURED = ("import resource, sys\n"
+# Runs infer in-process and reports the peak RSS of this process's own memory (VmHWM): not
+# ru_maxrss, which on Linux keeps the high-water mark of the forked pytest process (GBs).
+MEASURED = ("import sys\n"
             "from edetgraph.infer import main\n"
             "code = main(sys.argv[1:])\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+            "print(int(hwm.split()[1]) // 1024)\n"
             "sys.exit(code)\n")
 
 
