@@ -144,6 +144,7 @@ def test_a_full_disk_leaves_nothing_and_is_one_line(coco, capsys, monkeypatch):
     assert _outputs(tmp) == []
 
 
+@pytest.mark.slow   # a subprocess that starts TensorFlow
 def test_a_killed_run_leaves_only_hidden_temporaries_that_the_next_run_removes(coco):
     images, data, tmp = coco
     data["images"] = [dict(im, id=i) for i, im in enumerate(data["images"] * 3000)]
@@ -176,6 +177,7 @@ def test_a_picture_past_the_pixel_limit_is_refused(coco, monkeypatch):
     assert _outputs(tmp) == []
 
 
+@pytest.mark.slow   # a subprocess that starts TensorFlow and builds a model
 def test_train_on_random_bytes_is_exit_2_and_one_line(tmp_path):
     junk = tmp_path / "junk.tfrecord"
     junk.write_bytes(np.random.default_rng(0).bytes(50_000))

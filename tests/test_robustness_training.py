@@ -49,6 +49,7 @@ def _truncate(path, keep=0.5):
     path.write_bytes(data[:int(len(data) * keep)])
 
 
+@pytest.mark.slow   # the shared fixture trains the tiny model
 def test_training_into_a_dir_of_another_spec_is_one_line_naming_it(copy, data):
     other = load_spec("d0", [*_tiny_overrides(), "num_classes=4"])
     with pytest.raises(TrainError) as e:
@@ -59,6 +60,7 @@ def test_training_into_a_dir_of_another_spec_is_one_line_naming_it(copy, data):
     assert sorted(p.name for p in copy.glob("ckpt-*.index")) == ["ckpt-1.index", "ckpt-2.index"]
 
 
+@pytest.mark.slow   # trains the tiny model twice over (the shared fixture, then a resume)
 def test_a_truncated_newest_checkpoint_is_passed_over_for_the_intact_one(copy, data):
     _truncate(copy / "ckpt-2.data-00000-of-00001")
     (copy / "ckpt-7_temp").mkdir()              # what a killed save leaves
@@ -76,6 +78,7 @@ def test_a_truncated_newest_checkpoint_is_passed_over_for_the_intact_one(copy, d
     load_checkpoint(copy / "ckpt-2", build_model(tiny_spec()).variables_by_name())  # rewritten
 
 
+@pytest.mark.slow   # the shared fixture trains the tiny model
 def test_when_no_checkpoint_is_intact_training_refuses(copy, data):
     for name in ("ckpt-1", "ckpt-2"):
         _truncate(copy / f"{name}.data-00000-of-00001", 0.2)
@@ -83,6 +86,7 @@ def test_when_no_checkpoint_is_intact_training_refuses(copy, data):
         train(tiny_spec(), tiny_config(steps=3), copy, data=data, log=lambda m: None)
 
 
+@pytest.mark.slow   # the shared fixture trains the tiny model
 def test_a_truncated_or_missing_checkpoint_is_one_line_for_a_loader(copy):
     variables = build_model(tiny_spec()).variables_by_name()
     _truncate(copy / "ckpt-2.data-00000-of-00001")
@@ -99,6 +103,7 @@ def test_a_truncated_or_missing_checkpoint_is_one_line_for_a_loader(copy):
     assert load_checkpoint(copy / "ckpt-1", variables).loaded
 
 
+@pytest.mark.slow   # the shared fixture trains the tiny model
 def test_a_strict_mismatch_names_the_model_the_checkpoint_holds(trained):
     other = build_model(load_spec("d0", [*_tiny_overrides(), "num_classes=4"]))
     with pytest.raises(CheckpointError) as e:
