@@ -120,10 +120,19 @@ class BenchConfig:
                 return f"--{name.replace('_', '-')} {value}: must be at least 1"
         if self.warmup < 0:
             return f"--warmup {self.warmup}: must be >= 0"
-        if bool(self.data) != bool(self.annotations):
-            return "--data and --annotations go together (images and their COCO instances file)"
+        if self.annotations and not self.data:
+            return "--annotations needs --data (the images it describes)"
+        if self.data and not self.annotations:
+            return (f"--data {self.data}: give --annotations (the COCO instances file of these "
+                    "images); there is no instances.json in it")
         if not self.backends:
             return "--backends: name at least one backend"
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:   # a typo must not pass as "skipped"
+            return (f"--backends: unknown backend {unknown[0]!r} (known: "
+                    f"{', '.join(BACKENDS)})")
+        if len(set(self.backends)) != len(self.backends):
+            return "--backends: a backend is named twice"
         return None
 
 

@@ -400,9 +400,11 @@ def main(argv=None):
     try:
         result = benchmark(args)
         text = json.dumps(result, indent=2)
-        if args.out:
-            with open(args.out, "w") as f:
+        if args.out:   # under a temporary name first: a result file is whole or absent
+            tmp = f"{args.out}.partial"
+            with open(tmp, "w") as f:
                 f.write(text + "\n")
+            os.replace(tmp, args.out)
     except Failure as exc:
         print(f"device_runner: error: {exc}", file=sys.stderr)
         return 2

@@ -17,16 +17,20 @@ import json
 import sys
 import time
 
-import numpy as np
-import tensorflow as tf
+from edetgraph.cli import quiet_tensorflow
 
-from edetgraph.checkpoints.checkpoint import CheckpointError
-from edetgraph.graph import outputs
-from edetgraph.graph.spec import SpecError, load_spec
-from edetgraph.resources import path
-from edetgraph.task.detector import Detector
-from edetgraph.task.postprocess import postprocess
-from edetgraph.task.preprocess import preprocess_batch, read_image
+quiet_tensorflow()  # before TensorFlow loads below: its start-up notices are not warnings
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from edetgraph.checkpoints.checkpoint import CheckpointError  # noqa: E402
+from edetgraph.graph import outputs  # noqa: E402
+from edetgraph.graph.spec import SpecError, load_spec  # noqa: E402
+from edetgraph.resources import path  # noqa: E402
+from edetgraph.task.detector import Detector  # noqa: E402
+from edetgraph.task.postprocess import postprocess  # noqa: E402
+from edetgraph.task.preprocess import preprocess_batch, read_image  # noqa: E402
 
 
 def _times(fn, arg, runs: int, warmup: int) -> dict:

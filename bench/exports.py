@@ -14,6 +14,7 @@ import os
 
 from bench.config import TABLE, Backend
 from edetgraph.data.synthetic import generate
+from edetgraph.files import write_text
 from exporters.onnx_format import OnnxFormat
 from exporters.openvino_format import OpenVinoFormat
 from exporters.options import (ExportOptions, GateOptions, OnnxOptions, OpenVinoOptions,
@@ -108,8 +109,7 @@ def ensure_export(cfg, backend: str, row: dict, say) -> str:
                          gate=GateOptions(threads=cfg.threads),
                          verbose=getattr(say, "enabled", True))
     summary = export(cfg.spec, path, _format(b, representative, cfg.calibration_images), opts)
-    with open(path + ".bench.json", "w") as f:
-        json.dump(wanted["key"], f, indent=2)
+    write_text(path + ".bench.json", json.dumps(wanted["key"], indent=2))
     row["export"] = {"reused": False, "why": why, "summary": path + ".json",
                      "seconds": summary.get("timings", {}).get("total_s")}
     return path
@@ -154,8 +154,7 @@ def representative_source(cfg, say) -> str:
     if len(have) < cfg.calibration_images or not _same_json(marker, made_for):
         say(f"writing {cfg.calibration_images} synthetic calibration images to {images}")
         generate(folder, cfg.calibration_images, size, seed=cfg.seed, val_fraction=0.0)
-        with open(marker, "w") as f:
-            json.dump(made_for, f)
+        write_text(marker, json.dumps(made_for))
     return images
 
 

@@ -15,11 +15,15 @@ import resource
 import sys
 import time
 
-import numpy as np
-import tensorflow as tf
+from edetgraph.cli import quiet_tensorflow
 
-from edetgraph.graph.spec import SpecError, load_spec
-from edetgraph.nn.model import build_model
+quiet_tensorflow()  # before TensorFlow loads below: its start-up notices are not warnings
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from edetgraph.graph.spec import SpecError, load_spec  # noqa: E402
+from edetgraph.nn.model import build_model  # noqa: E402
 
 
 def measure(spec, threads: int, runs: int, warmup: int, batch: int = 1, seed: int = 0) -> dict:

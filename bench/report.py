@@ -3,6 +3,7 @@ results.csv and a PNG plot (latency against AP, or latency bars when no data was
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import textwrap
 import numpy as np
 
 from edetgraph.verify.coverage import summary_line
+from edetgraph.files import atomic_path, write_text
 from edetgraph.verify.detections import AGREE_IOU, AGREE_SCORE
 
 # What the figures mean, printed under the table and kept in results.json.
@@ -201,17 +203,19 @@ def write_report(results: dict, out: str) -> dict:
     """Write results.json, results.csv and results.png into ``out``; returns their paths."""
     os.makedirs(out, exist_ok=True)
     paths = {k: os.path.join(out, f"results.{k}") for k in ("json", "csv", "png")}
-    with open(paths["json"], "w") as f:
-        json.dump(results, f, indent=2, default=_json_default)
-        f.write("\n")
+    # Each under a temporary name, renamed when whole: a killed or disk-full run leaves
+    # the previous report, never a truncated one.
+    write_text(paths["json"], json.dumps(results, indent=2, default=_json_default) + "\n")
     up = speedups(results["rows"])
     flat = [flat_row(r, up.get(r["name"])) for r in results["rows"]]
     flat += [flat_row(r) for r in results.get("device_rows") or []]
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(flat)
-    plot(results, flat, paths["png"])
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(flat)
+    write_text(paths["csv"], table.getvalue())
+    with atomic_path(paths["png"]) as tmp:
+        plot(results, flat, tmp)
     return paths
 
 
@@ -256,5 +260,5 @@ def plot(results: dict, flat: list, path: str) -> None:
                  fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)

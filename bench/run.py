@@ -6,7 +6,6 @@ Exports what is missing into --out (reused while spec, weights and options are u
 prints a table and writes results.json, results.csv and results.png there.
 """
 import argparse
-import os
 import sys
 
 from bench.config import BACKENDS, DEFAULT_BACKENDS, BenchConfig, Progress
@@ -14,17 +13,18 @@ from bench.device import DeviceResultError
 from bench.peers import parse_peers
 from bench.report import format_report, write_report
 from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
-from edetgraph.cli import OneLineParser
+from edetgraph.cli import OneLineParser, quiet_tensorflow
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.task.coco import EvalError
-from edetgraph.verify.datasets import EvalDataError
+from edetgraph.verify.datasets import EvalDataError, default_annotations
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
-                      epilog="Exit status: 0 all backends ran (or were skipped, with the "
-                      "reason) within their parity tolerance; 1 a backend failed or missed its "
-                      "tolerance (the report is written); 2 bad request.")
+                      epilog="Exit status: 0 all backends ran (or were skipped for a runtime "
+                      "missing here, with the reason) within their parity tolerance; 1 a "
+                      "backend failed or missed its tolerance (the report is written); 2 bad "
+                      "request (an unknown backend name included).")
     add = p.add_argument
     add("--spec", required=True, help="spec file or built-in name (d0, lite0, demo, ...)")
     add("--set", action="append", default=[], metavar="KEY=VALUE", help="spec override")
@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch", type=int, default=1, help="batch size (default 1)")
     add("--data", metavar="DIR|TFRECORD", help="images for COCO AP: a folder (or one holding "
         "images/) or a TFRecord glob")
-    add("--annotations", metavar="JSON", help="the COCO instances file of --data")
+    add("--annotations", metavar="JSON", help="the COCO instances file of --data (default "
+        "DIR/instances.json when --data is a folder holding one)")
     add("--max-images", type=int, metavar="N", help="AP on the first N images only")
     add("--representative-data", metavar="DIR|TFRECORD", help="int8 calibration images "
         "(default: the --data images, else synthetic scenes)")
@@ -58,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config(args, spec) -> BenchConfig:
+    if args.data and not args.annotations:   # as the exporters' --eval-data does
+        args.annotations = default_annotations(args.data)
     return BenchConfig(
         spec=spec, out=args.out, backends=tuple(b.strip() for b in args.backends.split(",")
                                                 if b.strip()),
@@ -72,7 +75,6 @@ def config(args, spec) -> BenchConfig:
 def main(argv=None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     problem = config(args, None).problem()
     try:
         parse_peers(args.peer)
@@ -80,6 +82,7 @@ def main(argv=None) -> int:
         problem = problem or str(e)
     if problem:
         p.error(problem)
+    quiet_tensorflow()
     from bench.harness import run_benchmark  # deferred: TensorFlow starts once a request is valid
     try:
         cfg = config(args, load_spec(args.spec, args.set))

@@ -21,13 +21,18 @@ import sys
 import time
 from dataclasses import replace
 
-from edetgraph.data.pipeline import benchmark_pipeline, list_files
-from edetgraph.data.synthetic import SHAPES
-from edetgraph.graph.spec import SpecError, load_spec
-from edetgraph.task.labeler import labeler_for
-from edetgraph.training.benchmark import benchmark_train_step
-from edetgraph.training.config import SyntheticData
-from edetgraph.training.inputs import synthetic_data
+from edetgraph.cli import quiet_tensorflow
+
+quiet_tensorflow()  # before TensorFlow loads below: its start-up notices are not warnings
+
+from edetgraph.data.pipeline import benchmark_pipeline, list_files  # noqa: E402
+from edetgraph.data.synthetic import SHAPES  # noqa: E402
+from edetgraph.files import write_text  # noqa: E402
+from edetgraph.graph.spec import SpecError, load_spec  # noqa: E402
+from edetgraph.task.labeler import labeler_for  # noqa: E402
+from edetgraph.training.benchmark import benchmark_train_step  # noqa: E402
+from edetgraph.training.config import SyntheticData  # noqa: E402
+from edetgraph.training.inputs import synthetic_data  # noqa: E402
 
 DEFAULT_MIN_RATIO = 2.0
 
@@ -123,8 +128,7 @@ def main(argv=None) -> int:
     print(f"ratio           {r['ratio']:8.1f}x     (required >= {args.min_ratio:g}x: {verdict}); "
           f"{time.perf_counter() - start:.0f} s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(r, f, indent=1)
+        write_text(args.json, json.dumps(r, indent=1))
     return 0 if r["passed"] else 1
 
 

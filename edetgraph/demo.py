@@ -19,21 +19,26 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import tensorflow as tf
+from edetgraph.cli import quiet_tensorflow
 
-from bench import run as bench_run
-from edetgraph import train
-from edetgraph.graph import outputs
-from edetgraph.graph.build import build_ir
-from edetgraph.graph.draw import draw
-from edetgraph.graph.spec import load_spec
-from edetgraph.inspect import format_report, report
-from edetgraph.nn.model import build_model
-from edetgraph.resources import path
-from edetgraph.task import anchors, postprocess, preprocess
-from edetgraph.training.config import load_train_config
-from edetgraph.training.inputs import synthetic_data
+quiet_tensorflow()  # before TensorFlow loads below: its start-up notices are not warnings
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from bench import run as bench_run  # noqa: E402
+from edetgraph import train  # noqa: E402
+from edetgraph.files import atomic_path, write_text  # noqa: E402
+from edetgraph.graph import outputs  # noqa: E402
+from edetgraph.graph.build import build_ir  # noqa: E402
+from edetgraph.graph.draw import draw  # noqa: E402
+from edetgraph.graph.spec import load_spec  # noqa: E402
+from edetgraph.inspect import format_report, report  # noqa: E402
+from edetgraph.nn.model import build_model  # noqa: E402
+from edetgraph.resources import path  # noqa: E402
+from edetgraph.task import anchors, postprocess, preprocess  # noqa: E402
+from edetgraph.training.config import load_train_config  # noqa: E402
+from edetgraph.training.inputs import synthetic_data  # noqa: E402
 
 
 def _stage(title: str) -> float:
@@ -54,7 +59,7 @@ def inspect_d0(out: Path) -> None:
     print(format_report(r))
     for suffix in (".svg", ".png"):
         print(f"    BiFPN drawn to {draw(g, out / f'd0_bifpn{suffix}', title='EfficientDet-D0 BiFPN')}")
-    (out / "d0_inspect.json").write_text(json.dumps(r, indent=1))
+    write_text(out / "d0_inspect.json", json.dumps(r, indent=1))
     _done(t0)
 
 
@@ -76,8 +81,8 @@ def d0_on_street(out: Path) -> None:
     print(f"    input {tuple(image.shape)} -> network {tuple(x.shape)}, scale to original {float(scale):.2f}")
     print("    raw outputs: " + ", ".join(f"L{l} {tuple(c.shape)}" for l, c in zip(spec.levels, cls)))
     print(f"    soft-NMS kept {n} detections (random weights: boxes are meaningless, shapes are not)")
-    np.savez(out / "d0_street_raw.npz", **{k: v.numpy() for k, v in
-                                           outputs.as_dict(spec.levels, cls, box).items()})
+    with atomic_path(out / "d0_street_raw.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{k: v.numpy() for k, v in outputs.as_dict(spec.levels, cls, box).items()})
     _done(t0)
 
 

@@ -15,6 +15,9 @@ import sys
 from pathlib import Path
 
 from edetgraph.checkpoints.archive import CheckpointError
+from edetgraph.cli import quiet_tensorflow
+from edetgraph.files import write_text
+from edetgraph.graph.budget import check_budget
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.task.coco import EvalError, format_table
 
@@ -44,9 +47,11 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         spec = load_spec(args.spec, args.set)
-    except SpecError as e:
+        check_budget(spec)   # a model past the limits is refused before TensorFlow starts
+    except (SpecError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    quiet_tensorflow()
     from edetgraph.task.evaluation import Evaluator  # deferred: --help skips TensorFlow
     detections = args.detections or str(Path(args.out).parent / "detections.json"
                                         if args.out else "detections.json")
@@ -66,7 +71,7 @@ def main(argv=None) -> int:
     print(format_table(metrics))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(metrics, indent=1))
+        write_text(args.out, json.dumps(metrics, indent=1))
     return 0
 
 

@@ -7,14 +7,24 @@ Writes one annotated picture per image (``DIR/<stem>.jpg``, ``.png`` for PNG inp
 scores, 1-based class ids, class names). ``--dump-raw`` adds ``DIR/<stem>.npz`` with the
 network input, the scale factor, the raw head outputs ``cls_l*``/``box_l*`` and the padded
 detections. Without ``--ckpt`` the weights are random and the detections meaningless.
+
+Every picture's size is read from its header and checked against ``--max-pixels`` before
+anything is decoded or TensorFlow starts; each output is written under a temporary name
+and renamed when complete.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from edetgraph.checkpoints.archive import CheckpointError
-from edetgraph.graph.spec import SpecError
+from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
+from edetgraph.cli import first_line, quiet_tensorflow
+from edetgraph.data.picture import check_picture
+from edetgraph.files import disk_full_message, is_disk_full
+from edetgraph.graph.budget import check_budget
+from edetgraph.graph.spec import SpecError, load_spec
+from edetgraph.limits import LIMITS
 
 METHODS = ("soft", "hard", "fast")  # edetgraph.task.postprocess.METHODS, without importing TF for --help
 
@@ -49,19 +59,49 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: COCO names for 90-class specs)")
     ap.add_argument("--dump-raw", action="store_true",
                     help="also write DIR/<stem>.npz with the input and raw head outputs")
+    ap.add_argument("--max-pixels", type=int, metavar="N",
+                    help="refuse a picture of more than N pixels, read from its header before "
+                         f"decoding (default {LIMITS['image_pixels'].default:,}, or "
+                         f"${LIMITS['image_pixels'].env})")
     return ap
+
+
+def _refusal(args) -> str | None:
+    """What makes the request impossible, found without TensorFlow (None: nothing)."""
+    if args.max_dets < 1:
+        return f"--max-dets must be >= 1, got {args.max_dets}"
+    if args.max_pixels is not None and args.max_pixels < 1:
+        return f"--max-pixels must be >= 1, got {args.max_pixels}"
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        return f"--out {args.out}: is a file, not a folder"
+    check_budget(load_spec(args.spec, args.set))   # a SpecError before TensorFlow starts
+    for path in args.image:
+        if not os.path.isfile(path):
+            return f"{path}: no such image file"
+        check_picture(path, args.max_pixels)
+    if args.ckpt is not None:
+        resolve_checkpoint(args.ckpt)   # an archive is vetted and unpacked here, before TF
+    return None
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    if args.max_dets < 1:
-        print(f"error: --max-dets must be >= 1, got {args.max_dets}", file=sys.stderr)
+    try:
+        problem = _refusal(args)
+    except (ValueError, OSError, CheckpointError) as e:   # SpecError is a ValueError
+        problem = first_line(e)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
+    quiet_tensorflow()
     from edetgraph.task import pictures  # deferred: --help and refusals skip TensorFlow
     try:
         pictures.run(args)
-    except (SpecError, CheckpointError, FileNotFoundError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:
+        print(f"error: {disk_full_message(args.out) if is_disk_full(e) else e}", file=sys.stderr)
+        return 2
+    except (SpecError, CheckpointError, ValueError) as e:
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     return 0
 

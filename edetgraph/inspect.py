@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edetgraph.cli import quiet_tensorflow
 from edetgraph.graph import scaling
+from edetgraph.graph.budget import check_budget
 from edetgraph.graph.build import build_ir
 from edetgraph.graph.compare import compare, format_table
 from edetgraph.graph.cost import COMPONENTS, model_cost
@@ -46,6 +48,7 @@ def report(spec, g=None, diffs=None) -> dict:
         "params_trainable": total.params_trainable,
         "params_total": total.params_total,
         "flops": total.flops,
+        "activation_bytes": total.activation_bytes,
         "by_component": {k: mc.by_component[k].as_dict() for k in COMPONENTS},
         "flops_by_op_type": total.by_op_type(),
         "scaling": scaling.report(spec),
@@ -121,6 +124,7 @@ def _pass_change(p: dict) -> str:
 def verify(spec, r: dict, g=None) -> list[str]:
     """Build the TF model (from IR ``g`` if given, e.g. after --prune) and compare its
     variables with the cost model; returns problems."""
+    quiet_tensorflow()
     from edetgraph.nn.model import DetectionModel  # deferred: only --verify needs TensorFlow
 
     model = DetectionModel(spec, graph=g)
@@ -163,11 +167,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _build(spec, args):
+    """The IR and its pass diffs; SpecError for a topology error or a model past the limits
+    (inspect answers for what could be built)."""
     diffs: list = []
     try:
         g = build_ir(spec, prune=args.prune, share=args.share_resample, diffs=diffs)
     except SpecError as e:       # a topology error: say which file it is in
         raise SpecError(f"{spec.source or spec.name}: {e}") from None
+    check_budget(spec, g)
     return g, diffs
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from edetgraph.cli import quiet_tensorflow
+from edetgraph.graph.budget import check_budget
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.task.coco import format_table
 from edetgraph.training.config import TrainConfigError, load_train_config
@@ -46,10 +48,12 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         spec = load_spec(args.spec, args.set)
+        check_budget(spec)   # a model past the limits is refused before TensorFlow starts
         config = load_train_config(args.train_config, args.train_set)
-    except (SpecError, TrainConfigError) as e:
+    except (SpecError, TrainConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    quiet_tensorflow()
     from edetgraph.training import trainer  # deferred: --help and bad settings skip TensorFlow
     try:
         result = trainer.train(spec, config, args.model_dir, args.data, args.val_data, args.val_json,

@@ -12,6 +12,7 @@ import sys
 
 from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
 from edetgraph.cli import first_line
+from edetgraph.graph.budget import check_budget
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.verify.datasets import EvalDataError, check_eval_data, default_annotations
 from exporters.options import EvalOptions, ExportError, ExportFailed, ExportOptions, GateOptions
@@ -103,8 +104,10 @@ def check_common(args, suffix: str):
         except CheckpointError as e:
             raise ExportError(f"--ckpt: {first_line(e)}") from None
     try:
-        return load_spec(args.spec, args.set)
-    except SpecError as e:
+        spec = load_spec(args.spec, args.set)
+        check_budget(spec)
+        return spec
+    except (SpecError, ValueError) as e:   # ValueError: a limit's variable that is no number
         raise ExportError(f"--spec {args.spec}: {first_line(e)}") from None
 
 

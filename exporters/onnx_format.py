@@ -17,6 +17,7 @@ from edetgraph.graph import outputs
 from edetgraph.task.anchors import spec_anchors
 from edetgraph.task.postprocess import postprocess
 from edetgraph.verify import coverage
+from edetgraph.verify.ties import NmsRule
 from exporters.options import ExportFailed, ExportOptions, OnnxOptions
 from exporters.pipeline import Format
 
@@ -38,6 +39,12 @@ class OnnxFormat(Format):
                                method="hard", score_thresh=opts.score_threshold,
                                iou_thresh=opts.iou_threshold, max_dets=opts.max_detections)
         return hard_nms
+
+    def nms_rule(self, spec, opts: ExportOptions) -> NmsRule | None:
+        if opts.postprocess != "hard-nms":
+            return None
+        return NmsRule("hard", opts.iou_threshold, opts.score_threshold, opts.max_detections,
+                       tuple(spec.image_size))
 
     def describe(self, opts: ExportOptions) -> str:
         return (f"converting with tf2onnx (opset {self.onnx.opset}, batch "

@@ -33,6 +33,8 @@ from edetgraph.verify.coverage import summary_line as coverage_line
 from edetgraph.verify.gate import run_gate
 from edetgraph.verify.parity import ParityError, ParityGate, format_parity, tolerance_for
 from edetgraph.verify.runners import RunnerError, make_runner
+from edetgraph.verify.ties import NmsRule
+from edetgraph.files import disk_full_message, is_disk_full
 from exporters.cli import log
 from exporters.options import ExportFailed, ExportOptions
 
@@ -58,6 +60,10 @@ class Format:
 
     def head(self, spec, opts: ExportOptions):
         """In-graph post-processing ``raw outputs -> dict``, or None for raw head outputs."""
+        return None
+
+    def nms_rule(self, spec, opts: ExportOptions) -> NmsRule | None:
+        """The NMS of :meth:`head`, for the gate to judge tied scores by (None: none)."""
         return None
 
     def describe(self, opts: ExportOptions) -> str:
@@ -123,6 +129,18 @@ def export(spec, out: str, fmt: Format, opts: ExportOptions) -> dict:
     t0 = time.perf_counter()
     converted = fmt.convert(job.converted, job.model, spec, opts, job.say)
     timings = {"convert_s": time.perf_counter() - t0}
+    try:
+        return _stage_gate_keep(job, out, converted, timings, start)
+    except Exception as e:   # OSError, or TF's own error for a SavedModel
+        if is_disk_full(e):
+            raise ExportFailed(f"{disk_full_message(os.path.dirname(os.path.abspath(out)))}; "
+                               f"{out} not written") from None
+        raise
+
+
+def _stage_gate_keep(job: _Job, out: str, converted, timings: dict, start: float) -> dict:
+    """Write the file under a temporary name, gate it, and keep it only if it passed."""
+    spec, fmt, opts = job.spec, job.fmt, job.opts
     with StagedOutput(out) as staged:
         fmt.write(converted, staged.path)
         try:
@@ -171,7 +189,7 @@ def _parity(job: _Job, path: str, runner) -> dict:
     job.say("parity gate: running the file and TF on the same inputs")
     spec, opts = job.spec, job.opts
     gate = ParityGate(tolerance_for(job.fmt.kind(), opts.gate.atol, opts.gate.float64_factor),
-                      spec.num_classes, max(spec.image_size))
+                      spec.num_classes, max(spec.image_size), job.fmt.nms_rule(spec, opts))
     try:
         return run_gate(gate, job.serve, runner.run, spec, opts.input, opts.batch,
                         opts.gate.random_inputs, detections=job.head is not None,

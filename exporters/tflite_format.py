@@ -24,6 +24,7 @@ from edetgraph.verify import coverage
 from edetgraph.verify.parity import AP_DROP
 from edetgraph.verify.runners import tflite_interpreter
 from exporters.calibration import calibration_batches, representative_images
+from edetgraph.verify.ties import NmsRule
 from exporters.float_heads import convert_with_float_heads
 from exporters.triage import Triage
 from exporters.options import ExportFailed, ExportOptions, TFLiteOptions
@@ -49,6 +50,12 @@ class TFLiteFormat(Format):
             spec_anchors(spec), spec.num_classes, opts.max_detections, opts.score_threshold,
             opts.iou_threshold, image_size=spec.image_size)
         return lambda raw: detect(*outputs.split(raw, spec.levels))
+
+    def nms_rule(self, spec, opts: ExportOptions) -> NmsRule | None:
+        if opts.postprocess != "fast":
+            return None
+        return NmsRule("fast", opts.iou_threshold, opts.score_threshold, opts.max_detections,
+                       tuple(spec.image_size))
 
     def describe(self, opts: ExportOptions) -> str:
         t = self.tfl

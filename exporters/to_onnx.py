@@ -17,7 +17,7 @@ import sys
 if __package__ in (None, ""):  # run as a file from a checkout: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from edetgraph.cli import OneLineParser  # noqa: E402 (after the path set-up above)
+from edetgraph.cli import OneLineParser, quiet_tensorflow  # noqa: E402 (after the path set-up above)
 from exporters.cli import (  # noqa: E402
     NORMALISED_HELP,
     add_eval_args,
@@ -83,6 +83,7 @@ def check_request(args):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     spec, batch = check_request(args)
+    quiet_tensorflow()
     from exporters import onnx_format, pipeline  # deferred: TensorFlow starts after the checks
     return pipeline.run(spec, args.out, onnx_format.OnnxFormat(OnnxOptions(args.opset)),
                         export_options(args, batch))

@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a file from a checkout: make the reposit
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint  # noqa: E402
+from edetgraph.cli import quiet_tensorflow  # noqa: E402
 from edetgraph.graph.spec import SpecError, load_spec  # noqa: E402
 from exporters.options import ExportError, ExportFailed, ExportOptions  # noqa: E402
 
@@ -76,6 +77,7 @@ def main(argv=None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         if args.ckpt is None:
             print("WARNING: no --ckpt given: exporting RANDOM weights", file=sys.stderr)
+        quiet_tensorflow()
         from exporters import pipeline, saved_model_format  # deferred: TensorFlow starts now
         fmt = saved_model_format.SavedModelFormat(args.nms, args.score_thresh, args.max_dets,
                                                   args.ckpt_mode)

@@ -19,7 +19,7 @@ import sys
 if __package__ in (None, ""):  # run as a file from a checkout: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from edetgraph.cli import OneLineParser  # noqa: E402 (after the path set-up above)
+from edetgraph.cli import OneLineParser, quiet_tensorflow  # noqa: E402 (after the path set-up above)
 from edetgraph.verify.parity import AP_DROP_WHY, TOLERANCES  # noqa: E402
 from exporters.cli import (  # noqa: E402
     NORMALISED_HELP,
@@ -117,6 +117,7 @@ def check_request(args):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     spec, batch = check_request(args)
+    quiet_tensorflow()
     from exporters import pipeline, tflite_format  # deferred: TensorFlow starts after the checks
     fmt = tflite_format.TFLiteFormat(TFLiteOptions(
         quant=args.quant, io=args.io, representative=args.representative_data,

@@ -11,6 +11,15 @@ OFFICIAL = [p.stem for p in sorted(SPECS.glob("*.yaml")) if p.stem != "demo"]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Unpacked archives and the built-in dataset go to a cache of the test session's own,
+    never the user's ~/.cache (a test that needs another sets EDETGRAPH_CACHE itself)."""
+    if "EDETGRAPH_CACHE" not in os.environ:
+        os.environ["EDETGRAPH_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    return os.environ["EDETGRAPH_CACHE"]
+
+
 @pytest.fixture(scope="session")
 def official_models():
     import json

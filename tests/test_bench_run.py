@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # A very small detector: conversion time is mostly per node, so fewer cells convert faster.
 TINY = ["image_size=128", "fpn.repeats=1", "head.repeats=1", "fpn.channels=16",
         "backbone.depth=0.2"]
-BACKENDS = "tf,onnxruntime,tflite-fp32,tflite-int8,tflite-fp9"
+BACKENDS = "tf,onnxruntime,tflite-fp32,tflite-int8"
 
 
 def _cli(argv):
@@ -68,8 +68,6 @@ def test_every_backend_has_status_and_figures(bench_runs):
     assert status == 0, printed
     assert all((out / f"results.{k}").stat().st_size > 0 for k in ("json", "csv", "png"))
     assert list(rows) == BACKENDS.split(",")
-    assert rows["tflite-fp9"]["status"] == "skipped"
-    assert "unknown backend 'tflite-fp9'" in rows["tflite-fp9"]["reason"]
     for name in ("tf", "onnxruntime", "tflite-fp32", "tflite-int8"):
         row = rows[name]
         assert row["status"] == "ok", (name, row["reason"])
@@ -81,7 +79,6 @@ def test_every_backend_has_status_and_figures(bench_runs):
         assert row["export"]["reused"] is False if row.get("file") else "export" not in row
     assert rows["tflite-int8"]["file_bytes"] < rows["tflite-fp32"]["file_bytes"] / 2
     assert "interleaved" in printed and "load average" in printed
-    assert "tflite-fp9: skipped: unknown backend" in printed
     csv_rows = {r["name"]: r for r in csv.DictReader(io.StringIO(bench_runs["csv1"]))}
     assert float(csv_rows["onnxruntime"]["p50_ms"]) == rows["onnxruntime"]["latency"]["p50_ms"]
 
@@ -169,6 +166,9 @@ def test_config_problems_are_named():
     assert cfg.problem() == "--runs 0: must be at least 1"
     cfg.runs, cfg.data = 5, "val/"
     assert "--annotations" in cfg.problem()
+    cfg.data, cfg.backends = None, ("tf", "bogus")
+    assert cfg.problem() == ("--backends: unknown backend 'bogus' (known: "
+                             f"{', '.join(config.BACKENDS)})")
 
 
 def _dets(boxes, scores, classes):
@@ -268,6 +268,40 @@ def test_cli_refuses_bad_requests_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--spec", "demo", "--data", str(tmp_path)])
     assert exc.value.code == 2 and "--annotations" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:   # a typo is a bad request, not a skipped row
+        main(["--spec", "demo", "--backends", "tf,bogus", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1
+    assert err[0].startswith("python -m bench.run: error: --backends: unknown backend 'bogus'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_data_folder_defaults_its_annotations(tmp_path):
+    from bench.run import build_parser, config as make_config
+    (tmp_path / "instances.json").write_text("{}")
+    args = build_parser().parse_args(["--spec", "demo", "--data", str(tmp_path)])
+    cfg = make_config(args, None)
+    assert cfg.annotations == str(tmp_path / "instances.json") and cfg.problem() is None
+    args = build_parser().parse_args(["--spec", "demo", "--data", str(tmp_path),
+                                      "--annotations", "mine.json"])
+    assert make_config(args, None).annotations == "mine.json"
+
+
+def test_the_report_files_appear_whole(tmp_path, monkeypatch):
+    """Each report file appears whole or not at all: a failure while drawing the picture
+    leaves no partial results.png (nor a temporary) beside the JSON and CSV."""
+    results = {"rows": [], "device_rows": [], "spec": "demo", "image_size": [64, 64],
+               "config": {"batch": 1, "threads": 1}, "machine": {"load_average_start": [0.0]}}
+    (tmp_path / "results.json").write_text("old\n")
+
+    def broken(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "plot", broken)
+    with pytest.raises(OSError):
+        report.write_report(results, str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["results.csv", "results.json"]
+    assert json.loads((tmp_path / "results.json").read_text())["spec"] == "demo"
 
 
 @pytest.mark.slow

@@ -158,19 +158,25 @@ def test_d1_tar_gz_loads_raw_next_to_another_archive(d0, d1, tmp_path):
     assert resolve_checkpoint(Path(report.prefix).parent / "checkpoint") == report.prefix
 
 
-def test_archive_extracted_beside_it_once_and_refreshed_when_replaced(d1, tmp_path):
-    archive = tmp_path / "efficientdet-d1.tar.gz"
+def test_archive_extracted_into_the_cache_once_and_refreshed_when_replaced(d1, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setenv("EDETGRAPH_CACHE", str(tmp_path / "cache"))
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    archive = downloads / "efficientdet-d1.tar.gz"
     shutil.copy(d1["tar"], archive)
     prefix = resolve_checkpoint(archive)
-    assert prefix == str(tmp_path / "efficientdet-d1.extracted" / "efficientdet-d1" / "model")
-    assert sorted(os.listdir(tmp_path)) == ["efficientdet-d1.extracted", "efficientdet-d1.tar.gz"]
+    (extracted,) = (tmp_path / "cache" / "checkpoints").iterdir()
+    assert extracted.name.startswith("efficientdet-d1-")
+    assert prefix == str(extracted / "efficientdet-d1" / "model")
+    assert os.listdir(downloads) == ["efficientdet-d1.tar.gz"]     # nothing beside it
     index = Path(prefix + ".index")
     first = index.stat().st_mtime_ns
     os.utime(index, ns=(first - 10**9, first - 10**9))  # a re-extraction would renew this
     assert resolve_checkpoint(archive) == prefix and index.stat().st_mtime_ns == first - 10**9
     archive.touch()  # a new download: the old extraction is replaced, not reused
     assert resolve_checkpoint(archive) == prefix and index.stat().st_mtime_ns != first - 10**9
-    assert sorted(os.listdir(tmp_path / "efficientdet-d1.extracted")) == [
+    assert sorted(os.listdir(extracted)) == [
         ".edetgraph-extracted-efficientdet-d1.tar.gz.json", "efficientdet-d1"]
 
 
@@ -334,9 +340,11 @@ HOSTILE = {
 }
 
 
-@pytest.mark.parametrize("default_target", [False, True], ids=["extract_dir", "beside_archive"])
+@pytest.mark.parametrize("default_target", [False, True], ids=["extract_dir", "cache"])
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
-def test_hostile_archive_is_refused_and_nothing_is_written(tiny, tmp_path, kind, default_target):
+def test_hostile_archive_is_refused_and_nothing_is_written(tiny, tmp_path, kind, default_target,
+                                                           monkeypatch):
+    monkeypatch.setenv("EDETGRAPH_CACHE", str(tmp_path / "cache"))
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text("keep")

@@ -16,7 +16,8 @@ from conftest import ROOT
 
 # (layer, path prefixes relative to the repository), lowest first.
 LAYERS = (
-    ("base", ("edetgraph/resources/", "edetgraph/cli.py")),
+    ("base", ("edetgraph/resources/", "edetgraph/cli.py", "edetgraph/limits.py",
+              "edetgraph/files.py")),
     ("graph", ("edetgraph/graph/",)),
     ("nn", ("edetgraph/nn/",)),
     ("checkpoints", ("edetgraph/checkpoints/",)),

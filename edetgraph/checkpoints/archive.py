@@ -5,9 +5,14 @@ Pure Python (no TensorFlow), so archives can be vetted and unpacked before TF is
 
 Extraction policy: every member is checked before a single byte is written; only regular
 files and directories are accepted (no symlinks, hardlinks, devices, fifos), with relative,
-``..``-free names. Files are written into a fresh staging directory created inside the
-target, then moved into place, so a failure never leaves a half-extracted checkpoint
-where a later run would pick it up.
+``..``-free names. The sizes the headers declare (exactly what extraction writes) are
+added up as they are read: an archive that would unpack to more than
+``EDETGRAPH_MAX_ARCHIVE_BYTES``, or past ``EDETGRAPH_MAX_ARCHIVE_RATIO`` times its own size,
+or to more than the free space, is refused before anything is written. Archives unpack into
+edetgraph's cache (``$EDETGRAPH_CACHE/checkpoints``), never beside the archive, whose folder
+may be read-only or shared. Files are written into a fresh staging directory created
+inside the target, then moved into place, so a failure (a full disk included) leaves
+nothing behind, and never a half-extracted checkpoint a later run would pick up.
 """
 from __future__ import annotations
 
@@ -21,10 +26,24 @@ import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from edetgraph.checkpoints.integrity import missing_data_files, older_checkpoints
+from edetgraph.files import (
+    cache_dir,
+    disk_full_message,
+    free_bytes,
+    is_disk_full,
+    make_dirs,
+    remove,
+    remove_empty,
+)
+from edetgraph.files import write_text as write_atomic
+from edetgraph.limits import human_bytes, limit, override_hint
+
 _MARKER = ".edetgraph-extracted-{}.json"
 _CKPT_STATE_LINE = re.compile(r'^\s*model_checkpoint_path\s*:\s*"(.*)"\s*$', re.MULTILINE)
 _CHUNK = 1 << 20
 _TAR_EXTS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")
+_RATIO_FROM = 64 << 20   # below this, a high expansion ratio is harmless (index files)
 
 
 class CheckpointError(Exception):
@@ -35,10 +54,22 @@ def resolve_checkpoint(path, extract_dir=None) -> str:
     """Return the checkpoint prefix (``.../model``) for `path`.
 
     `path` may be a tar archive (``.tar.gz``/``.tgz``/``.tar``; unpacked safely into
-    `extract_dir`, default ``<archive>.extracted/`` beside it, reused while the archive is
-    unchanged), a folder (with a ``checkpoint`` file or a single ``*.index``, looked for up
-    to two levels down) or its ``checkpoint`` file, a prefix, or a prefix's ``.index`` file.
+    `extract_dir`, default a folder of edetgraph's cache named after the archive, reused
+    while the archive is unchanged), a folder (with a ``checkpoint`` file or a single
+    ``*.index``, looked for up to two levels down) or its ``checkpoint`` file, a prefix, or
+    a prefix's ``.index`` file. A prefix whose data files are not all there is refused.
     """
+    prefix = _resolve(path, extract_dir)
+    missing = missing_data_files(prefix)
+    if missing:
+        older = older_checkpoints(prefix)
+        hint = f"; {older[0]} is there (pass it as the prefix)" if older else ""
+        raise CheckpointError(f"{prefix}: its data file {os.path.basename(missing[0])} is "
+                              f"missing{hint}")
+    return prefix
+
+
+def _resolve(path, extract_dir) -> str:
     p = Path(os.fspath(path)).expanduser()
     if p.name == "checkpoint" and p.is_file():
         p = p.parent
@@ -108,7 +139,8 @@ def extract_archive(archive, extract_dir=None) -> Path:
 
     Raises CheckpointError (naming the archive) for an unreadable/truncated archive, a
     member that is a link/device or whose name is absolute or contains ``..``, an archive
-    with no ``*.index`` member, or a member that would overwrite an existing path.
+    with no ``*.index`` member, one past the size limits or the free space, or a member that
+    would overwrite an existing path. On failure nothing is left in the target.
     """
     archive = Path(archive).resolve()
     target = Path(extract_dir).expanduser().resolve() if extract_dir else _default_target(archive)
@@ -117,27 +149,48 @@ def extract_archive(archive, extract_dir=None) -> Path:
     tops = _reusable(marker, stamp, target)
     if tops:  # vetted and extracted before, archive unchanged since
         return _content_root(target, tops)
-    members, tops = _vetted_members(archive)
+    members, tops, total = _vetted_members(archive)
+    _check_space(archive, target, total)
     _drop_stale(marker, target)
     clashes = [t for t in tops if os.path.lexists(target / t)]
     if clashes:
         raise CheckpointError(
             f"{archive}: would overwrite {', '.join(str(target / c) for c in clashes)} "
             f"(left by another archive or version); remove it or choose another extract_dir")
-    target.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=target))
+    created = make_dirs(target)
+    moved: list = []
+    staging = None
     try:
+        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=target))
         _write_members(archive, members, staging)
         for top in tops:
             os.rename(staging / top, target / top)
-        marker.write_text(json.dumps({"stamp": stamp, "tops": tops}))
-    except CheckpointError:
-        raise
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise CheckpointError(f"{archive}: extraction into {target} failed: {e}") from e
+            moved.append(top)
+        write_atomic(marker, json.dumps({"stamp": stamp, "tops": tops}))
+    except BaseException as e:
+        for top in moved:   # all or nothing: a later run must not take half as the whole
+            remove(target / top)
+        if isinstance(e, CheckpointError) or not isinstance(
+                e, (tarfile.TarError, EOFError, zlib.error, OSError)):
+            raise
+        why = disk_full_message(target) if is_disk_full(e) else str(e)
+        raise CheckpointError(f"{archive}: extraction into {target} failed: {why}") from e
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        remove_empty(created)
     return _content_root(target, tops)
+
+
+def _check_space(archive: Path, target: Path, total: int) -> None:
+    """Refuse an extraction the target's file system cannot hold (with 1 % to spare)."""
+    try:
+        free = free_bytes(target)
+    except OSError:
+        return
+    if total * 1.01 > free:
+        raise CheckpointError(f"{archive}: unpacks to {human_bytes(total)}, but {target} has "
+                              f"only {human_bytes(free)} free")
 
 
 def _content_root(target: Path, tops: list) -> Path:
@@ -147,17 +200,15 @@ def _content_root(target: Path, tops: list) -> Path:
 
 
 def _default_target(archive: Path) -> Path:
+    """``$EDETGRAPH_CACHE/checkpoints/<stem>-<key>``: keyed by the archive's path, so two
+    archives of one name in different folders do not share an extraction."""
     stem = archive.name
     for ext in _TAR_EXTS:
         if stem.endswith(ext):
             stem = stem[: -len(ext)]
             break
-    beside = archive.parent / f"{stem}.extracted"
-    if os.access(archive.parent, os.W_OK):
-        return beside
-    # Read-only download folder: fall back to a per-user cache keyed by the archive path.
     key = hashlib.sha256(str(archive).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"edetgraph-ckpt-{os.getuid()}" / f"{stem}-{key}"
+    return cache_dir() / "checkpoints" / f"{stem}-{key}"
 
 
 def _stamp(archive: Path) -> list:
@@ -196,11 +247,16 @@ def _drop_stale(marker: Path, target: Path) -> None:
     marker.unlink()
 
 
-def _vetted_members(archive: Path) -> tuple[list, list]:
-    """Read the whole member list (this also detects truncation) and check every member."""
+def _vetted_members(archive: Path) -> tuple[list, list, int]:
+    """Read the whole member list (this also detects truncation) and check every member;
+    returns the members, the top-level names and the bytes extraction would write."""
+    members, total = [], 0
     try:
         with tarfile.open(archive, "r:*") as tf:
-            members = tf.getmembers()
+            for m in tf:   # headers one by one: a bomb is refused at its first header
+                members.append(m)
+                total += m.size if m.isreg() else 0
+                _check_size(archive, total)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise CheckpointError(f"{archive}: cannot read the tar archive (truncated or corrupt?): {e}") from e
     seen: dict[str, bool] = {}
@@ -216,7 +272,20 @@ def _vetted_members(archive: Path) -> tuple[list, list]:
     if not any(r.endswith(".index") for r in seen):
         raise CheckpointError(f"{archive}: contains no TF checkpoint (no '*.index' member)")
     tops = sorted({PurePosixPath(r).parts[0] for r in seen})
-    return members, tops
+    return members, tops, total
+
+
+def _check_size(archive: Path, total: int) -> None:
+    """Refuse an archive whose members so far add up past the size or ratio limits."""
+    cap, ratio = limit("archive_bytes"), limit("archive_ratio")
+    if total > cap:
+        raise CheckpointError(f"{archive}: unpacks to more than {human_bytes(cap)} "
+                              f"({override_hint('archive_bytes')})")
+    packed = max(archive.stat().st_size, 1)
+    if total > _RATIO_FROM and total > ratio * packed:
+        raise CheckpointError(f"{archive}: unpacks to over {total / packed:.0f}x its "
+                              f"{human_bytes(packed)} (a checkpoint compresses about 1.1x; "
+                              f"{override_hint('archive_ratio')})")
 
 
 def _safe_name(archive: Path, m: tarfile.TarInfo) -> str:

@@ -22,9 +22,11 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2 as pb
 
 from edetgraph.checkpoints.archive import CheckpointError, extract_archive, resolve_checkpoint
+from edetgraph.checkpoints.integrity import model_held, older_checkpoints
 
 __all__ = ["CheckpointError", "LoadReport", "Mismatch", "resolve_checkpoint", "extract_archive",
-           "read_entries", "load_checkpoint", "save_checkpoint", "write_released"]
+           "read_entries", "load_checkpoint", "check_readable", "save_checkpoint",
+           "write_released"]
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
 GLOBAL_STEP = "global_step"
@@ -88,11 +90,44 @@ class _Entry:
     dtype: tf.DType
 
 
-def _open_reader(prefix: str):
+# What TensorFlow's checkpoint reader raises for a truncated, corrupt or missing file (a
+# truncated data shard surfaces as IndexError, not as an OpError).
+_READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, RuntimeError, OSError)
+
+
+def _unreadable(prefix: str, error: BaseException, what: str = "checkpoint",
+                older: bool = True) -> CheckpointError:
+    """One line for a checkpoint that cannot be read, naming (``older``) an older one
+    beside it."""
+    text = str(getattr(error, "message", None) or error).strip().splitlines()
+    others = older_checkpoints(prefix) if older else []
+    hint = f"; {others[0]} is there too (pass it as the prefix)" if others else ""
+    return CheckpointError(f"{prefix}: cannot read {what} (truncated or corrupt?): "
+                           f"{text[0] if text else type(error).__name__}{hint}")
+
+
+def _open_reader(prefix: str, older: bool = True):
+    """The checkpoint's reader and what it holds (``read_entries``); CheckpointError when
+    either cannot be read."""
     try:
-        return tf.train.load_checkpoint(prefix)
-    except (tf.errors.OpError, IndexError, ValueError, RuntimeError, OSError) as e:
-        raise CheckpointError(f"{prefix}: cannot read checkpoint: {getattr(e, 'message', e)}") from e
+        reader = tf.train.load_checkpoint(prefix)
+        return reader, read_entries(reader)
+    except _READ_ERRORS as e:
+        raise _unreadable(prefix, e, older=older) from e
+
+
+def check_readable(prefix: str) -> None:
+    """Read every tensor of a checkpoint once (TensorFlow checks each one's length and
+    checksum as it reads); CheckpointError naming what is damaged. Variant tensors (a
+    saved input iterator) have no value to read here; restoring them reads them."""
+    reader, _ = _open_reader(prefix, older=False)
+    for key, dtype in reader.get_variable_to_dtype_map().items():
+        if dtype == tf.variant:
+            continue
+        try:
+            reader.get_tensor(key)
+        except _READ_ERRORS as e:
+            raise _unreadable(prefix, e, f"{key!r}", older=False) from e
 
 
 def read_entries(reader) -> tuple[str, dict]:
@@ -204,8 +239,7 @@ def load_checkpoint(path, variables: dict, mode: str = "strict", use_ema="auto",
         raise ValueError(f"mode must be one of {_MODES}, not {mode!r}")
     variables = _normalise(variables)
     prefix = resolve_checkpoint(path, extract_dir)
-    reader = _open_reader(prefix)
-    fmt, entries = read_entries(reader)
+    reader, (fmt, entries) = _open_reader(prefix)
     report = LoadReport(prefix, fmt, mode, _choose_ema(entries, variables, use_ema), len(variables))
     pairs = _plan(entries, variables, use_ema, report)
     report.skipped = sorted({n.removesuffix(EMA_SUFFIX) for n in report.missing} | {m.name for m in report.mismatched})
@@ -217,10 +251,8 @@ def load_checkpoint(path, variables: dict, mode: str = "strict", use_ema="auto",
     for name, var, entry in pairs:
         try:
             values.append(reader.get_tensor(entry.key))
-        except (tf.errors.OpError, IndexError, ValueError, RuntimeError, OSError) as e:
-            # A truncated data shard surfaces as IndexError from the reader, not as an OpError.
-            raise CheckpointError(f"{prefix}: cannot read {entry.key!r} (truncated or corrupt "
-                                  f"data file?): {getattr(e, 'message', e)}") from e
+        except _READ_ERRORS as e:
+            raise _unreadable(prefix, e, f"{entry.key!r}") from e
     for (name, var, _), value in zip(pairs, values):
         var.assign(value)
         report.loaded.append(name)
@@ -233,8 +265,14 @@ def _refusal(report: LoadReport, refused: list, no_shadows: bool, limit: int = 2
     more = f"\n  ... (+{len(refused) - limit} more)" if len(refused) > limit else ""
     hint = ("\n  (use_ema=True, but the file has no ExponentialMovingAverage shadows; "
             "use use_ema='auto' or False)") if no_shadows else ""
+    # The first line stands alone (commands print only it): the count, the model the
+    # checkpoint holds when its folder says, and the first variable at fault.
+    held = model_held(report.prefix)
+    held = f"; it holds {held}, says the spec.yaml beside it" if held else ""
+    first = details.get(refused[0], refused[0] + " (missing)")
     return (f"{report.prefix}: refusing to load in {report.mode} mode: {len(refused)} variable(s) "
-            f"missing or mismatched:\n{listed}{more}{hint}\n{report.summary(limit=5)}")
+            f"missing or mismatched{held}; first {first}\n{listed}{more}{hint}\n"
+            f"{report.summary(limit=5)}")
 
 
 def save_checkpoint(variables: dict, prefix, step=None, ema: dict | None = None) -> str:

@@ -6,28 +6,39 @@
 writes /data/train-00000-of-00008.tfrecord ... with the official feature keys (see
 `edetgraph.data.tfexample`), image i going to shard i % N as the official converter does.
 Boxes with no area, boxes reaching outside the image and boxes of unknown categories or
-images are skipped and counted; a summary is printed at the end. Paths may be gs://.
+images are skipped and counted; a summary is printed at the end. A malformed file (a wrong
+type, a NaN or infinite box, a size of 0, two images with one id, a name that cannot be
+written) is one error line, before anything is written. The shards appear only once all
+are complete, replacing any earlier set of the prefix as a whole (another --shards
+included), so `PREFIX-*` never matches two sets or a half-written one. Paths may be gs://.
 """
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import os
 import sys
 from collections import Counter, defaultdict
 
-import tensorflow as tf
-from PIL import Image
+from edetgraph.cli import quiet_tensorflow
 
-from edetgraph.data.tfexample import encode_example
+quiet_tensorflow()  # before TensorFlow loads below: its start-up notices are not warnings
 
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
 
-class CocoError(ValueError):
-    """Bad input: the message is one line naming the file (and key) at fault."""
+from edetgraph.data.coco_checks import CocoError, check_coco  # noqa: E402
+from edetgraph.data.picture import PictureError, check_pixels  # noqa: E402
+from edetgraph.data.shards import ShardSet  # noqa: E402
+from edetgraph.data.tfexample import encode_example  # noqa: E402
+from edetgraph.files import disk_full_message, is_disk_full  # noqa: E402
+
+__all__ = ["CocoError", "load_coco", "convert", "main"]
 
 
 def load_coco(path: str) -> dict:
-    """Read and sanity-check a COCO instances JSON; raises CocoError naming `path`."""
+    """Read and check a COCO instances JSON (``coco_checks``); raises CocoError naming `path`."""
     if not tf.io.gfile.exists(path):
         raise CocoError(f"{path}: no such annotation file")
     try:
@@ -37,24 +48,7 @@ def load_coco(path: str) -> dict:
         raise CocoError(f"{path}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})")
     except UnicodeDecodeError as e:
         raise CocoError(f"{path}: not a text file ({e.reason})")
-    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
-        raise CocoError(f"{path}: expected a JSON object with an 'images' list")
-    coco.setdefault("annotations", [])
-    if coco["annotations"] and not isinstance(coco.get("categories"), list):
-        raise CocoError(f"{path}: has annotations but no 'categories' list")
-    for section, keys in (("images", ("id", "file_name")),
-                          ("annotations", ("image_id", "category_id", "bbox")),
-                          ("categories", ("id", "name"))):
-        for i, rec in enumerate(coco.get(section, [])):
-            missing = [k for k in keys if not isinstance(rec, dict) or k not in rec]
-            if missing:
-                raise CocoError(f"{path}: {section}[{i}] has no {missing[0]!r}")
-    for i, ann in enumerate(coco["annotations"]):
-        bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4
-                and all(isinstance(v, (int, float)) for v in bbox)):
-            raise CocoError(f"{path}: annotations[{i}].bbox must be 4 numbers, got {bbox!r}")
-    return coco
+    return check_coco(coco, path)
 
 
 def _read_image(images_dir: str, record: dict, ann_path: str) -> tuple[bytes, int, int, str]:
@@ -69,6 +63,10 @@ def _read_image(images_dir: str, record: dict, ann_path: str) -> tuple[bytes, in
             fmt, (w, h) = (im.format or "jpeg").lower(), im.size
     except Exception as e:    # PIL raises several types for unreadable files
         raise CocoError(f"{path}: not a readable image ({e})")
+    try:   # training decodes every record: a decompression bomb stops here
+        check_pixels(path, w, h)
+    except PictureError as e:
+        raise CocoError(str(e)) from None
     return data, int(record.get("height", h)), int(record.get("width", w)), fmt
 
 
@@ -107,6 +105,9 @@ def convert(images_dir: str, annotations: str, out_prefix: str, num_shards: int 
             log=print) -> dict:
     """Write PREFIX-0000i-of-0000N.tfrecord shards; returns a summary of what was written.
 
+    The shards are written under temporary names and renamed only once every one is
+    complete; then any other shard set of PREFIX (another --shards) is removed, so the set
+    is replaced as a whole and a failed or killed run leaves the old set as it was.
     Summary keys: images, images_without_boxes, boxes_written, boxes_skipped (by reason:
     no_area, outside_image, unknown_category, unknown_image), files. `log` receives
     progress lines (None for silence).
@@ -122,26 +123,19 @@ def convert(images_dir: str, annotations: str, out_prefix: str, num_shards: int 
             by_image[ann["image_id"]].append(ann)
         else:
             skipped["unknown_image"] += 1
-    files = [f"{out_prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
-    parent = out_prefix.rsplit("/", 1)[0] if "/" in out_prefix else ""
-    if parent:
-        tf.io.gfile.makedirs(parent)
     written, empty, total = 0, 0, len(coco["images"])
-    writers = [tf.io.TFRecordWriter(f) for f in files]
-    try:
+    with ShardSet(out_prefix, num_shards) as shards:
         for i, record in enumerate(coco["images"]):
             example, n = _example(record, by_image[record["id"]], names, images_dir,
                                   annotations, skipped)
-            writers[i % num_shards].write(example.SerializeToString())
+            shards.write(i % num_shards, example.SerializeToString())
             written, empty = written + n, empty + (n == 0)
             if log and (i + 1 == total or (i + 1) % max(1, total // 10) == 0):
                 log(f"[coco_to_tfrecord] {i + 1}/{total} images")
-    finally:
-        for w in writers:
-            w.close()
+        shards.commit()
     reasons = ("no_area", "outside_image", "unknown_category", "unknown_image")
     return {"images": total, "images_without_boxes": empty, "boxes_written": written,
-            "boxes_skipped": {r: skipped[r] for r in reasons}, "files": files}
+            "boxes_skipped": {r: skipped[r] for r in reasons}, "files": shards.files}
 
 
 def main(argv=None) -> int:
@@ -158,6 +152,8 @@ def main(argv=None) -> int:
                           log=lambda msg: print(msg, file=sys.stderr))
     except (CocoError, OSError, tf.errors.OpError) as e:
         msg = e.message if isinstance(e, tf.errors.OpError) else str(e)
+        if is_disk_full(e):
+            msg = disk_full_message(os.path.dirname(os.path.abspath(args.out)))
         print(f"error: {msg.splitlines()[0] if msg else type(e).__name__}", file=sys.stderr)
         return 2
     skipped = ", ".join(f"{k} {v}" for k, v in summary["boxes_skipped"].items())

@@ -20,17 +20,23 @@ decoding) and announced once on stderr.
 from __future__ import annotations
 
 import functools
+import re
 import sys
 import time
 from typing import Sequence
 
 import tensorflow as tf
 
+from edetgraph.data.shards import check_shard_sets
 from edetgraph.data.tfexample import encode_example, parse_example, source_id_to_int
 
 MEAN_RGB = (123.675, 116.28, 103.53)
 STDDEV_RGB = (58.395, 57.12, 57.375)
 _RECORD_OVERHEAD = 16    # TFRecord framing: length (8) + its CRC (4) + data CRC (4)
+
+
+class UndecodableData(ValueError):
+    """The first records of the first input files do not decode: not detection TFRecords."""
 
 
 class PipelineStats:
@@ -73,11 +79,14 @@ def _warn(message: Sequence, name: str, total: tf.Tensor) -> tf.Tensor:
 
 
 def list_files(file_pattern: str | Sequence[str]) -> list[str]:
-    """Sorted files matching one or more glob patterns (local or gs://)."""
+    """Sorted files matching one or more glob patterns (local or gs://); ValueError when
+    they hold two shard sets of one prefix (``train-*`` over ``-of-00002`` and
+    ``-of-00003`` files)."""
     patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
     files = sorted({f for p in patterns for f in tf.io.gfile.glob(p)})
     if not files:
         raise FileNotFoundError(f"no input files match {', '.join(patterns)}")
+    check_shard_sets(files, ", ".join(patterns))
     return files
 
 
@@ -237,11 +246,13 @@ def _check_decodable(files: list[str], process, tries: int = 3) -> None:
                 process(record)
                 return
         except (tf.errors.OpError, ValueError) as e:
-            msg = e.message if isinstance(e, tf.errors.OpError) else str(e)
-            errors.append(f"{path}: {msg.strip().splitlines()[0]}")
+            msg = (e.message if isinstance(e, tf.errors.OpError) else str(e)).strip()
+            # TF's decorations ({{function_node ...}}, [Op:...]) say nothing to a user.
+            msg = re.sub(r"\{\{.*?\}\}\s*", "", msg.splitlines()[0] if msg else "")
+            errors.append(f"{path}: {msg.split(' [Op:')[0].strip() or type(e).__name__}")
     if errors and len(errors) == min(tries, len(files)):
-        raise ValueError(f"cannot decode the first record of any of the first {len(errors)} "
-                         f"input files; first error: {errors[0]}")
+        raise UndecodableData(f"cannot decode the first record of any of the first "
+                              f"{len(errors)} input files; first error: {errors[0][:300]}")
 
 
 def make_dataset(file_pattern, image_size, batch_size: int, training: bool,

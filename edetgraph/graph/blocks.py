@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
+from edetgraph.limits import limit, override_hint, short
+
 # The seven stages every EfficientNet (and EfficientNet-Lite) shares before scaling.
 BASE_BLOCKS = (
     "r1_k3_s11_e1_i32_o16_se0.25",
@@ -110,12 +112,12 @@ def decode_block(s: str) -> Stage:
     """Parse one block string; raises ValueError naming it when malformed."""
     m = _BLOCK_RE.match(s)
     if not m:
-        raise ValueError(f"block string {s!r} is not of the form r1_k3_s11_e1_i32_o16_se0.25")
+        raise ValueError(f"block string {short(s)} is not of the form r1_k3_s11_e1_i32_o16_se0.25")
     r, k, s1, s2, e, i, o, se, noskip = m.groups()
     if s1 != s2:
-        raise ValueError(f"block string {s!r}: only square strides are supported")
+        raise ValueError(f"block string {short(s)}: only square strides are supported")
     if int(r) < 1 or int(k) % 2 == 0 or int(s1) not in (1, 2):
-        raise ValueError(f"block string {s!r}: need repeats >= 1, an odd kernel and stride 1 or 2")
+        raise ValueError(f"block string {short(s)}: need repeats >= 1, an odd kernel and stride 1 or 2")
     return Stage(int(r), int(k), int(s1), float(e), int(i), int(o),
                  float(se) if se else None, id_skip=not noskip)
 
@@ -143,7 +145,7 @@ def resolve_backbone(spec, default_act: str) -> BackboneConfig:
         width, depth, rate, lite = spec.width, spec.depth, 0.2, False
     else:
         known = ", ".join(_TABLE)
-        raise ValueError(f"name {spec.name!r} is not a known backbone ({known});"
+        raise ValueError(f"name {short(spec.name)} is not a known backbone ({known});"
                          " a custom one needs width, depth (and blocks)")
     if spec.name in _NO_DROP_CONNECT:
         rate = 0.0
@@ -155,11 +157,18 @@ def resolve_backbone(spec, default_act: str) -> BackboneConfig:
     rate = spec.drop_connect if spec.drop_connect is not None else rate
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"drop_connect must be in [0, 1), got {rate}")
+    fix = spec.fix_head_stem if spec.fix_head_stem is not None else lite
+    # Counted before any block exists: depth 1e9 would otherwise list a billion blocks.
+    count = sum(round_repeats(st.repeats, depth, skip=fix and i in (0, len(stages) - 1))
+                for i, st in enumerate(stages))
+    if count > limit("graph_nodes"):
+        raise ValueError(f"{count:,} blocks (depth {depth:g}), more than {limit('graph_nodes'):,}"
+                         f" ({override_hint('graph_nodes')})")
     return BackboneConfig(
         name=spec.name, width=width, depth=depth, stages=stages,
         act=spec.act or ("relu6" if lite else default_act),
         se=spec.se if spec.se is not None else not lite,
-        fix_head_stem=spec.fix_head_stem if spec.fix_head_stem is not None else lite,
+        fix_head_stem=fix,
         drop_connect=rate)
 
 

@@ -18,6 +18,7 @@ from edetgraph.graph import blocks, ir, topology
 from edetgraph.graph.ir import GraphError
 from edetgraph.graph.passes import dead_nodes, diff, prune_dead, share_resample
 from edetgraph.graph.sizes import feature_sizes
+from edetgraph.limits import limit, override_hint
 
 Pass = Callable[[nx.DiGraph], nx.DiGraph]
 
@@ -165,6 +166,10 @@ def build_ir(spec, trace: list | None = None, *, prune: bool = False, share: boo
     nodes = topology.cell_nodes(fpn, spec.min_level, spec.max_level)
     cell = ir.cell_graph(nodes, spec.min_level, spec.max_level, fpn.weight_method,
                          allow_dead=prune)
+    if len(nodes) * fpn.repeats > limit("graph_nodes"):  # before the cells are repeated
+        raise GraphError(f"fpn.repeats: {fpn.repeats:,} cells of {len(nodes)} nodes make "
+                         f"{len(nodes) * fpn.repeats:,} fusion nodes, more than "
+                         f"{limit('graph_nodes'):,} ({override_hint('graph_nodes')})")
     g = run(backbone_inputs(spec), [
         partial(repeat_cells, cell=cell, nodes=nodes, repeats=fpn.repeats,
                 channels=fpn.channels, separable=fpn.separable, conv_bn_act=fpn.conv_bn_act,

@@ -31,6 +31,13 @@ class Cost:
     params_trainable: int = 0
     params_total: int = 0
     ops: Counter = field(default_factory=Counter)   # tfprof float ops per op type
+    activations: int = 0   # output elements of the convolutions (per image, batch 1)
+
+    @property
+    def activation_bytes(self) -> int:
+        """float32 bytes of the convolution outputs: what a training step keeps at least
+        (each with its batch norm and activation beside it), per image."""
+        return 4 * self.activations
 
     @property
     def flops(self) -> int:
@@ -41,6 +48,7 @@ class Cost:
         self.params_trainable += other.params_trainable
         self.params_total += other.params_total
         self.ops.update(other.ops)
+        self.activations += other.activations
         return self
 
     def by_op_type(self) -> dict[str, int]:
@@ -53,7 +61,7 @@ class Cost:
         """The same op again with weights already counted (a conv shared across levels)."""
         ops = Counter(self.ops)
         ops.pop("MulInit", None)
-        return Cost(0, 0, ops)
+        return Cost(0, 0, ops, self.activations)
 
     def as_dict(self) -> dict:
         return {"params_trainable": self.params_trainable, "params_total": self.params_total,
@@ -66,7 +74,7 @@ def conv(cin: int, cout: int, k: int, out_hw: tuple[int, int], bias: bool = Fals
          batch: int = 1) -> Cost:
     n_out = batch * out_hw[0] * out_hw[1] * cout
     w = k * k * cin * cout
-    c = Cost(w, w, Counter(Conv2D=2 * k * k * cin * n_out, MulInit=w))
+    c = Cost(w, w, Counter(Conv2D=2 * k * k * cin * n_out, MulInit=w), n_out)
     if bias:
         c += Cost(cout, cout, Counter(BiasAdd=n_out))
     return c
@@ -75,7 +83,7 @@ def conv(cin: int, cout: int, k: int, out_hw: tuple[int, int], bias: bool = Fals
 def depthwise(ch: int, k: int, out_hw: tuple[int, int], batch: int = 1) -> Cost:
     n_out = batch * out_hw[0] * out_hw[1] * ch
     w = k * k * ch
-    return Cost(w, w, Counter(DepthwiseConv2dNative=2 * k * k * n_out, MulInit=w))
+    return Cost(w, w, Counter(DepthwiseConv2dNative=2 * k * k * n_out, MulInit=w), n_out)
 
 
 def separable(cin: int, cout: int, k: int, out_hw, bias: bool = True) -> Cost:

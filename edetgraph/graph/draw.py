@@ -11,6 +11,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from edetgraph.files import atomic_path, write_text
 from edetgraph.graph import ir
 
 _COLOURS = {"input": "#cfe2ff", "resample": "#fff3cd", "fuse": "#d1e7dd", "output": "#f8d7da"}
@@ -140,7 +141,7 @@ def to_png(g: nx.DiGraph, path: Path, title: str = "", weights: dict | None = No
         ax.spines[s].set_visible(False)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
 
 
@@ -149,11 +150,12 @@ def draw(g: nx.DiGraph, path: str | Path, title: str = "", weights: dict | None 
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".dot":
-        path.write_text(to_dot(g, weights))
+        write_text(path, to_dot(g, weights))
     elif suffix == ".svg":
-        path.write_text(to_svg(g, title, weights))
+        write_text(path, to_svg(g, title, weights))
     elif suffix == ".png":
-        to_png(g, path, title, weights)
+        with atomic_path(path) as tmp:
+            to_png(g, Path(tmp), title, weights)
     else:
         raise ValueError(f"{path}: --draw writes .svg, .png or .dot, not {suffix or 'no suffix'!r}")
     return path

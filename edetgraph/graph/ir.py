@@ -18,6 +18,7 @@ from __future__ import annotations
 import networkx as nx
 
 from edetgraph.graph.spec import NodeSpec, SpecError
+from edetgraph.limits import short
 
 OPS = ("input", "resample", "fuse", "output")
 
@@ -53,21 +54,21 @@ def cell_graph(nodes: list[NodeSpec], min_level: int, max_level: int,
         g.add_node(f"p{lvl}", op="input", level=lvl)
     for n in nodes:
         if n.name in g:
-            raise GraphError(f"fpn node {n.name!r}: name used twice")
+            raise GraphError(f"fpn node {short(n.name)}: name used twice")
         if not min_level <= n.level <= max_level:
-            raise GraphError(f"fpn node {n.name!r}: level {n.level} outside"
+            raise GraphError(f"fpn node {short(n.name)}: level {n.level} outside"
                              f" [{min_level}, {max_level}]")
         if not n.inputs:
-            raise GraphError(f"fpn node {n.name!r}: has no inputs")
+            raise GraphError(f"fpn node {short(n.name)}: has no inputs")
         if len(set(n.inputs)) != len(n.inputs):
-            raise GraphError(f"fpn node {n.name!r}: an input is listed twice {list(n.inputs)}")
+            raise GraphError(f"fpn node {short(n.name)}: an input is listed twice {list(n.inputs)}")
         g.add_node(n.name, op="fuse", level=n.level, output=n.output,
                    weight_method=n.weight_method or default_weight_method)
     names = {n.name for n in nodes} | {f"p{lvl}" for lvl in range(min_level, max_level + 1)}
     for n in nodes:
         for port, src in enumerate(n.inputs):
             if src not in names:
-                raise GraphError(f"fpn node {n.name!r}: input {src!r} names no node"
+                raise GraphError(f"fpn node {short(n.name)}: input {short(src)} names no node"
                                  f" (inputs are p{min_level}..p{max_level} or earlier nodes)")
             g.add_edge(src, n.name, port=port)
     try:
@@ -80,7 +81,7 @@ def cell_graph(nodes: list[NodeSpec], min_level: int, max_level: int,
     for n in nodes:
         for src in n.inputs:
             if src not in seen:
-                raise GraphError(f"fpn node {n.name!r}: input {src!r} is defined after it;"
+                raise GraphError(f"fpn node {short(n.name)}: input {short(src)} is defined after it;"
                                  " list nodes so that inputs come first")
         seen.add(n.name)
     g.graph["outputs"] = _cell_outputs(g, nodes, min_level, max_level)
@@ -98,7 +99,7 @@ def _cell_outputs(g, nodes, min_level, max_level) -> dict[int, str]:
     if flagged:
         for n in flagged:
             if n.level in outs:
-                raise GraphError(f"fpn node {n.name!r}: level {n.level} output produced twice"
+                raise GraphError(f"fpn node {short(n.name)}: level {n.level} output produced twice"
                                  f" (also by {outs[n.level]!r})")
             outs[n.level] = n.name
     else:

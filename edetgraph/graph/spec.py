@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from edetgraph.graph import blocks, fusion, scaling, schema
+from edetgraph.limits import limit, override_hint, short
 
 WEIGHT_METHODS = tuple(fusion.METHODS)       # fastattn, attn, sum, channel_(fast)attn
 ACTIVATIONS = ("swish", "relu6", "relu", "silu", "hswish")
@@ -174,17 +175,20 @@ def _check(spec: ModelSpec) -> None:
     if fpn.repeats <= 0:
         _fail("fpn.repeats", f"must be positive, got {fpn.repeats}")
     if fpn.weight_method not in WEIGHT_METHODS:
-        _fail("fpn.weight_method", f"{fpn.weight_method!r} not one of {', '.join(WEIGHT_METHODS)}")
+        _fail("fpn.weight_method", f"{short(fpn.weight_method)} not one of {', '.join(WEIGHT_METHODS)}")
     if (fpn.topology is None) == (fpn.nodes is None):
         _fail("fpn", "give exactly one of 'topology' (a registered generator) or 'nodes'")
     for i, n in enumerate(fpn.nodes or ()):
         if n.weight_method is not None and n.weight_method not in WEIGHT_METHODS:
-            _fail(f"fpn.nodes[{i}].weight_method", f"{n.weight_method!r} not one of"
+            _fail(f"fpn.nodes[{i}].weight_method", f"{short(n.weight_method)} not one of"
                   f" {', '.join(WEIGHT_METHODS)}")
     if spec.head.repeats < 0:
         _fail("head.repeats", f"must be >= 0, got {spec.head.repeats}")
+    if spec.head.repeats > limit("graph_nodes"):
+        _fail("head.repeats", f"{spec.head.repeats:,} is more than {limit('graph_nodes'):,} "
+              f"({override_hint('graph_nodes')})")
     if spec.act not in ACTIVATIONS:
-        _fail("act", f"{spec.act!r} not one of {', '.join(ACTIVATIONS)}")
+        _fail("act", f"{short(spec.act)} not one of {', '.join(ACTIVATIONS)}")
     if len(spec.preprocess.mean_rgb) != 3 or len(spec.preprocess.stddev_rgb) != 3:
         _fail("preprocess", "mean_rgb and stddev_rgb need 3 values each")
     if min(spec.preprocess.stddev_rgb) <= 0:

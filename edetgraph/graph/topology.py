@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from edetgraph.graph.spec import FPNSpec, NodeSpec, SpecError
+from edetgraph.limits import short
 
 _REGISTRY: dict[str, Callable[[int, int], list[NodeSpec]]] = {}
 
@@ -40,7 +41,7 @@ def cell_nodes(fpn: FPNSpec, min_level: int, max_level: int) -> list[NodeSpec]:
     try:
         gen = _REGISTRY[fpn.topology]
     except KeyError:
-        raise SpecError(f"fpn.topology: {fpn.topology!r} is not registered"
+        raise SpecError(f"fpn.topology: {short(fpn.topology)} is not registered"
                         f" (known: {', '.join(registered())})") from None
     return gen(min_level, max_level)
 

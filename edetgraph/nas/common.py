@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
+
+from edetgraph.files import write_text
 
 
 class SearchError(Exception):
@@ -16,9 +17,8 @@ def say(msg: str) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """The whole text at ``path`` or nothing (a temporary name, then a rename)."""
+    write_text(path, text)
 
 
 def write_json(path: Path, value) -> None:

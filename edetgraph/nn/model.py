@@ -9,6 +9,7 @@ import networkx as nx
 import tensorflow as tf
 
 from edetgraph.graph import outputs
+from edetgraph.graph.budget import check_budget
 from edetgraph.graph.build import build_ir
 from edetgraph.nn import targets
 from edetgraph.nn.backbone import EfficientNet
@@ -22,13 +23,15 @@ class DetectionModel(tf.Module):
 
     ``model(images)`` takes normalised NHWC float images of the spec's size and returns
     ``(class_outputs, box_outputs)``: lists over levels min..max of ``[B, H, W, A*C]`` and
-    ``[B, H, W, A*4]``.
+    ``[B, H, W, A*4]``. A spec whose parameters or activation memory pass the limits
+    (``edetgraph.graph.budget``) is a SpecError before any variable exists.
     """
 
     def __init__(self, spec, graph: nx.DiGraph | None = None, seed: int = 0):
         super().__init__(name=None)
         self.spec = spec
         self.graph = graph if graph is not None else build_ir(spec)
+        check_budget(spec, self.graph)  # SpecError before the first variable is allocated
         bn_kw = {"momentum": spec.bn.momentum, "epsilon": spec.bn.epsilon}
         cfg = spec.backbone_config()
         backbone_levels = sorted(d["level"] for _, d in self.graph.nodes(data=True)

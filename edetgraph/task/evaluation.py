@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from edetgraph.checkpoints.checkpoint import load_checkpoint
 from edetgraph.data.pipeline import make_dataset
+from edetgraph.files import write_text
 from edetgraph.nn.model import build_model
 from edetgraph.task.anchors import spec_anchors
 from edetgraph.task.coco import EvalError, coco_metrics, load_coco, to_coco_results
@@ -84,8 +85,11 @@ class Evaluator:
         if detections_out:
             out = os.fspath(detections_out)
             tf.io.gfile.makedirs(os.path.dirname(out) or ".")
-            with tf.io.gfile.GFile(out, "w") as f:
-                f.write(json.dumps(results))
+            if "://" in out:            # a bucket: an object appears whole anyway
+                with tf.io.gfile.GFile(out, "w") as f:
+                    f.write(json.dumps(results))
+            else:
+                write_text(out, json.dumps(results))
         metrics = coco_metrics(self.gt, results, ids, per_class)
         metrics.update(images=len(ids), detections=len(results),
                        seconds=round(time.perf_counter() - start, 2))

@@ -3,7 +3,8 @@ first (a bad file fails in a second), build the detector, then per picture detec
 the detections and collect them; ``detections.json`` holds them all.
 
 Outputs per picture ``<stem>.jpg`` (``.png`` for PNG input), with ``--dump-raw`` also
-``<stem>.npz`` (network input, scale, raw head outputs, padded detections).
+``<stem>.npz`` (network input, scale, raw head outputs, padded detections); each is written
+under a temporary name and renamed once complete, ``detections.json`` last.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edetgraph.files import atomic_path, write_text
 from edetgraph.graph.spec import load_spec
 from edetgraph.task.detector import Detector
 from edetgraph.task.labels import load_labels
@@ -24,9 +26,9 @@ from edetgraph.task.preprocess import read_image
 from edetgraph.task.visualize import draw_detections, save_picture
 
 
-def _read_inputs(paths: list) -> list:
+def _read_inputs(paths: list, max_pixels: int | None = None) -> list:
     """Decode every image before any model is built, so a bad file fails in a second."""
-    return [read_image(p).numpy() for p in paths]
+    return [read_image(p, max_pixels).numpy() for p in paths]
 
 
 def _output_stems(paths: list) -> list[str]:
@@ -94,7 +96,8 @@ def _one_image(det, args, path, image, stem: str, pic: Path) -> dict:
     entry = {"file": str(path), "height": int(image.shape[0]), "width": int(image.shape[1]),
              **d, "picture": pic.name}
     if args.dump_raw:
-        np.savez(pic.parent / f"{stem}.npz", **raw)
+        with atomic_path(pic.parent / f"{stem}.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, **raw)
         entry["raw"] = f"{stem}.npz"
     drawn = sum(s >= args.draw_thresh for s in d["scores"])
     print(f"{path}: {len(d['scores'])} detections ({drawn} drawn) -> {pic} [{ms:.0f} ms]",
@@ -105,7 +108,7 @@ def _one_image(det, args, path, image, stem: str, pic: Path) -> dict:
 def run(args) -> dict:
     """Read, detect, draw and write everything ``python -m edetgraph.infer`` was asked for
     (its parsed arguments); returns the detections.json content."""
-    images = _read_inputs(args.image)
+    images = _read_inputs(args.image, getattr(args, "max_pixels", None))
     out = Path(args.out)
     targets = _outputs(args.image, out)
     det = _load_detector(args)
@@ -116,6 +119,6 @@ def run(args) -> dict:
               "nms": det.method, "score_thresh": args.score_thresh, "images": []}
     for path, image, (stem, pic) in zip(args.image, images, targets):
         result["images"].append(_one_image(det, args, path, image, stem, pic))
-    (out / "detections.json").write_text(_json_text(result))
+    write_text(out / "detections.json", _json_text(result))
     print(f"wrote {out / 'detections.json'}", file=sys.stderr)
     return result

@@ -261,6 +261,25 @@ def make_postprocess_fn(image_size: ImageSize, num_classes: int = 90, batch_size
     return postprocess_fn
 
 
+def nms_candidates(cls_outputs, box_outputs, anchors, method: str):
+    """What the hard or fast NMS chooses from, per image: every anchor's decoded box
+    ``[B, N, 4]`` (network pixels, before clipping), its NMS score ``[B, N]`` (the sigmoid of
+    its best class) and the values its class is chosen by ``[B, N, C]`` (the logits for
+    ``hard``, which takes the arg-max logit; the sigmoid scores for ``fast``, as TFLite's op
+    sees them). The parity gate replays NMS on these to judge tied scores.
+    """
+    if method not in ("hard", "fast"):
+        raise ValueError(f"nms_candidates: {method!r} is not hard or fast")
+    cls_list, box_list = _level_pair(cls_outputs, box_outputs)
+    num_classes = cls_list[0].shape[-1] // (box_list[0].shape[-1] // 4)
+    cls, box = flatten_outputs(cls_list, box_list, num_classes)
+    if method == "fast":
+        boxes = _decode_center_size(box, anchors_to_center_size(np.asarray(anchors)))
+        by_class = tf.sigmoid(cls)
+        return boxes, tf.reduce_max(by_class, axis=-1), by_class
+    return decode_boxes(box, anchors), tf.sigmoid(tf.reduce_max(cls, axis=-1)), cls
+
+
 def _fmt_float(x: float) -> str:
     return format(float(np.float32(x)), ".9g")  # exact float32, and 'inf'/'-inf' parse
 

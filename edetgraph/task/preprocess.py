@@ -15,6 +15,7 @@ from typing import Sequence, Union
 import numpy as np
 import tensorflow as tf
 
+from edetgraph.data.picture import check_picture
 from edetgraph.graph.sizes import ImageSize, parse_image_size
 
 # ImageNet statistics on 0..255 input, written as the official config writes them.
@@ -25,18 +26,20 @@ LITE_MEAN_RGB = (127.0, 127.0, 127.0)
 LITE_STDDEV_RGB = (128.0, 128.0, 128.0)
 
 
-def read_image(path: Union[str, os.PathLike]) -> tf.Tensor:
+def read_image(path: Union[str, os.PathLike], max_pixels: int | None = None) -> tf.Tensor:
     """Decode an image file to uint8 ``[H, W, 3]`` RGB with TensorFlow's decoders.
 
     TF's decoder, not PIL's, because JPEG decoders differ by a few levels per pixel and
     parity with the official pipeline needs the same pixels. Grayscale is replicated to
     three channels, alpha is dropped, an animated GIF gives its first frame. Formats are
-    whatever this TF decodes (JPEG, PNG, GIF, BMP; WebP and JPEG XL on recent TF).
+    JPEG, PNG, GIF, BMP and WebP. The size in the header is checked against ``max_pixels``
+    (default ``EDETGRAPH_MAX_IMAGE_PIXELS``) before anything is decoded.
     Raises FileNotFoundError / ValueError naming the file.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such image file")
+    check_picture(path, max_pixels)
     data = tf.io.read_file(path)
     try:
         image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)

@@ -7,11 +7,13 @@ size follow the picture size.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from edetgraph.files import atomic_path
 from edetgraph.task.labels import label_name
 
 # Kelly's colours of maximum contrast (minus white/black/greys), well apart from each other.
@@ -87,6 +89,11 @@ def _draw_one(draw: ImageDraw.ImageDraw, box, text: str, colour: str, line: int,
 
 
 def save_picture(picture: Image.Image, path) -> None:
-    """Save as the extension says (JPEG at quality 95, so thin lines stay crisp)."""
-    kwargs = {"quality": 95} if str(path).lower().endswith((".jpg", ".jpeg")) else {}
-    picture.save(path, **kwargs)
+    """Save as the extension says (JPEG at quality 95, so thin lines stay crisp), under a
+    temporary name renamed once the file is complete."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: no picture format has this extension")
+    kwargs = {"quality": 95} if fmt == "JPEG" else {}
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format=fmt, **kwargs)

@@ -10,6 +10,11 @@ resumes from the previous one.
 Under multi-worker training every worker must take part in a save (reading a sync-on-read
 variable is a collective); only the chief writes into the model directory, the others into
 a scratch folder that is removed again.
+
+On start the newest checkpoint is read whole before it is restored (TensorFlow checks each
+tensor's length and checksum); a damaged one (a truncated data file, a missing shard) is
+passed over for the newest intact one, and the log says so. ``ckpt-N_temp/`` folders, what
+a save killed or stopped by a full disk leaves, are removed.
 """
 from __future__ import annotations
 
@@ -18,9 +23,14 @@ import time
 
 import tensorflow as tf
 
+from edetgraph.checkpoints.checkpoint import CheckpointError, check_readable
+from edetgraph.checkpoints.integrity import model_held
+from edetgraph.cli import first_line
+
 
 class CheckpointMismatch(RuntimeError):
-    """The model directory holds checkpoints of another model or other settings."""
+    """The model directory holds checkpoints of another model or other settings, or none
+    of its checkpoints can be read."""
 
 
 class Checkpointer:
@@ -45,26 +55,56 @@ class Checkpointer:
         self.step_var = step_var
         self.every_steps, self.every_minutes = every_steps, every_minutes
         self.last_step, self.last_time = None, time.monotonic()
+        if chief:
+            self.remove_temporaries()
+
+    def remove_temporaries(self) -> None:
+        """Remove the ``ckpt-N_temp/`` folders an interrupted or failed save left."""
+        for temp in tf.io.gfile.glob(os.path.join(self.model_dir, "ckpt-*_temp")):
+            if tf.io.gfile.isdir(temp):
+                tf.io.gfile.rmtree(temp)
 
     @property
     def latest(self) -> str | None:
         return self.read_manager.latest_checkpoint
 
-    def restore(self) -> str | None:
-        """Restore the newest checkpoint of the model dir; None when there is none."""
-        path = self.latest
-        if path is None:
+    def restore(self, log=None) -> str | None:
+        """Restore the newest intact checkpoint of the model dir; None when there is none.
+        ``log`` hears of every damaged checkpoint passed over."""
+        candidates = list(reversed(self.read_manager.checkpoints)) or (
+            [self.latest] if self.latest else [])
+        if not candidates:
             return None
-        status = self.checkpoint.restore(path)
+        damaged = []
+        for path in candidates:
+            try:
+                check_readable(path)
+                self._restore(path)
+            except (CheckpointError, tf.errors.OpError, IndexError) as e:
+                damaged.append(path)
+                if log:
+                    log(f"{first_line(e, 300)}; passing over it")
+                continue
+            if damaged and log:
+                log(f"resuming from {path}, the newest intact checkpoint (newer: "
+                    f"{', '.join(os.path.basename(d) for d in damaged)}, damaged)")
+            return path
+        raise CheckpointMismatch(f"{self.model_dir}: none of its checkpoints can be read "
+                                 f"({', '.join(os.path.basename(d) for d in damaged)}); use a "
+                                 "new --model-dir or repair them")
+
+    def _restore(self, path: str) -> None:
+        held = model_held(path)
+        what = f"it holds {held}" if held else "another spec or num_classes?"
         try:
+            status = self.checkpoint.restore(path)
             status.assert_existing_objects_matched()
-        except AssertionError as e:
+        except (AssertionError, ValueError) as e:   # ValueError: a variable of another shape
             raise CheckpointMismatch(
-                f"{path}: this checkpoint does not match the model being trained (another spec "
-                f"or num_classes?); use a new --model-dir. ({str(e).splitlines()[0][:200]})") from None
+                f"{path}: this checkpoint does not match the model being trained ({what}); "
+                f"use a new --model-dir. ({str(e).splitlines()[0][:200]})") from None
         status.expect_partial()
         self.last_step = int(self.step_var.numpy())
-        return path
 
     def start(self, step: int) -> None:
         """Count the intervals from `step` (where this run starts)."""

@@ -9,7 +9,6 @@ reproducible against a single process), at the cost of decoding the whole batch 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import tensorflow as tf
 
 from edetgraph.data import synthetic as synth
 from edetgraph.data.pipeline import list_files, make_dataset
+from edetgraph.files import cache_dir
 from edetgraph.graph import outputs
 from edetgraph.task.labeler import labeler_for
 
@@ -36,12 +36,6 @@ class DataPaths:
     val: str | None = None           # TFRecord pattern
     val_json: str | None = None      # COCO instances of the val split
     num_train: int | None = None     # records in the training split, when known
-
-
-def cache_dir() -> Path:
-    """Where the built-in dataset is generated ($EDETGRAPH_CACHE, else ~/.cache/edetgraph)."""
-    root = os.environ.get("EDETGRAPH_CACHE") or Path.home() / ".cache" / "edetgraph"
-    return Path(root)
 
 
 def synthetic_data(spec, synthetic, log=None) -> DataPaths:
@@ -138,7 +132,7 @@ def resolve_data(spec, config, data=None, val_data=None, val_json=None, log=None
         list_files(data)
         if val_data:
             list_files(val_data)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:   # no files, or two shard sets in one glob
         raise DataError(str(e)) from None
     if val_json and not tf.io.gfile.exists(val_json):
         raise DataError(f"{val_json}: no such file")

@@ -14,6 +14,7 @@ import time
 
 import tensorflow as tf
 
+from edetgraph.files import disk_full_message, is_disk_full, write_text
 from edetgraph.task.coco import EvalError
 from edetgraph.training.checkpointing import Checkpointer
 from edetgraph.training.precise_bn import assign, recalibrate
@@ -29,8 +30,12 @@ class TrainError(RuntimeError):
 
 
 def write_file(path: str, text: str) -> None:
-    """Write a small file locally or on gs:// (model dirs may live in a bucket)."""
+    """Write a small file locally (atomically) or on gs:// (model dirs may live in a bucket,
+    where an object appears whole anyway)."""
     tf.io.gfile.makedirs(os.path.dirname(path))
+    if "://" not in path:
+        write_text(path, text)
+        return
     with tf.io.gfile.GFile(path, "w") as f:
         f.write(text)
 
@@ -43,7 +48,11 @@ def _save(checkpointer: Checkpointer, step: int, log):
     """Save; an input iterator that cannot be checkpointed is dropped from then on."""
     try:
         return checkpointer, checkpointer.save(step)
-    except (tf.errors.OpError, ValueError, TypeError, NotImplementedError) as e:
+    except (tf.errors.OpError, ValueError, TypeError, NotImplementedError, OSError) as e:
+        if is_disk_full(e):   # not the iterator's fault: say what is wrong, leave no ckpt-N_temp
+            checkpointer.remove_temporaries()
+            raise TrainError(f"saving the checkpoint of step {step}: "
+                             f"{disk_full_message(checkpointer.model_dir)}") from None
         if "iterator" not in checkpointer.objects:
             raise
         log(f"cannot save the input iterator ({type(e).__name__}); checkpoints leave it out, "

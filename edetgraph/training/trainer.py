@@ -20,6 +20,9 @@ import tensorflow as tf
 import yaml
 
 from edetgraph.checkpoints.checkpoint import CheckpointError, load_checkpoint
+from edetgraph.checkpoints.integrity import describe, saved_spec, spec_differences
+from edetgraph.data.pipeline import UndecodableData
+from edetgraph.files import disk_full_message, is_disk_full
 from edetgraph.task.evaluation import Evaluator
 from edetgraph.training import inputs as tdata
 from edetgraph.training.checkpointing import Checkpointer, CheckpointMismatch
@@ -51,6 +54,20 @@ def _check_precision(precision: str) -> None:
                          "float32 variables and has no casting compute path); use float32")
 
 
+def check_model_dir(model_dir: str, spec) -> None:
+    """Refuse a model dir whose checkpoints belong to another spec, from the spec.yaml a
+    run saved there, before any model is built (a restore would fail on the first
+    variable of another shape, with a traceback)."""
+    saved = saved_spec(model_dir)
+    has_checkpoint = tf.io.gfile.exists(os.path.join(model_dir, "checkpoint"))
+    if saved is None or not has_checkpoint:
+        return
+    differs = spec_differences(saved, spec.to_dict())
+    if differs:
+        raise TrainError(f"--model-dir {model_dir} holds checkpoints of {describe(saved)}, not "
+                         f"of {spec.name} ({'; '.join(differs)}); use a new --model-dir")
+
+
 def _run_setup(config, model_dir: str, spec, chief: bool) -> None:
     if chief:
         write_file(os.path.join(model_dir, "spec.yaml"), yaml.safe_dump(spec.to_dict(), sort_keys=False))
@@ -62,7 +79,7 @@ def _run_setup(config, model_dir: str, spec, chief: bool) -> None:
 def _initialise(ckpt_path, checkpointer: Checkpointer, state, log) -> None:
     """Resume from the model dir, else load --ckpt weights (finetune), then seed the EMA."""
     try:
-        resumed = checkpointer.restore()
+        resumed = checkpointer.restore(log)
     except CheckpointMismatch as e:
         raise TrainError(str(e)) from None
     if resumed:
@@ -142,12 +159,29 @@ def train(spec, config, model_dir, data=None, val_data=None, val_json=None, ckpt
     start = time.perf_counter()
     _check_precision(precision or config.precision)
     model_dir = os.fspath(model_dir)
+    check_model_dir(model_dir, spec)
+    try:
+        return _train(spec, config, model_dir, data, val_data, val_json, ckpt, strategy, tpu,
+                      log, inject_nan_at, start)
+    except (OSError, tf.errors.OpError) as e:
+        if is_disk_full(e):
+            raise TrainError(disk_full_message(model_dir)) from None
+        raise
+
+
+def _train(spec, config, model_dir, data, val_data, val_json, ckpt, strategy, tpu, log,
+           inject_nan_at, start) -> TrainResult:
     try:
         dist = make_strategy(strategy, tpu)
         paths = tdata.resolve_data(spec, config, data, val_data, val_json, log)
     except (DistributeError, tdata.DataError) as e:
         raise TrainError(str(e)) from None
-    loop = _make_loop(spec, config, model_dir, paths, dist, ckpt, log, inject_nan_at)
+    try:
+        loop = _make_loop(spec, config, model_dir, paths, dist, ckpt, log, inject_nan_at)
+    except tdata.DataError as e:
+        raise TrainError(str(e)) from None
+    except UndecodableData as e:
+        raise TrainError(f"--data {data or paths.train}: {e}") from None
     _run_setup(config, model_dir, spec, loop.chief)
     _attach_extras(loop, spec, paths)
     log(f"training {spec.name} for {loop.total} steps (batch {config.batch_size}, "

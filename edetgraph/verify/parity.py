@@ -17,6 +17,7 @@ import numpy as np
 
 from edetgraph.graph.outputs import head_of
 from edetgraph.verify.detections import compare_detections
+from edetgraph.verify.ties import NmsRule, judge_ties
 
 
 class ParityError(RuntimeError):
@@ -183,8 +184,10 @@ def _pooled(items) -> dict:
 class ParityGate:
     """Collects the comparisons of one export and decides pass/fail against a Tolerance."""
 
-    def __init__(self, tolerance: Tolerance, num_classes: int, image_side: int):
+    def __init__(self, tolerance: Tolerance, num_classes: int, image_side: int,
+                 nms: NmsRule | None = None):
         self.tol, self.num_classes, self.image_side = tolerance, num_classes, image_side
+        self.nms = nms   # the file's in-graph NMS: with candidates, ties are judged as ties
         self.inputs, self._outputs, self._detections = [], {}, []
 
     def add_outputs(self, labels, ref: dict, got: dict, real: bool,
@@ -200,14 +203,28 @@ class ParityGate:
                 lambda i, n=name: describe_index(n, i, self.num_classes),
                 None if exact is None else exact[name])
 
-    def add_detections(self, labels, ref: dict, got: dict) -> None:
-        """Padded detections of one batch (``boxes, scores, classes, num_detections``)."""
+    def add_detections(self, labels, ref: dict, got: dict, candidates=None) -> None:
+        """Padded detections of one batch (``boxes, scores, classes, num_detections``).
+
+        ``candidates``: ``(boxes, scores, by_class)`` TF's NMS chose from (batch-first, see
+        :func:`~edetgraph.task.postprocess.nms_candidates`); with them and the gate's NMS
+        rule, a list that is not one to one passes when it is an NMS outcome of the same
+        candidates with tied scores taken in another order (:mod:`edetgraph.verify.ties`).
+        """
         self._check_names(ref, got)
         self.inputs.extend(lab for lab in labels if lab not in self.inputs)
         for b, label in enumerate(labels):
             tols = ((DETECTION_SCORE_TOL, DETECTION_BOX_TOL * self.image_side)
                     if self.tol.identical else (None, None))
-            self._detections.append(dict(input=label, **compare_detections(ref, got, b, *tols)))
+            d = dict(input=label, **compare_detections(ref, got, b, *tols), ties=None)
+            if d["mismatch"] and candidates is not None and self.nms is not None:
+                accepted, note = judge_ties(candidates, ref, got, b, self.nms, *tols)
+                d["ties"] = note
+                if accepted:
+                    d["mismatch"] = None
+                else:
+                    d["mismatch"] += f"; {note}"
+            self._detections.append(d)
 
     @staticmethod
     def _check_names(ref, got):
@@ -283,6 +300,8 @@ def format_parity(p: dict) -> str:
         same = "" if d["max_box_diff"] is None else (
             f"; matched one to one, max |score diff| {d['max_score_diff']:.3g}, "
             f"max |box diff| {d['max_box_diff']:.3g} px")
+        if d.get("ties") and not d["mismatch"]:
+            same = f"; {d['ties']}"
         agree = "-" if d["top20_agreement"] is None else f"{d['top20_agreement']:.0%}"
         lines.append(f"  detections {d['input']}: TF {d['tf']}, file {d['file']} (TF top score "
                      f"{d['tf_top_score']:.3f}, {d['tf_classes']} classes), top-20 agreement "

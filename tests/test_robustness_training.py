@@ -1,0 +1,141 @@
+"""Model dirs and checkpoints at the door: training into a dir of another spec is one line
+naming the model there (before any model is built); a truncated newest checkpoint is
+passed over for the newest intact one, and the log says so; a missing data shard or a
+truncated checkpoint is one line for infer and the exporters; a strict mismatch names the
+model the checkpoint holds; a full disk while saving is one line naming the folder and
+leaves no ckpt-N_temp; leftover ckpt-N_temp folders are removed."""
+import errno
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from test_train import tiny_config, tiny_spec
+
+from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
+from edetgraph.checkpoints.checkpoint import load_checkpoint
+from edetgraph.graph.spec import load_spec
+from edetgraph.nn.model import build_model
+from edetgraph.training.checkpointing import Checkpointer
+from edetgraph.training.loop import _save
+from edetgraph.training.trainer import TrainError, train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from edetgraph.data.synthetic import generate, write_tfrecords
+    out = tmp_path_factory.mktemp("shapes")
+    write_tfrecords(generate(out, 8, 64, seed=3, val_fraction=0.0, num_classes=3))
+    return str(out / "tfrecord" / "train-*.tfrecord")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data):
+    """A model dir with ckpt-1 and ckpt-2 of the tiny spec (and its spec.yaml)."""
+    run = tmp_path_factory.mktemp("run")
+    train(tiny_spec(), tiny_config(steps=2, checkpoint_every_steps=1), run, data=data,
+          log=lambda m: None)
+    assert sorted(p.name for p in run.glob("ckpt-*.index")) == ["ckpt-1.index", "ckpt-2.index"]
+    return run
+
+
+@pytest.fixture
+def copy(trained, tmp_path):
+    return shutil.copytree(trained, tmp_path / "run")
+
+
+def _truncate(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+
+
+@pytest.mark.slow   # the shared fixture trains the tiny model
+def test_training_into_a_dir_of_another_spec_is_one_line_naming_it(copy, data):
+    other = load_spec("d0", [*_tiny_overrides(), "num_classes=4"])
+    with pytest.raises(TrainError) as e:
+        train(other, tiny_config(steps=3), copy, data=data, log=lambda m: None)
+    assert str(e.value) == (f"--model-dir {copy} holds checkpoints of efficientdet-d0 "
+                            "(num_classes 3, 64x64), not of efficientdet-d0 (num_classes: 3 "
+                            "there, 4 here); use a new --model-dir")
+    assert sorted(p.name for p in copy.glob("ckpt-*.index")) == ["ckpt-1.index", "ckpt-2.index"]
+
+
+@pytest.mark.slow   # trains the tiny model twice over (the shared fixture, then a resume)
+def test_a_truncated_newest_checkpoint_is_passed_over_for_the_intact_one(copy, data):
+    _truncate(copy / "ckpt-2.data-00000-of-00001")
+    (copy / "ckpt-7_temp").mkdir()              # what a killed save leaves
+    (copy / "ckpt-7_temp" / "part").write_bytes(b"half")
+    lines = []
+    result = train(tiny_spec(), tiny_config(steps=3, checkpoint_every_steps=1), copy, data=data,
+                   log=lines.append)
+    assert result.step == 3
+    assert any(ln.startswith(f"{copy / 'ckpt-2'}: cannot read checkpoint (truncated or corrupt?)")
+               and ln.endswith("passing over it") for ln in lines), lines
+    assert f"resuming from {copy / 'ckpt-1'}, the newest intact checkpoint (newer: ckpt-2, " \
+           "damaged)" in lines
+    assert f"resumed from {copy / 'ckpt-1'} at step 1" in lines
+    assert not (copy / "ckpt-7_temp").exists()
+    load_checkpoint(copy / "ckpt-2", build_model(tiny_spec()).variables_by_name())  # rewritten
+
+
+@pytest.mark.slow   # the shared fixture trains the tiny model
+def test_when_no_checkpoint_is_intact_training_refuses(copy, data):
+    for name in ("ckpt-1", "ckpt-2"):
+        _truncate(copy / f"{name}.data-00000-of-00001", 0.2)
+    with pytest.raises(TrainError, match=r"none of its checkpoints can be read \(ckpt-2, ckpt-1\)"):
+        train(tiny_spec(), tiny_config(steps=3), copy, data=data, log=lambda m: None)
+
+
+@pytest.mark.slow   # the shared fixture trains the tiny model
+def test_a_truncated_or_missing_checkpoint_is_one_line_for_a_loader(copy):
+    variables = build_model(tiny_spec()).variables_by_name()
+    _truncate(copy / "ckpt-2.data-00000-of-00001")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(copy, variables)
+    assert str(e.value) == (f"{copy / 'ckpt-2'}: cannot read checkpoint (truncated or corrupt?): "
+                            f"Read less bytes than requested; {copy / 'ckpt-1'} is there too "
+                            "(pass it as the prefix)")
+    (copy / "ckpt-2.data-00000-of-00001").unlink()
+    with pytest.raises(CheckpointError) as e:   # pure Python: refused before TF in the CLIs
+        resolve_checkpoint(copy)
+    assert str(e.value) == (f"{copy / 'ckpt-2'}: its data file ckpt-2.data-00000-of-00001 is "
+                            f"missing; {copy / 'ckpt-1'} is there (pass it as the prefix)")
+    assert load_checkpoint(copy / "ckpt-1", variables).loaded
+
+
+@pytest.mark.slow   # the shared fixture trains the tiny model
+def test_a_strict_mismatch_names_the_model_the_checkpoint_holds(trained):
+    other = build_model(load_spec("d0", [*_tiny_overrides(), "num_classes=4"]))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(trained, other.variables_by_name())
+    first = str(e.value).splitlines()[0]
+    assert first.startswith(f"{trained / 'ckpt-2'}: refusing to load in strict mode: 2 "
+                            "variable(s) missing or mismatched; it holds efficientdet-d0 "
+                            "(num_classes 3, 64x64), says the spec.yaml beside it; first "
+                            "class_net/class-predict/bias: checkpoint [27]")
+
+
+def test_a_full_disk_while_saving_is_one_line_and_leaves_no_temp(tmp_path):
+    step = tf.Variable(0, dtype=tf.int64)
+    ckpt = Checkpointer({"variables": {"w": tf.Variable(np.ones(3, np.float32))},
+                         "global_step": step}, tmp_path, keep=2, step_var=step)
+    ckpt.manager.save = _full_disk(tmp_path)
+    with pytest.raises(TrainError) as e:
+        _save(ckpt, 1, log=pytest.fail)       # not "cannot save the input iterator"
+    assert str(e.value).startswith(f"saving the checkpoint of step 1: {tmp_path}: no space "
+                                   "left on the device (")
+    assert not list(tmp_path.glob("ckpt-*"))
+
+
+def _full_disk(folder):
+    def save(checkpoint_number=None):
+        (folder / f"ckpt-{checkpoint_number}_temp").mkdir()
+        raise tf.errors.ResourceExhaustedError(
+            None, None, f"{folder}/ckpt-{checkpoint_number}_temp/part-00000; No space left on "
+                        f"device [errno {errno.ENOSPC}]")
+    return save
+
+
+def _tiny_overrides():
+    from test_train import TINY
+    return TINY
