@@ -6,7 +6,7 @@ import random
 import time
 
 from edetgraph.cli import first_line
-from edetgraph.graph import latency
+from edetgraph.graph import latency_model
 from edetgraph.graph import search_space as space_mod
 from edetgraph.graph.build import build_ir
 from edetgraph.graph.cost import model_cost
@@ -19,14 +19,14 @@ class Predictor:
 
     def __init__(self, path):
         try:
-            self.model = latency.load_model(path)
-        except (OSError, ValueError) as e:
-            raise SearchError(f"--latency {path}: {first_line(e)}") from None
+            self.model = latency_model.load(path)
+        except (OSError, ValueError) as e:      # LatencyModelError names the file
+            raise SearchError(f"--latency: {first_line(e)}") from None
         self.backend = self.model.backend
         self.threads = self.model.threads
 
     def __call__(self, spec) -> float:
-        return float(self.model.predict(spec)["total_ms"])
+        return float(latency_model.predict(spec, self.model)["total_ms"])
 
 
 def check_and_cost(data: dict, predict) -> dict:
