@@ -86,7 +86,7 @@ def test_device_runner_clear_errors(models, tmp_path, capsys):
     (tmp_path / "junk.tflite").write_bytes(b"junk")
     cases = [
         ([tmp_path / "missing.tflite"], "missing.tflite: no such file"),
-        ([tmp_path / "model.pb"], "model.pb: expected a .tflite or .onnx file"),
+        ([tmp_path / "model.pb"], "model.pb: expected a .tflite, .onnx or OpenVINO .xml file"),
         ([tmp_path / "junk.tflite"], "junk.tflite: ai_edge_litert cannot load it"),
         ([models["tflite"], "--input", tmp_path / "small.npy"],
          "small.npy: shape [1, 8, 8, 3] does not fit input 'images' [1, 16, 16, 3]"),
