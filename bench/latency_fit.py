@@ -14,8 +14,14 @@ import datetime
 
 import numpy as np
 
-from edetgraph.graph.latency_model import (CALL_FEATURES, LatencyModel, call_features,
-                                           call_ms, op_ms, predict_ops)
+from edetgraph.graph.latency_model import (
+    CALL_FEATURES,
+    LatencyModel,
+    call_features,
+    call_ms,
+    op_ms,
+    predict_ops,
+)
 
 # Candidate sizes beyond which bytes count as spilled to DRAM (the fit keeps the best).
 CACHE_SIZES = tuple(2 ** k * 2 ** 20 for k in range(0, 7))      # 1 MB .. 64 MB

@@ -122,7 +122,9 @@ def _write(out: str, text: str, data: dict) -> list:
 
 
 def _fit(args) -> int:
-    from bench import latency_tasks as tasks  # deferred: TensorFlow starts once a request is valid
+    from bench import (
+        latency_tasks as tasks,  # deferred: TensorFlow starts once a request is valid
+    )
     if args.from_device:
         out = args.out or os.path.join(args.work, "device.json")
         model = tasks.fit_from_device(args.from_device, args.designed, out)
@@ -151,7 +153,9 @@ def _evaluate(args) -> int:
     models = _load_models(args.model)
     for name in args.specs:
         load_spec(name)
-    from bench import latency_tasks as tasks  # deferred: TensorFlow starts once a request is valid
+    from bench import (
+        latency_tasks as tasks,  # deferred: TensorFlow starts once a request is valid
+    )
     rep = tasks.evaluate(models, args.specs, args.work, args.passes, args.runs)
     print(tasks.format_evaluation(rep))
     if args.out:
@@ -168,7 +172,9 @@ def _table(args) -> int:
         with open(path) as f:
             rep = json.load(f)
         measured.update({(r["backend"], r["spec"]): r["measured_ms"] for r in rep.get("rows", [])})
-    from bench import latency_tasks as tasks  # deferred: TensorFlow starts once a request is valid
+    from bench import (
+        latency_tasks as tasks,  # deferred: TensorFlow starts once a request is valid
+    )
     if args.measure:
         got = tasks.measure_specs(models, args.measure, args.work, 1, 3)
         measured.update({k: v["ms"] for k, v in got.items()})

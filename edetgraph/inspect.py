@@ -137,7 +137,9 @@ def _pass_change(p: dict) -> str:
 def verify(spec, r: dict, g=None) -> list[str]:
     """Build the TF model (from IR ``g`` if given, e.g. after --prune) and compare its
     variables with the cost model; returns problems."""
-    from edetgraph.nn.model import DetectionModel  # deferred: only --verify needs TensorFlow
+    from edetgraph.nn.model import (
+        DetectionModel,  # deferred: only --verify needs TensorFlow
+    )
 
     model = DetectionModel(spec, graph=g)
     scopes = {"backbone": spec.backbone_config().name + "/", "resample": "resample_p",
