@@ -84,6 +84,13 @@ def stale_reason(path: str, wanted: dict) -> str | None:
     return None
 
 
+def reusable(cfg, backend: str) -> str | None:
+    """The path of an up-to-date float file for ``backend`` if there is one (None: it
+    needs exporting), without starting TensorFlow."""
+    path = export_path(cfg, backend)
+    return path if stale_reason(path, _wanted(cfg, backend, None)) is None else None
+
+
 def ensure_export(cfg, backend: str, row: dict, say) -> str:
     """Path of an up-to-date file for ``backend``, exporting it when needed.
 

@@ -6,9 +6,12 @@
     python -m edetgraph.inspect --spec d0 --verify     # builds the TF model and cross-checks
     python -m edetgraph.inspect --spec my.yaml --prune --share-resample   # optional passes
     python -m edetgraph.inspect --compare topologies/fpn topologies/panet topologies/bifpn
+    python -m edetgraph.inspect --spec d0 --latency out/latency/tflite-fp32.json
 
 ``--compare`` prints params, FLOPs and node/edge counts side by side with ratios to the
 first spec, beside the paper's Table 5 ratios where a spec has a Table 5 row.
+``--latency MODEL`` adds the milliseconds a fitted latency model (``python -m
+bench.latency_model fit``) predicts per component and in total on its backend.
 Only ``--verify`` imports TensorFlow; everything else answers from the spec and the IR.
 """
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edetgraph.cli import quiet_tensorflow
-from edetgraph.graph import scaling
+from edetgraph.graph import latency_model, scaling
 from edetgraph.graph.budget import check_budget
 from edetgraph.graph.build import build_ir
 from edetgraph.graph.compare import compare, format_table
@@ -113,6 +116,19 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def format_latency(lat: dict) -> str:
+    """The ``--latency`` block: predicted ms per component, the per-call part, the total."""
+    lines = [f"latency predicted on {lat['backend']} ({lat['threads']} threads, {lat['machine']};"
+             f" model {lat['model']}, fitted {lat['fitted'][:10]})",
+             f"{'component':<14}{'ms':>10}{'share':>8}"]
+    total = lat["total_ms"] or 1.0
+    rows = [*lat["by_component"].items(), ("call", lat["call_ms"])]
+    lines += [f"{k:<14}{v:>10.2f}{100 * v / total:>7.1f}%" for k, v in rows]
+    lines.append(f"{'total':<14}{lat['total_ms']:>10.2f}{100.0:>7.1f}%   ({lat['ops']} ops;"
+                 " call = input, output and invocation)")
+    return "\n".join(lines)
+
+
 def _pass_change(p: dict) -> str:
     keys = ("nodes_added", "nodes_removed", "edges_added", "edges_removed")
     if "nodes_added" not in p or not any(p[k] for k in keys):
@@ -163,6 +179,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="merge identical conv-free resampling between consumers (share_resample)")
     ap.add_argument("--verify", action="store_true",
                     help="build the TensorFlow model and check its variables against the cost model")
+    ap.add_argument("--latency", metavar="MODEL.json",
+                    help="predict milliseconds per component with a latency model file"
+                         " (python -m bench.latency_model fit writes one per backend)")
     return ap
 
 
@@ -210,14 +229,17 @@ def _draw_path(draw_arg: str, spec, count: int):
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.compare:
-        if args.verify:
-            print("error: --verify works with --spec only", file=sys.stderr)
+        if args.verify or args.latency:
+            print(f"error: {'--verify' if args.verify else '--latency'} works with --spec only",
+                  file=sys.stderr)
             return 2
         return _main_compare(args)
     try:
         spec = load_spec(args.spec, args.set)
         g, diffs = _build(spec, args)
         r = report(spec, g, diffs)
+        if args.latency:
+            r["latency"] = latency_model.predict(spec, latency_model.load(args.latency), g)
         if args.draw:
             r["drawing"] = str(draw(g, args.draw, title=f"{spec.name}: feature network"))
     except (SpecError, ValueError, OSError) as e:
@@ -227,6 +249,8 @@ def main(argv=None) -> int:
         problems = verify(spec, r, g)
         r["verify"] = {"ok": not problems, "problems": problems}
     print(json.dumps(r, indent=1) if args.json else format_report(r))
+    if args.latency and not args.json:
+        print("\n" + format_latency(r["latency"]))
     if args.draw and not args.json:
         print(f"drawing written to {r['drawing']}")
     if args.verify and not args.json:
