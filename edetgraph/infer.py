@@ -20,6 +20,7 @@ import sys
 
 from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
 from edetgraph.cli import first_line, quiet_tensorflow
+from edetgraph.data.labels import resolve_labels
 from edetgraph.data.picture import check_picture
 from edetgraph.files import disk_full_message, is_disk_full
 from edetgraph.graph.budget import check_budget
@@ -56,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                          "has all of them")
     ap.add_argument("--labels", metavar="FILE.json",
                     help="class names: a COCO instances.json or an {id: name} object "
-                         "(default: COCO names for 90-class specs)")
+                         "(default: the names training kept beside --ckpt or in it, else COCO's "
+                         "for 90-class specs)")
     ap.add_argument("--dump-raw", action="store_true",
                     help="also write DIR/<stem>.npz with the input and raw head outputs")
     ap.add_argument("--max-pixels", type=int, metavar="N",
@@ -74,13 +76,16 @@ def _refusal(args) -> str | None:
         return f"--max-pixels must be >= 1, got {args.max_pixels}"
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         return f"--out {args.out}: is a file, not a folder"
-    check_budget(load_spec(args.spec, args.set))   # a SpecError before TensorFlow starts
+    spec = load_spec(args.spec, args.set)
+    check_budget(spec)   # a SpecError before TensorFlow starts
     for path in args.image:
         if not os.path.isfile(path):
             return f"{path}: no such image file"
         check_picture(path, args.max_pixels)
+    prefix = None
     if args.ckpt is not None:
-        resolve_checkpoint(args.ckpt)   # an archive is vetted and unpacked here, before TF
+        prefix = resolve_checkpoint(args.ckpt)   # an archive is vetted and unpacked here
+    resolve_labels(args.labels, prefix, spec.num_classes)   # a bad --labels file, before TF
     return None
 
 
