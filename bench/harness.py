@@ -34,7 +34,7 @@ from edetgraph.task.serving import make_serving_fn
 from edetgraph.task.weights import model_with_weights
 from edetgraph.verify.accuracy import Postprocessor, coco_ap
 from edetgraph.verify.datasets import check_eval_data
-from edetgraph.verify.detections import agreement, match_detections
+from edetgraph.verify.detections import agreement, in_pixels, match_detections
 from edetgraph.verify import coverage
 from edetgraph.verify.exact import ExactReference
 from edetgraph.verify.images import eval_batches, parity_batches
@@ -279,7 +279,9 @@ def _evaluate_ap_e2e(cfg, runners, rows, refs, say) -> None:
     for batch_ids, x, scales in eval_batches(cfg.data, cfg.annotations, cfg.spec, "uint8",
                                              cfg.batch, cfg.max_images):
         for n, r in who.items():
-            out = {k: np.asarray(v) for k, v in r.run(x).items()}
+            nms = n[3:] if n.startswith("tf/") else e2e.nms_of(n)
+            out = in_pixels({k: np.asarray(v) for k, v in r.run(x).items()},
+                            e2e.box_scale(nms, cfg.spec))
             out["boxes"] = out["boxes"] * scales[:, None, None]
             dets[n] += to_coco_results(out, batch_ids)
         ids += batch_ids

@@ -66,6 +66,11 @@ class Format:
         """The NMS of :meth:`head`, for the gate to judge tied scores by (None: none)."""
         return None
 
+    def box_scale(self, spec, opts: ExportOptions):
+        """``[h, w, h, w]`` when :meth:`head`'s boxes are fractions of the input (None:
+        network pixels)."""
+        return None
+
     def describe(self, opts: ExportOptions) -> str:
         """The progress line printed before converting."""
         raise NotImplementedError
@@ -161,7 +166,8 @@ def _stage_gate_keep(job: _Job, out: str, converted, timings: dict, start: float
             own = fmt.check(converted, staged.path)
             if own is not None:
                 summary["check"] = own
-        check_accuracy(summary, spec, job.serve, runner.run, fmt.kind(), opts, job.say)
+        check_accuracy(summary, spec, job.serve, runner.run, fmt.kind(), opts, job.say,
+                       fmt.box_scale(spec, opts))
         if fmt.kind() != "fp32" and opts.eval is None:
             summary["accuracy_unverified"] = unverified(parity)
             log(fmt.prog, f"WARNING: {summary['accuracy_unverified']['why']}")
@@ -194,7 +200,7 @@ def _parity(job: _Job, path: str, runner) -> dict:
         return run_gate(gate, job.serve, runner.run, spec, opts.input, opts.batch,
                         opts.gate.random_inputs, detections=job.head is not None,
                         probe=job.fmt.probe(job.model, spec, job.serve, path, opts),
-                        model=job.model)
+                        model=job.model, box_scale=job.fmt.box_scale(spec, opts))
     except ParityError as e:
         raise ExportFailed(str(e)) from None
 
@@ -213,7 +219,7 @@ def _summary(job: _Job, staged, converted, runner, parity: dict, timings: dict) 
 
 
 def check_accuracy(summary: dict, spec, serve, run_file, kind: str, opts: ExportOptions,
-                   say) -> None:
+                   say, box_scale=None) -> None:
     """With ``opts.eval``: COCO AP of the file and of TF under ``summary["accuracy"]``
     (:func:`keep_if_passed` then refuses a file that lost too much)."""
     ev = opts.eval
@@ -224,7 +230,7 @@ def check_accuracy(summary: dict, spec, serve, run_file, kind: str, opts: Export
     annotations = ev.annotations or os.path.join(ev.data, "instances.json")
     summary["accuracy"] = accuracy.measure(spec, serve, run_file, ev.data, annotations,
                                            opts.input, opts.batch or 1, kind, ev.images,
-                                           ev.nms, ev.max_ap_drop, say)
+                                           ev.nms, ev.max_ap_drop, say, box_scale)
     summary["timings"]["ap_check_s"] = time.perf_counter() - t0
 
 

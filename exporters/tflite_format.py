@@ -48,7 +48,7 @@ class TFLiteFormat(Format):
             return None
         detect = make_tflite_detection_postprocess(
             spec_anchors(spec), spec.num_classes, opts.max_detections, opts.score_threshold,
-            opts.iou_threshold, image_size=spec.image_size)
+            opts.iou_threshold, image_size=spec.image_size, ratio=True)
         return lambda raw: detect(*outputs.split(raw, spec.levels))
 
     def nms_rule(self, spec, opts: ExportOptions) -> NmsRule | None:
@@ -56,6 +56,10 @@ class TFLiteFormat(Format):
             return None
         return NmsRule("fast", opts.iou_threshold, opts.score_threshold, opts.max_detections,
                        tuple(spec.image_size))
+
+    def box_scale(self, spec, opts: ExportOptions):
+        # Fractions of the input: the only boxes MediaPipe's ObjectDetector accepts.
+        return None if opts.postprocess != "fast" else np.asarray(spec.image_size * 2, np.float32)
 
     def describe(self, opts: ExportOptions) -> str:
         t = self.tfl
@@ -91,7 +95,8 @@ class TFLiteFormat(Format):
                 bound = (AP_DROP["int8"] if opts.eval.max_ap_drop is None
                          else opts.eval.max_ap_drop)
                 flatbuffer, report = Triage(converter, calibration, spec, serve, opts.eval,
-                                            opts.input, opts.batch, bound, say).run()
+                                            opts.input, opts.batch, bound, say,
+                                            self.box_scale(spec, opts)).run()
                 return flatbuffer, None, report
             return converter().convert(), None, None
         except ExportFailed:
