@@ -48,7 +48,7 @@ def reference(model, spec, nms: str, batch: int):
     anchors = spec_anchors(spec)
     if nms == "fast":
         detect = make_tflite_detection_postprocess(anchors, spec.num_classes,
-                                                   image_size=spec.image_size, ratio=True)
+                                                   image_size=spec.image_size, ssd_layout=True)
         head = lambda raw: detect(*outputs.split(raw, spec.levels))   # noqa: E731
     else:
         def head(raw):

@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from edetgraph.verify.runners import RunnerError, make_runner
 from edetgraph.verify.ties import NmsRule
 from edetgraph.files import disk_full_message, is_disk_full
 from exporters.cli import log
+from exporters.model_facts import labels_of, strict_json
 from exporters.options import ExportFailed, ExportOptions
 
 SCHEMA = "edetgraph.export/1"
@@ -106,6 +107,10 @@ class Format:
         """Files written beside ``path`` that belong to it (an OpenVINO IR's .bin)."""
         return []
 
+    def finish(self, path: str, summary: dict) -> None:
+        """After the gate passed: metadata that only then is known (the ONNX file's parity
+        summary); it must not change what the file computes."""
+
 
 @dataclass
 class _Job:
@@ -172,6 +177,9 @@ def _stage_gate_keep(job: _Job, out: str, converted, timings: dict, start: float
             summary["accuracy_unverified"] = unverified(parity)
             log(fmt.prog, f"WARNING: {summary['accuracy_unverified']['why']}")
         staged.companions = fmt.companions(staged.path)
+        if summary["parity"]["passed"]:
+            fmt.finish(staged.path, summary)
+            summary["file"].update(file_facts(staged.path, staged.companions))
         keep_if_passed(staged, summary, out)
     return summary
 
@@ -179,6 +187,9 @@ def _stage_gate_keep(job: _Job, out: str, converted, timings: dict, start: float
 def _build(job: _Job) -> _Job:
     """The model with its weights and the serving function to convert."""
     opts = job.opts
+    labels, source = labels_of(job.spec, opts)   # the names the file will carry
+    job.opts = opts = replace(opts, card=replace(opts.card, labels=tuple(sorted(labels.items())),
+                                                 labels_source=source))
     job.say(f"building {job.spec.name} ("
             f"{f'random weights, seed {opts.seed}' if opts.ckpt is None else opts.ckpt})")
     job.model, job.weights = job.fmt.build(job.spec, opts)
@@ -212,6 +223,8 @@ def _summary(job: _Job, staged, converted, runner, parity: dict, timings: dict) 
             "file": {"path": staged.out,
                      **file_facts(staged.path, job.fmt.companions(staged.path))},
             "spec": job.spec.name, "spec_source": job.spec.source, "weights": job.weights,
+            "labels": {str(k): v for k, v in job.opts.card.labels},
+            "labels_source": job.opts.card.labels_source,
             "options": job.fmt.options(job.opts, converted),
             "inputs": info["inputs"], "outputs": info["outputs"],
             **job.fmt.facts(converted, staged.path, runner), "parity": parity,
@@ -297,19 +310,6 @@ def keep_if_passed(staged: StagedOutput, summary: dict, out: str) -> None:
     if result is not None and not result["passed"]:
         raise ExportFailed(f"AP check failed, {out} not written: {format_ap(result)}")
     staged.commit(summary)
-
-
-def strict_json(value):
-    """Plain JSON: numpy scalars and arrays as Python values, -inf/nan as strings."""
-    if isinstance(value, dict):
-        return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    if isinstance(value, (np.generic, np.ndarray)):
-        return strict_json(value.tolist())
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    return value
 
 
 def file_facts(path: str, companions=()) -> dict:

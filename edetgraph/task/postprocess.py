@@ -302,7 +302,7 @@ def tflite_implements_signature(num_classes: int, max_dets: int = 100,
 def make_tflite_detection_postprocess(anchors, num_classes: int, max_dets: int = 100,
                                       score_thresh: float | None = None, iou_thresh: float = 0.5,
                                       image_size: ImageSize | None = None,
-                                      ratio: bool = False):
+                                      ssd_layout: bool = False):
     """``detect(cls_outputs, box_outputs, scales=None) -> dict`` for batch 1, built around a
     ``tf.function`` that the TFLite converter replaces by its ``TFLite_Detection_PostProcess``.
 
@@ -312,13 +312,13 @@ def make_tflite_detection_postprocess(anchors, num_classes: int, max_dets: int =
     are the :func:`postprocess` dict (1-based classes, zeroed padding, ``image_size``
     clipping, then ``scales``); return it from the exported function and the TFLite signature
     names them ``boxes``, ``scores``, ``classes``, ``num_detections``.
-    ``score_thresh`` None = -inf (the official TFLite export keeps every box). ``ratio``
-    (with ``image_size``) divides the clipped boxes by the network size, so they are
-    fractions of the network input in [0, 1]: the only box coordinates MediaPipe's and the
-    TFLite Task Library's object detectors accept.
+    ``score_thresh`` None = -inf (the official TFLite export keeps every box).
+    ``ssd_layout`` (with ``image_size``) gives the outputs of TFLite's SSD detectors, which
+    MediaPipe's and the Task Library's object detectors read: boxes divided by the network
+    size after clipping (fractions of the input in [0, 1]) and the count as float32.
     """
-    if ratio and image_size is None:
-        raise ValueError("ratio boxes need the image_size they are fractions of")
+    if ssd_layout and image_size is None:
+        raise ValueError("the SSD layout's boxes need the image_size they are fractions of")
     score_thresh = default_score_thresh("fast") if score_thresh is None else float(score_thresh)
     anchors_cs = anchors_to_center_size(np.asarray(anchors))
     signature = tflite_implements_signature(num_classes, max_dets, score_thresh, iou_thresh)
@@ -339,9 +339,10 @@ def make_tflite_detection_postprocess(anchors, num_classes: int, max_dets: int =
         boxes, classes0, scores, n = detection_postprocess(box, tf.sigmoid(cls),
                                                            tf.constant(anchors_cs))
         out = _finish(boxes, scores, classes0, n, image_size, scales)
-        if ratio:
+        if ssd_layout:
             h, w = parse_image_size(image_size)
             out["boxes"] = out["boxes"] / tf.constant([h, w, h, w], tf.float32)
+            out["num_detections"] = tf.cast(out["num_detections"], tf.float32)
         return out
 
     return detect
