@@ -60,9 +60,7 @@ def main(argv=None) -> int:
         return 2
     quiet_tensorflow()
     from edetgraph.task.evaluation import Evaluator  # deferred: --help skips TensorFlow
-    from edetgraph.task.pictures import (
-        find_labels,  # deferred: reads checkpoints via TF
-    )
+    from edetgraph.task.pictures import find_labels  # deferred: reads TF checkpoints
     detections = args.detections or str(Path(args.out).parent / "detections.json"
                                         if args.out else "detections.json")
     try:

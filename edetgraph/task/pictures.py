@@ -116,18 +116,23 @@ def _one_image(det, args, path, image, stem: str, pic: Path) -> dict:
     return entry
 
 
-def run(args) -> dict:
+def run(args, detector=None) -> dict:
     """Read, detect, draw and write everything ``python -m edetgraph.infer`` was asked for
-    (its parsed arguments); returns the detections.json content."""
+    (its parsed arguments); returns the detections.json content. ``detector``: one made
+    already (an exported file's, ``edetgraph.verify.deployed``), else the spec's."""
     images = _read_inputs(args.image, getattr(args, "max_pixels", None))
     out = Path(args.out)
     targets = _outputs(args.image, out)
-    det = _load_detector(args)
+    det = detector if detector is not None else _load_detector(args)
     out.mkdir(parents=True, exist_ok=True)
     report = det.load_report
     result = {"spec": det.spec.name, "checkpoint": report.prefix if report else None,
               "used_ema": report.used_ema if report else None, "random_weights": report is None,
               "nms": det.method, "score_thresh": args.score_thresh, "images": []}
+    if getattr(args, "model", None):
+        weights = det.meta["facts"].get("weights", "")
+        result.update(model=str(args.model), checkpoint=None if weights.startswith("random")
+                      else weights, random_weights=weights.startswith("random"))
     for path, image, (stem, pic) in zip(args.image, images, targets):
         result["images"].append(_one_image(det, args, path, image, stem, pic))
     write_text(out / "detections.json", _json_text(result))
