@@ -406,6 +406,7 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict:
     return {"schema": SCHEMA, "spec": cfg.spec.name, "spec_source": cfg.spec.source,
             "spec_args": cfg.spec_args, "image_size": list(cfg.spec.image_size),
             "weights": weights, "config": config_record(cfg),
+            "labels": {str(k): v for k, v in cfg.labels}, "labels_source": cfg.labels_source,
             "machine": probes.machine_record(load_before, os.getloadavg()),
             "model_build_s": build_s, "total_s": time.perf_counter() - start,
             "method": describe_method(cfg.warmup, cfg.runs), "notes": NOTES,
