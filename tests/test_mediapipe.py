@@ -52,7 +52,9 @@ def test_mediapipe_returns_what_infer_returns(files, name):
     result = check(files[name], files["pictures"], min_score=0.0, score_tol=0.01, px_tol=1.0)
     assert result["of"] == len(files["pictures"]) >= 4
     for picture, r in result["pictures"].items():
-        assert not r["resized"] and r["edetgraph"] == r["mediapipe"] == 100, (picture, r)
+        assert not r["resized"] and r["edetgraph"] == 100, (picture, r)
+        # MediaPipe keeps the first detection of each box: boxes clipped onto a better one's
+        assert r["mediapipe"] == 100 - r["repeated_boxes"], (picture, r)
         assert r["agree"], (picture, r)
         assert r["max_box_diff_px"] < 1.0 and r["max_score_diff"] <= 0.01, (picture, r)
 
