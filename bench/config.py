@@ -111,6 +111,8 @@ class BenchConfig:
     device_results: tuple = ()
     peers: dict = field(default_factory=dict)      # --peer NAME=FILE: foreign models timed
     spec_args: dict = field(default_factory=dict)  # how the spec was named, for the record
+    labels: tuple = ()                             # ((1-based id, name), ...) of the model
+    labels_source: str = ""                        # where they came from
 
     def problem(self) -> str | None:
         """The first option that cannot work, as a one-line message (None: all fine)."""

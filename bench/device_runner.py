@@ -324,8 +324,53 @@ def _file_facts(path):
             "sha256": digest.hexdigest()}
 
 
+def file_says(path):
+    """What an edetgraph file says it is (its metadata's facts), None for other files: a
+    TFLite file's edetgraph.json is zipped after its flatbuffer, an ONNX file keeps it in
+    metadata_props (edetgraph.verify.file_metadata reads the same, with more)."""
+    text = None
+    try:
+        if path.endswith(".tflite"):
+            import zipfile  # deferred: only TFLite files zip their associated files
+            with zipfile.ZipFile(path) as zf:
+                text = zf.read("edetgraph.json").decode("utf-8")
+        elif path.endswith(".onnx"):
+            import onnxruntime as ort  # deferred: each model needs only its own runtime
+            sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+            text = sess.get_modelmeta().custom_metadata_map.get("edetgraph")
+        facts = json.loads(text) if text else None
+    except Exception:  # no zip, no key, no runtime: the file says nothing
+        return None
+    if not isinstance(facts, dict):
+        return None
+    inp, out = facts.get("input", {}), facts.get("outputs", {})
+    return {"model": facts.get("model"), "num_classes": facts.get("num_classes"),
+            "labels": facts.get("labels"), "input": {k: inp.get(k) for k in (
+                "dtype", "height", "width", "kind", "normalisation")},
+            "outputs": {k: out.get(k) for k in ("kind", "nms", "boxes")},
+            "edetgraph_version": facts.get("edetgraph_version"), "weights": facts.get("weights")}
+
+
+def says_lines(says):
+    """The file's own account, for people."""
+    if says is None:
+        return ["[device_runner] the file carries no edetgraph metadata"]
+    inp, out, norm = says["input"], says["outputs"], says["input"].get("normalisation") or {}
+    names = ", ".join(f"{k} {v}" for k, v in list((says["labels"] or {}).items())[:6])
+    return [f"[device_runner] the file says: {says['model']}, {says['num_classes']} classes "
+            f"({names}{' ...' if len(says['labels'] or {}) > 6 else ''}), edetgraph "
+            f"{says['edetgraph_version']}, weights {says['weights']}",
+            f"[device_runner]   input {inp['dtype']} {inp['height']}x{inp['width']} RGB, "
+            f"(pixel - {norm.get('mean')}) / {norm.get('std')} by {norm.get('done_by')}; "
+            f"outputs {out['kind']}" + (f" ({out['nms']} NMS, boxes in {out['boxes']})"
+                                        if out["kind"] == "detections" else "")]
+
+
 def benchmark(args):
     """Load, warm up, time; returns the result dict (see SCHEMA)."""
+    says = file_says(args.model)
+    for line in says_lines(says):
+        print(line, file=sys.stderr)
     start = time.perf_counter()
     model = load_model(args.model, args.threads, args.delegate, args.provider, args.openvino)
     init_s = time.perf_counter() - start
@@ -347,7 +392,7 @@ def benchmark(args):
         np.savez(args.save_outputs, **dict(zip(names, model.dequantize(outputs))))
     return {"schema": SCHEMA, "label": args.label,
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "model": _file_facts(args.model),
+            "model": _file_facts(args.model), "file_says": says,
             "runtime": {"name": model.runtime, "version": model.version, "threads": args.threads,
                         **model.accelerator},
             "inputs": model.inputs, "outputs": model.outputs,

@@ -48,13 +48,19 @@ def reference(model, spec, nms: str, batch: int):
     anchors = spec_anchors(spec)
     if nms == "fast":
         detect = make_tflite_detection_postprocess(anchors, spec.num_classes,
-                                                   image_size=spec.image_size)
+                                                   image_size=spec.image_size, ssd_layout=True)
         head = lambda raw: detect(*outputs.split(raw, spec.levels))   # noqa: E731
     else:
         def head(raw):
             return postprocess(*outputs.split(raw, spec.levels), anchors, None,
                                spec.image_size, method="hard")
     return make_serving_fn(model, spec, batch, "uint8", head)
+
+
+def box_scale(nms: str, spec):
+    """``[h, w, h, w]`` for TFLite's fast-NMS files, whose boxes are fractions of the
+    input (MediaPipe's convention), None for boxes in pixels."""
+    return np.asarray(spec.image_size * 2, np.float32) if nms == "fast" else None
 
 
 def runner(fn):

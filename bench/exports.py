@@ -17,7 +17,7 @@ from edetgraph.data.synthetic import generate
 from edetgraph.files import write_text
 from exporters.onnx_format import OnnxFormat
 from exporters.openvino_format import OpenVinoFormat
-from exporters.options import (ExportOptions, GateOptions, OnnxOptions, OpenVinoOptions,
+from exporters.options import (ExportOptions, GateOptions, ModelCard, OnnxOptions, OpenVinoOptions,
                                TFLiteOptions)
 from exporters.pipeline import export, file_facts
 from exporters.tflite_format import TFLiteFormat
@@ -56,7 +56,8 @@ def _wanted(cfg, backend: str, representative: str | None) -> dict:
         st = os.stat(cfg.ckpt)
         ckpt_stat = [st.st_size, int(st.st_mtime)]
     return {"spec": cfg.spec.name, "options": options, "weights": weights,
-            "key": {"spec_sha256": spec_digest(cfg.spec), "ckpt_stat": ckpt_stat}}
+            "key": {"spec_sha256": spec_digest(cfg.spec), "ckpt_stat": ckpt_stat,
+                    "labels": {str(k): v for k, v in cfg.labels}}}
 
 
 def stale_reason(path: str, wanted: dict) -> str | None:
@@ -114,7 +115,8 @@ def ensure_export(cfg, backend: str, row: dict, say) -> str:
     opts = ExportOptions(ckpt=cfg.ckpt, seed=cfg.seed, batch=cfg.batch,
                          input="uint8" if b.e2e else "float", postprocess=_postprocess(b),
                          gate=GateOptions(threads=cfg.threads),
-                         verbose=getattr(say, "enabled", True))
+                         verbose=getattr(say, "enabled", True),
+                         card=ModelCard(labels=cfg.labels, labels_source=cfg.labels_source))
     summary = export(cfg.spec, path, _format(b, representative, cfg.calibration_images), opts)
     write_text(path + ".bench.json", json.dumps(wanted["key"], indent=2))
     row["export"] = {"reused": False, "why": why, "summary": path + ".json",

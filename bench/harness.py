@@ -34,7 +34,7 @@ from edetgraph.task.serving import make_serving_fn
 from edetgraph.task.weights import model_with_weights
 from edetgraph.verify.accuracy import Postprocessor, coco_ap
 from edetgraph.verify.datasets import check_eval_data
-from edetgraph.verify.detections import agreement, match_detections
+from edetgraph.verify.detections import agreement, in_pixels, match_detections
 from edetgraph.verify import coverage
 from edetgraph.verify.exact import ExactReference
 from edetgraph.verify.images import eval_batches, parity_batches
@@ -279,7 +279,9 @@ def _evaluate_ap_e2e(cfg, runners, rows, refs, say) -> None:
     for batch_ids, x, scales in eval_batches(cfg.data, cfg.annotations, cfg.spec, "uint8",
                                              cfg.batch, cfg.max_images):
         for n, r in who.items():
-            out = {k: np.asarray(v) for k, v in r.run(x).items()}
+            nms = n[3:] if n.startswith("tf/") else e2e.nms_of(n)
+            out = in_pixels({k: np.asarray(v) for k, v in r.run(x).items()},
+                            e2e.box_scale(nms, cfg.spec))
             out["boxes"] = out["boxes"] * scales[:, None, None]
             dets[n] += to_coco_results(out, batch_ids)
         ids += batch_ids
@@ -404,6 +406,7 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict:
     return {"schema": SCHEMA, "spec": cfg.spec.name, "spec_source": cfg.spec.source,
             "spec_args": cfg.spec_args, "image_size": list(cfg.spec.image_size),
             "weights": weights, "config": config_record(cfg),
+            "labels": {str(k): v for k, v in cfg.labels}, "labels_source": cfg.labels_source,
             "machine": probes.machine_record(load_before, os.getloadavg()),
             "model_build_s": build_s, "total_s": time.perf_counter() - start,
             "method": describe_method(cfg.warmup, cfg.runs), "notes": NOTES,

@@ -167,7 +167,13 @@ def format_report(results: dict) -> str:
     up = speedups(rows)
     lines = [f"{results['spec']} {results['image_size'][0]}x{results['image_size'][1]}, batch "
              f"{cfg['batch']}, {cfg['threads']} threads, weights: "
-             f"{results['weights'].get('source')}", HOST_HEADER]
+             f"{results['weights'].get('source')}"]
+    if results.get("labels"):
+        names = ", ".join(f"{k} {v}" for k, v in list(results["labels"].items())[:12])
+        more = len(results["labels"]) - 12
+        lines.append(f"classes ({results.get('labels_source')}): {names}"
+                     + (f" ... (+{more})" if more > 0 else ""))
+    lines.append(HOST_HEADER)
     lines += [_host_line(flat_row(r, up.get(r["name"]))) for r in rows]
     for r in rows:
         if r["reason"]:

@@ -7,6 +7,7 @@ prints a table and writes results.json, results.csv and results.png there.
 """
 import argparse
 import sys
+from dataclasses import replace
 
 from bench.config import BACKENDS, DEFAULT_BACKENDS, BenchConfig, Progress
 from bench.device import DeviceResultError
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--set", action="append", default=[], metavar="KEY=VALUE", help="spec override")
     add("--ckpt", metavar="PATH", help="weights (default: the exporters' seeded random weights)")
     add("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    add("--labels", metavar="FILE.json", help="class names (a COCO instances.json or an {id: "
+        "name} object; default: those training kept beside --ckpt or in it, else COCO's for "
+        "90 classes): in the report and in the exported files' metadata")
     add("--backends", default=",".join(DEFAULT_BACKENDS),
         help=f"comma-separated, from {','.join(BACKENDS)} (default: %(default)s)")
     add("--threads", type=int, default=2, help="threads per backend (default 2)")
@@ -84,13 +88,16 @@ def main(argv=None) -> int:
         p.error(problem)
     quiet_tensorflow()
     from bench.harness import run_benchmark  # deferred: TensorFlow starts once a request is valid
+    from edetgraph.task.pictures import find_labels  # deferred: reads TF checkpoints
     try:
         cfg = config(args, load_spec(args.spec, args.set))
         if args.ckpt:
             resolve_checkpoint(args.ckpt)
+        labels, source = find_labels(args.labels, args.ckpt, cfg.spec.num_classes)
+        cfg = replace(cfg, labels=tuple(sorted(labels.items())), labels_source=source)
         results = run_benchmark(cfg, Progress(enabled=not args.quiet))
     except (SpecError, DeviceResultError, EvalError, EvalDataError, CheckpointError,
-            OSError) as e:
+            OSError, ValueError) as e:   # ValueError: a --labels file that names no classes
         print(f"{p.prog}: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     print(format_report(results))

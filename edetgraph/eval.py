@@ -5,7 +5,9 @@
 
 Uses the EMA weights when the checkpoint has them (training checkpoints and released
 ones do), soft-NMS by default (the official), and prints AP, AP50, AP75, APs/m/l and
-AR1/10/100 (pycocotools). The detections are written in COCO results format.
+AR1/10/100 (pycocotools), with --per-class the AP of each class by name. The detections are
+written in COCO results format; the metrics JSON also holds the model's class names (those
+training kept beside the checkpoint, --labels, or COCO's) and says where they came from.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ import json
 import sys
 from pathlib import Path
 
-from edetgraph.checkpoints.archive import CheckpointError
+from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
 from edetgraph.cli import quiet_tensorflow
+from edetgraph.data.labels import label_mismatches, resolve_labels
 from edetgraph.files import write_text
 from edetgraph.graph.budget import check_budget
 from edetgraph.graph.spec import SpecError, load_spec
@@ -40,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="post-processing (default soft, the official)")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (default 8)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
+    p.add_argument("--labels", metavar="FILE.json",
+                   help="class names: a COCO instances.json or an {id: name} object (default: "
+                   "the names training kept beside --ckpt or in it, else COCO's for 90 classes)")
     return p
 
 
@@ -48,11 +54,13 @@ def main(argv=None) -> int:
     try:
         spec = load_spec(args.spec, args.set)
         check_budget(spec)   # a model past the limits is refused before TensorFlow starts
-    except (SpecError, ValueError) as e:
+        resolve_labels(args.labels, resolve_checkpoint(args.ckpt), spec.num_classes)
+    except (SpecError, ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     quiet_tensorflow()
     from edetgraph.task.evaluation import Evaluator  # deferred: --help skips TensorFlow
+    from edetgraph.task.pictures import find_labels  # deferred: reads TF checkpoints
     detections = args.detections or str(Path(args.out).parent / "detections.json"
                                         if args.out else "detections.json")
     try:
@@ -60,9 +68,14 @@ def main(argv=None) -> int:
         report = evaluator.load(args.ckpt, use_ema=False if args.no_ema else "auto")
         print(f"loaded {len(report.loaded)} variables from {report.prefix} "
               f"({'EMA' if report.used_ema else 'raw'} weights)", file=sys.stderr)
+        labels, source = find_labels(args.labels, args.ckpt, spec.num_classes)
         metrics = evaluator(per_class=args.per_class, detections_out=detections,
                             progress=_progress)
         _progress(None)
+        metrics["labels"], metrics["labels_source"] = labels, source
+        print(f"class names: {source}", file=sys.stderr)
+        for line in label_mismatches(labels, args.annotations):
+            print(f"WARNING: {line}", file=sys.stderr)
     except (EvalError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

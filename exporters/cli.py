@@ -15,7 +15,9 @@ from edetgraph.cli import first_line
 from edetgraph.graph.budget import check_budget
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.verify.datasets import EvalDataError, check_eval_data, default_annotations
-from exporters.options import EvalOptions, ExportError, ExportFailed, ExportOptions, GateOptions
+from edetgraph.data.labels import resolve_labels
+from exporters.options import (EvalOptions, ExportError, ExportFailed, ExportOptions, GateOptions,
+                               ModelCard)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 NORMALISED_HELP = ("float: float32 images already normalised as edetgraph.task.preprocess does "
@@ -57,6 +59,24 @@ def add_model_args(p: argparse.ArgumentParser, suffix: str) -> None:
                    help="fp32 parity gate: an output beyond --atol still passes if the file is "
                    "no further from the same network run in float64 than F times TF float32 "
                    "itself (default 2); 0: the flat --atol alone, no float64 run")
+    add_card_args(p)
+
+
+def add_card_args(p) -> None:
+    """What the file's metadata says about it (TFLite Model Metadata, ONNX metadata_props)."""
+    p.add_argument("--labels", metavar="FILE.json",
+                   help="class names to write into the file: a COCO instances.json or an "
+                   "{id: name} object (default: the names training kept beside --ckpt or in "
+                   "it, else COCO's for 90-class specs)")
+    p.add_argument("--model-name", metavar="NAME", help="metadata: the model's name (default: "
+                   "the spec's)")
+    p.add_argument("--description", metavar="TEXT", help="metadata: a description (default: "
+                   "written from the spec and the export options)")
+    p.add_argument("--model-version", metavar="V", help="metadata: the model's version "
+                   "(default: edetgraph's version)")
+    p.add_argument("--author", default="edetgraph", help="metadata: author (default edetgraph)")
+    p.add_argument("--license", default="unspecified",
+                   help="metadata: licence of the model and its weights (default unspecified)")
 
 
 def add_eval_args(p) -> None:
@@ -98,17 +118,23 @@ def check_common(args, suffix: str):
         raise ExportError(f"--float64-factor {args.float64_factor}: must be >= 0 (0: no "
                           "float64 reference)")
     check_eval_request(args)
+    prefix = None
     if args.ckpt is not None:
         try:
-            resolve_checkpoint(args.ckpt)
+            prefix = resolve_checkpoint(args.ckpt)
         except CheckpointError as e:
             raise ExportError(f"--ckpt: {first_line(e)}") from None
     try:
         spec = load_spec(args.spec, args.set)
         check_budget(spec)
-        return spec
     except (SpecError, ValueError) as e:   # ValueError: a limit's variable that is no number
         raise ExportError(f"--spec {args.spec}: {first_line(e)}") from None
+    try:
+        args.resolved_labels = resolve_labels(getattr(args, "labels", None), prefix,
+                                              spec.num_classes)
+    except ValueError as e:
+        raise ExportError(f"--labels: {first_line(e)}") from None
+    return spec
 
 
 def check_eval_request(args) -> None:
@@ -149,12 +175,17 @@ def export_options(args, batch) -> ExportOptions:
     if args.eval_data:
         ev = EvalOptions(args.eval_data, args.eval_annotations, args.eval_images, args.eval_nms,
                          args.max_ap_drop)
+    labels, source = getattr(args, "resolved_labels", ({}, ""))
+    card = ModelCard(getattr(args, "model_name", None), getattr(args, "description", None),
+                     getattr(args, "model_version", None), getattr(args, "author", "edetgraph"),
+                     getattr(args, "license", "unspecified"), tuple(sorted(labels.items())),
+                     source)
     return ExportOptions(
         ckpt=args.ckpt, seed=args.seed, batch=batch, input=args.input,
         postprocess=args.postprocess, max_detections=args.max_detections,
         score_threshold=args.score_threshold, iou_threshold=args.iou_threshold,
         gate=GateOptions(args.random_inputs, args.threads, args.atol, args.float64_factor),
-        eval=ev)
+        eval=ev, card=card)
 
 
 def parse_batch(text: str, allow_dynamic: bool):

@@ -7,6 +7,7 @@ is a standard ONNX op at the opset and ``onnx.checker`` passes the model.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 
@@ -18,6 +19,7 @@ from edetgraph.task.anchors import spec_anchors
 from edetgraph.task.postprocess import postprocess
 from edetgraph.verify import coverage
 from edetgraph.verify.ties import NmsRule
+from exporters.model_facts import description, model_facts, strict_json
 from exporters.options import ExportFailed, ExportOptions, OnnxOptions
 from exporters.pipeline import Format
 
@@ -51,7 +53,23 @@ class OnnxFormat(Format):
                 f"{opts.batch or 'dynamic'}, postprocess {opts.postprocess}, input {opts.input})")
 
     def convert(self, serve, model, spec, opts: ExportOptions, say):
-        return convert(serve, self.onnx.opset)
+        converted = convert(serve, self.onnx.opset)
+        facts = model_facts(spec, opts, "onnx", dict(opts.card.labels), opts.card.labels_source,
+                            "pixels" if opts.postprocess == "hard-nms" else None)
+        write_metadata(converted, facts, spec, opts)
+        return converted
+
+    def finish(self, path: str, summary: dict) -> None:
+        # The parity summary is known once the gate ran the file; props change no arithmetic.
+        model = onnx.load(path)
+        parity = summary["parity"]
+        set_props(model, {"parity": json.dumps(strict_json(
+            {"passed": parity["passed"], "tolerance": parity["tolerance"]["name"],
+             "inputs": parity.get("inputs"), "heads": {
+                 h: {k: v for k, v in f.items() if k in ("max_abs", "nrmse")}
+                 for h, f in (parity.get("heads") or {}).items()},
+             "detections": parity.get("detections")}), allow_nan=False)})
+        onnx.save(model, path)
 
     def write(self, converted, path: str) -> None:
         onnx.save(converted, path)
@@ -63,10 +81,40 @@ class OnnxFormat(Format):
                 "iou_threshold": opts.iou_threshold}
 
     def facts(self, converted, path: str, runner) -> dict:
-        return {"ops": op_histogram(converted)}
+        return {"ops": op_histogram(converted),
+                "metadata": {"producer_name": converted.producer_name,
+                             "model_version": converted.model_version,
+                             "props": sorted(p.key for p in converted.metadata_props)}}
 
     def coverage(self, path: str, opts: ExportOptions) -> dict:
         return {"onnxruntime": coverage.onnxruntime(path, threads=opts.gate.threads)}
+
+
+def set_props(model, props: dict) -> None:
+    """Add or replace ``metadata_props`` entries (string values)."""
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def write_metadata(model, facts: dict, spec, opts: ExportOptions) -> None:
+    """The facts as ``metadata_props`` (all under ``edetgraph``, the main ones also under
+    their own keys), and ONNX's own fields: producer, version, doc string."""
+    card = opts.card
+    model.producer_name, model.producer_version = "edetgraph", facts["edetgraph_version"]
+    model.domain = "edetgraph"
+    version = card.version or facts["edetgraph_version"]
+    model.model_version = int(version) if str(version).isdigit() else 1
+    model.doc_string = description(spec, opts, "ONNX")
+    props = {"edetgraph": json.dumps(facts, allow_nan=False), "spec": facts["spec"],
+             "labels": json.dumps(facts["labels"], ensure_ascii=False),
+             "input": json.dumps(facts["input"]), "outputs": json.dumps(facts["outputs"]),
+             "anchors": json.dumps(facts["anchors"]),
+             "edetgraph_version": facts["edetgraph_version"], "name": facts["model"],
+             "version": str(version), "author": card.author, "license": card.license}
+    set_props(model, props)
 
 
 def _nodes(graph):

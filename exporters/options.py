@@ -52,6 +52,20 @@ class TFLiteOptions:
 
 
 @dataclass(frozen=True)
+class ModelCard:
+    """What a file says about itself besides its arithmetic: its metadata's name (None: the
+    spec's), description (None: written from the spec), version (None: edetgraph's),
+    author and licence, and the class names with where they came from."""
+    name: str | None = None
+    description: str | None = None
+    version: str | None = None
+    author: str = "edetgraph"
+    license: str = "unspecified"
+    labels: tuple = ()                  # ((1-based id, name), ...)
+    labels_source: str = ""
+
+
+@dataclass(frozen=True)
 class ExportOptions:
     """Everything an export depends on besides the spec and the output path."""
     ckpt: str | None = None             # None: the seeded random weights
@@ -65,6 +79,7 @@ class ExportOptions:
     gate: GateOptions = field(default_factory=GateOptions)
     eval: EvalOptions | None = None
     verbose: bool = True
+    card: ModelCard = field(default_factory=ModelCard)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from edetgraph.verify.runners import RunnerError, make_runner
 from edetgraph.verify.ties import NmsRule
 from edetgraph.files import disk_full_message, is_disk_full
 from exporters.cli import log
+from exporters.model_facts import labels_of, strict_json
 from exporters.options import ExportFailed, ExportOptions
 
 SCHEMA = "edetgraph.export/1"
@@ -64,6 +65,11 @@ class Format:
 
     def nms_rule(self, spec, opts: ExportOptions) -> NmsRule | None:
         """The NMS of :meth:`head`, for the gate to judge tied scores by (None: none)."""
+        return None
+
+    def box_scale(self, spec, opts: ExportOptions):
+        """``[h, w, h, w]`` when :meth:`head`'s boxes are fractions of the input (None:
+        network pixels)."""
         return None
 
     def describe(self, opts: ExportOptions) -> str:
@@ -100,6 +106,10 @@ class Format:
     def companions(self, path: str) -> list:
         """Files written beside ``path`` that belong to it (an OpenVINO IR's .bin)."""
         return []
+
+    def finish(self, path: str, summary: dict) -> None:
+        """After the gate passed: metadata that only then is known (the ONNX file's parity
+        summary); it must not change what the file computes."""
 
 
 @dataclass
@@ -161,11 +171,15 @@ def _stage_gate_keep(job: _Job, out: str, converted, timings: dict, start: float
             own = fmt.check(converted, staged.path)
             if own is not None:
                 summary["check"] = own
-        check_accuracy(summary, spec, job.serve, runner.run, fmt.kind(), opts, job.say)
+        check_accuracy(summary, spec, job.serve, runner.run, fmt.kind(), opts, job.say,
+                       fmt.box_scale(spec, opts))
         if fmt.kind() != "fp32" and opts.eval is None:
             summary["accuracy_unverified"] = unverified(parity)
             log(fmt.prog, f"WARNING: {summary['accuracy_unverified']['why']}")
         staged.companions = fmt.companions(staged.path)
+        if summary["parity"]["passed"]:
+            fmt.finish(staged.path, summary)
+            summary["file"].update(file_facts(staged.path, staged.companions))
         keep_if_passed(staged, summary, out)
     return summary
 
@@ -173,6 +187,9 @@ def _stage_gate_keep(job: _Job, out: str, converted, timings: dict, start: float
 def _build(job: _Job) -> _Job:
     """The model with its weights and the serving function to convert."""
     opts = job.opts
+    labels, source = labels_of(job.spec, opts)   # the names the file will carry
+    job.opts = opts = replace(opts, card=replace(opts.card, labels=tuple(sorted(labels.items())),
+                                                 labels_source=source))
     job.say(f"building {job.spec.name} ("
             f"{f'random weights, seed {opts.seed}' if opts.ckpt is None else opts.ckpt})")
     job.model, job.weights = job.fmt.build(job.spec, opts)
@@ -194,7 +211,7 @@ def _parity(job: _Job, path: str, runner) -> dict:
         return run_gate(gate, job.serve, runner.run, spec, opts.input, opts.batch,
                         opts.gate.random_inputs, detections=job.head is not None,
                         probe=job.fmt.probe(job.model, spec, job.serve, path, opts),
-                        model=job.model)
+                        model=job.model, box_scale=job.fmt.box_scale(spec, opts))
     except ParityError as e:
         raise ExportFailed(str(e)) from None
 
@@ -206,6 +223,8 @@ def _summary(job: _Job, staged, converted, runner, parity: dict, timings: dict) 
             "file": {"path": staged.out,
                      **file_facts(staged.path, job.fmt.companions(staged.path))},
             "spec": job.spec.name, "spec_source": job.spec.source, "weights": job.weights,
+            "labels": {str(k): v for k, v in job.opts.card.labels},
+            "labels_source": job.opts.card.labels_source,
             "options": job.fmt.options(job.opts, converted),
             "inputs": info["inputs"], "outputs": info["outputs"],
             **job.fmt.facts(converted, staged.path, runner), "parity": parity,
@@ -213,7 +232,7 @@ def _summary(job: _Job, staged, converted, runner, parity: dict, timings: dict) 
 
 
 def check_accuracy(summary: dict, spec, serve, run_file, kind: str, opts: ExportOptions,
-                   say) -> None:
+                   say, box_scale=None) -> None:
     """With ``opts.eval``: COCO AP of the file and of TF under ``summary["accuracy"]``
     (:func:`keep_if_passed` then refuses a file that lost too much)."""
     ev = opts.eval
@@ -224,7 +243,7 @@ def check_accuracy(summary: dict, spec, serve, run_file, kind: str, opts: Export
     annotations = ev.annotations or os.path.join(ev.data, "instances.json")
     summary["accuracy"] = accuracy.measure(spec, serve, run_file, ev.data, annotations,
                                            opts.input, opts.batch or 1, kind, ev.images,
-                                           ev.nms, ev.max_ap_drop, say)
+                                           ev.nms, ev.max_ap_drop, say, box_scale)
     summary["timings"]["ap_check_s"] = time.perf_counter() - t0
 
 
@@ -291,19 +310,6 @@ def keep_if_passed(staged: StagedOutput, summary: dict, out: str) -> None:
     if result is not None and not result["passed"]:
         raise ExportFailed(f"AP check failed, {out} not written: {format_ap(result)}")
     staged.commit(summary)
-
-
-def strict_json(value):
-    """Plain JSON: numpy scalars and arrays as Python values, -inf/nan as strings."""
-    if isinstance(value, dict):
-        return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    if isinstance(value, (np.generic, np.ndarray)):
-        return strict_json(value.tolist())
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    return value
 
 
 def file_facts(path: str, companions=()) -> dict:

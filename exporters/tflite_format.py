@@ -21,6 +21,7 @@ from edetgraph.task.postprocess import make_tflite_detection_postprocess
 from edetgraph.task.preprocess import normalize_in_graph
 from edetgraph.task.serving import detection_op_inputs
 from edetgraph.verify import coverage
+from edetgraph.verify.file_metadata import read_metadata
 from edetgraph.verify.parity import AP_DROP
 from edetgraph.verify.runners import tflite_interpreter
 from exporters.calibration import calibration_batches, representative_images
@@ -28,7 +29,10 @@ from edetgraph.verify.ties import NmsRule
 from exporters.float_heads import convert_with_float_heads
 from exporters.triage import Triage
 from exporters.options import ExportFailed, ExportOptions, TFLiteOptions
+from exporters.cli import log
+from exporters.model_facts import description, edetgraph_version, model_facts
 from exporters.pipeline import Format
+from exporters.tflite_metadata import populate
 
 QUANTS = ("fp32", "fp16", "dynamic", "int8")
 
@@ -48,7 +52,7 @@ class TFLiteFormat(Format):
             return None
         detect = make_tflite_detection_postprocess(
             spec_anchors(spec), spec.num_classes, opts.max_detections, opts.score_threshold,
-            opts.iou_threshold, image_size=spec.image_size)
+            opts.iou_threshold, image_size=spec.image_size, ssd_layout=True)
         return lambda raw: detect(*outputs.split(raw, spec.levels))
 
     def nms_rule(self, spec, opts: ExportOptions) -> NmsRule | None:
@@ -56,6 +60,10 @@ class TFLiteFormat(Format):
             return None
         return NmsRule("fast", opts.iou_threshold, opts.score_threshold, opts.max_detections,
                        tuple(spec.image_size))
+
+    def box_scale(self, spec, opts: ExportOptions):
+        # Fractions of the input: the only boxes MediaPipe's ObjectDetector accepts.
+        return None if opts.postprocess != "fast" else np.asarray(spec.image_size * 2, np.float32)
 
     def describe(self, opts: ExportOptions) -> str:
         t = self.tfl
@@ -67,8 +75,28 @@ class TFLiteFormat(Format):
         return text
 
     def convert(self, serve, model, spec, opts: ExportOptions, say):
-        """``(flatbuffer bytes, number of head ops kept float or None, triage report or
-        None)``."""
+        """``(flatbuffer bytes with its metadata, number of head ops kept float or None,
+        triage report or None)``."""
+        flatbuffer, head_ops, triage = self._convert(serve, model, spec, opts, say)
+        if opts.postprocess == "fast" and opts.input == "float" and (
+                len(set(spec.preprocess.mean_rgb)) > 1 or len(set(spec.preprocess.stddev_rgb)) > 1):
+            log(self.prog, "WARNING: MediaPipe's ObjectDetector takes one mean/std for all "
+                "channels; this spec normalises per channel, so MediaPipe will refuse this "
+                "float-input file (export with --input uint8: the file then normalises)")
+        facts = model_facts(spec, opts, "tflite", dict(opts.card.labels),
+                            opts.card.labels_source,
+                            "ratio" if opts.postprocess == "fast" else None)
+        fields = {"name": opts.card.name or spec.name,
+                  "description": description(spec, opts, "TFLite"),
+                  "version": opts.card.version or edetgraph_version(),
+                  "author": opts.card.author, "license": opts.card.license}
+        try:
+            flatbuffer = populate(flatbuffer, facts, fields)
+        except Exception as e:   # the schema's own errors: a bug, said in one line
+            raise ExportFailed(f"writing the TFLite metadata failed: {str(e)[:300]}") from None
+        return flatbuffer, head_ops, triage
+
+    def _convert(self, serve, model, spec, opts: ExportOptions, say):
         t = self.tfl
 
         def calibration():
@@ -91,7 +119,8 @@ class TFLiteFormat(Format):
                 bound = (AP_DROP["int8"] if opts.eval.max_ap_drop is None
                          else opts.eval.max_ap_drop)
                 flatbuffer, report = Triage(converter, calibration, spec, serve, opts.eval,
-                                            opts.input, opts.batch, bound, say).run()
+                                            opts.input, opts.batch, bound, say,
+                                            self.box_scale(spec, opts)).run()
                 return flatbuffer, None, report
             return converter().convert(), None, None
         except ExportFailed:
@@ -123,7 +152,10 @@ class TFLiteFormat(Format):
                 "iou_threshold": opts.iou_threshold}
 
     def facts(self, converted, path: str, runner) -> dict:
-        return {"runtime": runner.info()["runtime"], "ops": op_histogram(path)}
+        meta = read_metadata(path)["fields"]
+        return {"runtime": runner.info()["runtime"], "ops": op_histogram(path),
+                "metadata": {k: meta.get(k) for k in ("name", "version", "author", "license",
+                                                       "min_parser_version", "outputs")}}
 
     def coverage(self, path: str, opts: ExportOptions) -> dict:
         return {"xnnpack": coverage.tflite(path), "gpu_delegate": coverage.tflite_gpu(path)}

@@ -7,9 +7,11 @@ kept only if it computes what TF computes, within the tolerance of its kind.
 
 Outputs: raw head maps ``cls_l3..`` (logits) and ``box_l3..`` (ty, tx, th, tw), or with
 ``--postprocess fast`` the TFLite_Detection_PostProcess op (fast NMS, the form mobile
-detection libraries expect), batch 1: ``boxes [1, K, 4]`` (ymin, xmin, ymax, xmax in
-network-input pixels, clipped), ``scores``, ``classes`` (float, 1-based), ``num_detections``;
-these stay float even in int8 files (quantising them would make classes and counts lossy).
+detection libraries expect), batch 1: ``boxes [1, K, 4]`` (ymin, xmin, ymax, xmax as
+fractions of the network input, clipped: multiply by its height/width for pixels),
+``scores``, ``classes`` (float, 1-based), ``num_detections`` (float32); these stay float
+even in int8 files (quantising them would make classes and counts lossy). Every file
+carries TFLite Model Metadata (MediaPipe's ObjectDetector loads the fast ones).
 """
 from __future__ import annotations
 

@@ -124,8 +124,9 @@ class Triage:
     """Runs the search for one export; ``result`` holds the report for the summary."""
 
     def __init__(self, make_converter, calibration, spec, serve, eval_opts, input_kind,
-                 batch, bound: float, say):
+                 batch, bound: float, say, box_scale=None):
         self.make_converter, self.calibration = make_converter, calibration
+        self.box_scale = box_scale     # in-graph detections whose boxes are fractions
         self.spec, self.serve, self.ev = spec, serve, eval_opts
         self.input_kind, self.batch, self.bound, self.say = input_kind, batch, bound, say
         self.trials: list = []
@@ -139,7 +140,7 @@ class Triage:
             annotations = self.ev.annotations or os.path.join(self.ev.data, "instances.json")
             r = measure(self.spec, self.serve, runner.run, self.ev.data, annotations,
                         self.input_kind, self.batch, "int8", self.ev.images, self.ev.nms,
-                        self.bound)
+                        self.bound, box_scale=self.box_scale)
         drop = r["ap_drop_points"]
         self.trials.append({"float_layers": k, "ap_drop_points": round(drop, 3),
                             "ap": r["file"]["AP"], "tf_ap": r["tf"]["AP"]})

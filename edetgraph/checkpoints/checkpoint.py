@@ -13,6 +13,7 @@ leaves the model untouched.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tarfile
 from pathlib import Path
@@ -33,9 +34,11 @@ GLOBAL_STEP = "global_step"
 HEAD_PREFIXES = ("class_net/", "box_net/")
 _OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _MODES = ("strict", "finetune", "lenient")
+LABELS_KEY = "labels/.ATTRIBUTES/VARIABLE_VALUE"   # training's checkpoints: the class names
 
 
 @dataclasses.dataclass(frozen=True)
+
 class Mismatch:
     """A variable whose checkpoint entry has another shape or dtype."""
     name: str
@@ -344,3 +347,20 @@ def _pack(folder: Path, archive: Path) -> None:
     with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:  # what `tar czf` uses
         tar.add(folder, arcname=folder.name, filter=anonymous)
     os.replace(tmp, archive)
+
+
+def checkpoint_labels(prefix) -> dict | None:
+    """The class names a training checkpoint carries (``{id: name}``), None when it has
+    none (released checkpoints, or ones written before checkpoints carried them)."""
+    try:
+        reader = tf.train.load_checkpoint(os.fspath(prefix))
+        if not reader.has_tensor(LABELS_KEY):
+            return None
+        value = reader.get_tensor(LABELS_KEY)
+        data = json.loads(value.decode("utf-8") if isinstance(value, bytes) else str(value))
+    except (tf.errors.OpError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {int(k): str(v) for k, v in data.items() if str(k).isdigit()} or None
+

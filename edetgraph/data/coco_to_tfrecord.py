@@ -10,7 +10,9 @@ images are skipped and counted; a summary is printed at the end. A malformed fil
 type, a NaN or infinite box, a size of 0, two images with one id, a name that cannot be
 written) is one error line, before anything is written. The shards appear only once all
 are complete, replacing any earlier set of the prefix as a whole (another --shards
-included), so `PREFIX-*` never matches two sets or a half-written one. Paths may be gs://.
+included), so `PREFIX-*` never matches two sets or a half-written one. The categories' id ->
+name map is written beside them, to PREFIX.labels.json, for training to keep. Paths may be
+gs://.
 """
 from __future__ import annotations
 
@@ -29,10 +31,11 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from edetgraph.data.coco_checks import CocoError, check_coco  # noqa: E402
+from edetgraph.data.labels import labels_json, records_labels_path  # noqa: E402
 from edetgraph.data.picture import PictureError, check_pixels  # noqa: E402
 from edetgraph.data.shards import ShardSet  # noqa: E402
 from edetgraph.data.tfexample import encode_example  # noqa: E402
-from edetgraph.files import disk_full_message, is_disk_full  # noqa: E402
+from edetgraph.files import disk_full_message, is_disk_full, remove, write_text  # noqa: E402
 
 __all__ = ["CocoError", "load_coco", "convert", "main"]
 
@@ -109,7 +112,8 @@ def convert(images_dir: str, annotations: str, out_prefix: str, num_shards: int 
     complete; then any other shard set of PREFIX (another --shards) is removed, so the set
     is replaced as a whole and a failed or killed run leaves the old set as it was.
     Summary keys: images, images_without_boxes, boxes_written, boxes_skipped (by reason:
-    no_area, outside_image, unknown_category, unknown_image), files. `log` receives
+    no_area, outside_image, unknown_category, unknown_image), files, labels (the
+    category id -> name map, written to PREFIX.labels.json beside the shards). `log` receives
     progress lines (None for silence).
     """
     if num_shards < 1:
@@ -133,9 +137,19 @@ def convert(images_dir: str, annotations: str, out_prefix: str, num_shards: int 
             if log and (i + 1 == total or (i + 1) % max(1, total // 10) == 0):
                 log(f"[coco_to_tfrecord] {i + 1}/{total} images")
         shards.commit()
+    labels = records_labels_path(out_prefix)
+    if names:   # the class names travel with the records: training keeps them
+        if labels.startswith("gs://"):
+            with tf.io.gfile.GFile(labels, "w") as f:
+                f.write(labels_json(names))
+        else:
+            write_text(labels, labels_json(names))
+    elif not labels.startswith("gs://"):
+        remove(labels)
     reasons = ("no_area", "outside_image", "unknown_category", "unknown_image")
     return {"images": total, "images_without_boxes": empty, "boxes_written": written,
-            "boxes_skipped": {r: skipped[r] for r in reasons}, "files": shards.files}
+            "boxes_skipped": {r: skipped[r] for r in reasons}, "files": shards.files,
+            "labels": labels if names else None}
 
 
 def main(argv=None) -> int:
@@ -160,6 +174,8 @@ def main(argv=None) -> int:
     print(f"{summary['images']} images ({summary['images_without_boxes']} without boxes), "
           f"{summary['boxes_written']} boxes written, skipped: {skipped}")
     print(f"wrote {len(summary['files'])} file(s): {summary['files'][0]} ...")
+    if summary["labels"]:
+        print(f"class names: {summary['labels']}")
     return 0
 
 

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edetgraph.checkpoints.archive import resolve_checkpoint
+from edetgraph.checkpoints.checkpoint import checkpoint_labels
 from edetgraph.files import atomic_path, write_text
 from edetgraph.graph.spec import load_spec
 from edetgraph.task.detector import Detector
-from edetgraph.task.labels import load_labels
+from edetgraph.task.labels import resolve_labels
 from edetgraph.task.postprocess import to_detections_json
 from edetgraph.task.preprocess import read_image
 from edetgraph.task.visualize import draw_detections, save_picture
@@ -41,9 +43,18 @@ def _output_stems(paths: list) -> list[str]:
     return out
 
 
+def find_labels(explicit, ckpt, num_classes: int) -> tuple[dict, str]:
+    """The class names for a model and where they came from (``resolve_labels``'s order:
+    ``--labels``, the model directory's labels.json, the checkpoint's own, COCO's for 90)."""
+    prefix = resolve_checkpoint(ckpt) if ckpt is not None else None
+    return resolve_labels(explicit, prefix, num_classes,
+                          checkpoint_labels(prefix) if prefix else None)
+
+
 def _load_detector(args):
     spec = load_spec(args.spec, args.set)
-    labels = load_labels(args.labels) if args.labels else None
+    labels, source = find_labels(args.labels, args.ckpt, spec.num_classes)
+    print(f"class names: {source}", file=sys.stderr)
     use_ema = {"auto": "auto", "yes": True, "no": False}[args.ema]
     if args.ckpt is None:
         print("WARNING: no --ckpt given: the model has RANDOM weights, its detections are "
@@ -105,18 +116,23 @@ def _one_image(det, args, path, image, stem: str, pic: Path) -> dict:
     return entry
 
 
-def run(args) -> dict:
+def run(args, detector=None) -> dict:
     """Read, detect, draw and write everything ``python -m edetgraph.infer`` was asked for
-    (its parsed arguments); returns the detections.json content."""
+    (its parsed arguments); returns the detections.json content. ``detector``: one made
+    already (an exported file's, ``edetgraph.verify.deployed``), else the spec's."""
     images = _read_inputs(args.image, getattr(args, "max_pixels", None))
     out = Path(args.out)
     targets = _outputs(args.image, out)
-    det = _load_detector(args)
+    det = detector if detector is not None else _load_detector(args)
     out.mkdir(parents=True, exist_ok=True)
     report = det.load_report
     result = {"spec": det.spec.name, "checkpoint": report.prefix if report else None,
               "used_ema": report.used_ema if report else None, "random_weights": report is None,
               "nms": det.method, "score_thresh": args.score_thresh, "images": []}
+    if getattr(args, "model", None):
+        weights = det.meta["facts"].get("weights", "")
+        result.update(model=str(args.model), checkpoint=None if weights.startswith("random")
+                      else weights, random_weights=weights.startswith("random"))
     for path, image, (stem, pic) in zip(args.image, images, targets):
         result["images"].append(_one_image(det, args, path, image, stem, pic))
     write_text(out / "detections.json", _json_text(result))

@@ -301,7 +301,8 @@ def tflite_implements_signature(num_classes: int, max_dets: int = 100,
 
 def make_tflite_detection_postprocess(anchors, num_classes: int, max_dets: int = 100,
                                       score_thresh: float | None = None, iou_thresh: float = 0.5,
-                                      image_size: ImageSize | None = None):
+                                      image_size: ImageSize | None = None,
+                                      ssd_layout: bool = False):
     """``detect(cls_outputs, box_outputs, scales=None) -> dict`` for batch 1, built around a
     ``tf.function`` that the TFLite converter replaces by its ``TFLite_Detection_PostProcess``.
 
@@ -312,7 +313,12 @@ def make_tflite_detection_postprocess(anchors, num_classes: int, max_dets: int =
     clipping, then ``scales``); return it from the exported function and the TFLite signature
     names them ``boxes``, ``scores``, ``classes``, ``num_detections``.
     ``score_thresh`` None = -inf (the official TFLite export keeps every box).
+    ``ssd_layout`` (with ``image_size``) gives the outputs of TFLite's SSD detectors, which
+    MediaPipe's and the Task Library's object detectors read: boxes divided by the network
+    size after clipping (fractions of the input in [0, 1]) and the count as float32.
     """
+    if ssd_layout and image_size is None:
+        raise ValueError("the SSD layout's boxes need the image_size they are fractions of")
     score_thresh = default_score_thresh("fast") if score_thresh is None else float(score_thresh)
     anchors_cs = anchors_to_center_size(np.asarray(anchors))
     signature = tflite_implements_signature(num_classes, max_dets, score_thresh, iou_thresh)
@@ -332,7 +338,12 @@ def make_tflite_detection_postprocess(anchors, num_classes: int, max_dets: int =
             raise ValueError(f"TFLite_Detection_PostProcess takes batch 1, got {cls.shape[0]}")
         boxes, classes0, scores, n = detection_postprocess(box, tf.sigmoid(cls),
                                                            tf.constant(anchors_cs))
-        return _finish(boxes, scores, classes0, n, image_size, scales)
+        out = _finish(boxes, scores, classes0, n, image_size, scales)
+        if ssd_layout:
+            h, w = parse_image_size(image_size)
+            out["boxes"] = out["boxes"] / tf.constant([h, w, h, w], tf.float32)
+            out["num_detections"] = tf.cast(out["num_detections"], tf.float32)
+        return out
 
     return detect
 

@@ -23,7 +23,7 @@ import time
 
 import tensorflow as tf
 
-from edetgraph.checkpoints.checkpoint import CheckpointError, check_readable
+from edetgraph.checkpoints.checkpoint import LABELS_KEY, CheckpointError, check_readable
 from edetgraph.checkpoints.integrity import model_held
 from edetgraph.cli import first_line
 
@@ -96,8 +96,13 @@ class Checkpointer:
     def _restore(self, path: str) -> None:
         held = model_held(path)
         what = f"it holds {held}" if held else "another spec or num_classes?"
+        checkpoint = self.checkpoint
+        if "labels" in self.objects and not tf.train.load_checkpoint(path).has_tensor(
+                LABELS_KEY):   # written before checkpoints carried the class names
+            checkpoint = tf.train.Checkpoint(
+                **{k: v for k, v in self.objects.items() if k != "labels"})
         try:
-            status = self.checkpoint.restore(path)
+            status = checkpoint.restore(path)
             status.assert_existing_objects_matched()
         except (AssertionError, ValueError) as e:   # ValueError: a variable of another shape
             raise CheckpointMismatch(

@@ -18,6 +18,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from edetgraph.data import synthetic as synth
+from edetgraph.data.labels import check_labels, labels_beside_records
 from edetgraph.data.pipeline import list_files, make_dataset
 from edetgraph.files import cache_dir
 from edetgraph.graph import outputs
@@ -36,6 +37,7 @@ class DataPaths:
     val: str | None = None           # TFRecord pattern
     val_json: str | None = None      # COCO instances of the val split
     num_train: int | None = None     # records in the training split, when known
+    labels: dict | None = None       # class names kept beside the records, when there are
 
 
 def synthetic_data(spec, synthetic, log=None) -> DataPaths:
@@ -69,7 +71,8 @@ def synthetic_data(spec, synthetic, log=None) -> DataPaths:
     return DataPaths(train=str(final / "tfrecord" / "train-*.tfrecord"),
                      val=str(final / "tfrecord" / "val-*.tfrecord"),
                      val_json=str(final / "val" / "instances.json"),
-                     num_train=summary["splits"]["train"]["images"])
+                     num_train=summary["splits"]["train"]["images"],
+                     labels={c["id"]: c["name"] for c in synth.categories(spec.num_classes)})
 
 
 def count_records(pattern: str, log=None) -> int:
@@ -124,19 +127,21 @@ def resolve_data(spec, config, data=None, val_data=None, val_json=None, log=None
     if data is None:
         paths = synthetic_data(spec, config.synthetic, log)
         if val_data is not None or val_json is not None:
-            paths = DataPaths(paths.train, val_data, val_json, paths.num_train)
+            paths = DataPaths(paths.train, val_data, val_json, paths.num_train, paths.labels)
         return paths
     if (val_data is None) != (val_json is None):
         raise DataError("--val-data and --val-json go together (TFRecords and their COCO json)")
     try:
-        list_files(data)
+        labels = labels_beside_records(list_files(data))   # what coco_to_tfrecord kept
+        if labels is not None:
+            check_labels(labels, spec.num_classes, f"--data {data}")
         if val_data:
             list_files(val_data)
-    except (FileNotFoundError, ValueError) as e:   # no files, or two shard sets in one glob
-        raise DataError(str(e)) from None
+    except (FileNotFoundError, ValueError) as e:   # no files, two shard sets in one glob,
+        raise DataError(str(e)) from None          # or names the records cannot have
     if val_json and not tf.io.gfile.exists(val_json):
         raise DataError(f"{val_json}: no such file")
-    return DataPaths(data, val_data, val_json)
+    return DataPaths(data, val_data, val_json, labels=labels)
 
 
 def log_to_stderr(msg: str) -> None:

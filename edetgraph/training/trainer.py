@@ -21,6 +21,7 @@ import yaml
 
 from edetgraph.checkpoints.checkpoint import CheckpointError, load_checkpoint
 from edetgraph.checkpoints.integrity import describe, saved_spec, spec_differences
+from edetgraph.data.labels import LABELS_FILE, labels_json
 from edetgraph.data.pipeline import UndecodableData
 from edetgraph.files import disk_full_message, is_disk_full
 from edetgraph.task.evaluation import Evaluator
@@ -68,7 +69,9 @@ def check_model_dir(model_dir: str, spec) -> None:
                          f"of {spec.name} ({'; '.join(differs)}); use a new --model-dir")
 
 
-def _run_setup(config, model_dir: str, spec, chief: bool) -> None:
+def _run_setup(config, model_dir: str, spec, chief: bool, labels: dict | None) -> None:
+    if chief and labels:   # the names travel with the model: infer, eval, exports read them
+        write_file(os.path.join(model_dir, LABELS_FILE), labels_json(labels))
     if chief:
         write_file(os.path.join(model_dir, "spec.yaml"), yaml.safe_dump(spec.to_dict(), sort_keys=False))
         settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "source"}
@@ -125,10 +128,13 @@ def _make_loop(spec, config, model_dir, paths, strategy, ckpt, log, inject_nan_a
         else:
             log("this strategy's input iterator cannot be checkpointed; a resumed run "
                 "restarts the data stream")
+    names = tf.Variable(labels_json(paths.labels or {}), trainable=False, name="labels")
+    objects["labels"] = names      # every checkpoint carries the class names (JSON)
     checkpointer = Checkpointer(objects, model_dir, config.keep_checkpoints, state.step,
                                 config.checkpoint_every_steps, config.checkpoint_every_minutes,
                                 chief, worker)
     _initialise(ckpt, checkpointer, state, log)
+    names.assign(labels_json(paths.labels or {}))   # this run's data names them, not the last
     jit = is_tpu(strategy) if config.jit_compile is None else config.jit_compile
     train_fn = make_train_function(strategy, state, config, jit, inject_nan_at)
     progress = Progress(total, config.batch_size, config.log_every_steps,
@@ -182,7 +188,7 @@ def _train(spec, config, model_dir, data, val_data, val_json, ckpt, strategy, tp
         raise TrainError(str(e)) from None
     except UndecodableData as e:
         raise TrainError(f"--data {data or paths.train}: {e}") from None
-    _run_setup(config, model_dir, spec, loop.chief)
+    _run_setup(config, model_dir, spec, loop.chief, paths.labels)
     _attach_extras(loop, spec, paths)
     log(f"training {spec.name} for {loop.total} steps (batch {config.batch_size}, "
         f"{dist.num_replicas_in_sync} replica(s), peak lr {config.scaled_learning_rate():.4g})"

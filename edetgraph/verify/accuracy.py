@@ -20,6 +20,7 @@ from edetgraph.graph import outputs
 from edetgraph.task.anchors import spec_anchors
 from edetgraph.task.coco import EvalError, coco_metrics, to_coco_results
 from edetgraph.task.postprocess import postprocess
+from edetgraph.verify.detections import in_pixels
 from edetgraph.verify.images import eval_batches
 from edetgraph.verify.parity import AP_DROP, AP_DROP_WHY
 
@@ -60,17 +61,18 @@ def coco_ap(annotations, detections: list, image_ids: list) -> dict:
 
 def measure(spec, serve, run_file, data: str, annotations: str, input_kind: str, batch: int,
             kind: str, limit: int | None = None, nms: str = "soft",
-            max_drop: float | None = None, say=lambda m: None) -> dict:
+            max_drop: float | None = None, say=lambda m: None, box_scale=None) -> dict:
     """AP of TF (``serve``) and of the file (``run_file``) on the same images: a dict with
     both, the drop in points, the bound (``max_drop``, else ``AP_DROP[kind]``) and
-    ``passed``."""
+    ``passed``. ``box_scale`` (``[h, w, h, w]``): in-graph detections whose boxes are
+    fractions of the input (TFLite ``--postprocess fast``)."""
     post, dets, ids = None, {"tf": [], "file": []}, []
     for batch_ids, x, scales in eval_batches(data, annotations, spec, input_kind, batch, limit):
         outs = {"tf": {k: v.numpy() for k, v in serve(tf.constant(x)).items()},
                 "file": run_file(x)}
         for who, out in outs.items():
-            if "num_detections" in out:          # NMS in the graph: boxes in network pixels
-                det = {k: np.asarray(v) for k, v in out.items()}
+            if "num_detections" in out:          # NMS in the graph
+                det = in_pixels({k: np.asarray(v) for k, v in out.items()}, box_scale)
                 det["boxes"] = det["boxes"] * scales[:, None, None]
             else:
                 if post is None:

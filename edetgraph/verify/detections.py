@@ -107,3 +107,12 @@ def agreement(matches: list) -> dict:
             "mean_score_diff": float(np.mean(diffs)) if diffs else None,
             "rule": f"TF detections with score >= {AGREE_SCORE} matched by a detection of the "
                     f"same class with IoU >= {AGREE_IOU}"}
+
+
+def in_pixels(out: dict, box_scale=None) -> dict:
+    """Detections with their boxes in network pixels: ``box_scale`` (``[h, w, h, w]``)
+    multiplies boxes a file gives as fractions of its input (None: already pixels)."""
+    if box_scale is None:
+        return out
+    return {**out, "boxes": np.asarray(out["boxes"], np.float32)
+            * np.asarray(box_scale, np.float32)}

@@ -10,6 +10,7 @@ from edetgraph.graph import outputs
 from edetgraph.task.anchors import spec_anchors
 from edetgraph.task.postprocess import nms_candidates
 from edetgraph.task.preprocess import normalize_in_graph
+from edetgraph.verify.detections import in_pixels
 from edetgraph.verify.exact import ExactReference
 from edetgraph.verify.images import batches, parity_images
 
@@ -31,7 +32,7 @@ def candidates_fn(model, spec, input_kind: str, method: str):
 
 
 def run_gate(gate, serve, run_file, spec, input_kind: str, batch, num_random: int,
-             detections: bool, probe=None, model=None) -> dict:
+             detections: bool, probe=None, model=None, box_scale=None) -> dict:
     """Feed every parity batch to the TF function and the file, compare, return the result.
 
     ``probe(x) -> (ref, got)`` adds the detection op's inputs, compared like raw outputs.
@@ -39,7 +40,8 @@ def run_gate(gate, serve, run_file, spec, input_kind: str, batch, num_random: in
     tensors (raw outputs, or the probe's when there are detections) are also computed in
     float64 (:class:`~edetgraph.verify.exact.ExactReference`); with ``model`` and a gate
     that has an NMS rule, the NMS candidates go with the detections, so tied scores are
-    judged as ties.
+    judged as ties. ``box_scale`` (``[h, w, h, w]``) brings boxes given as fractions of the
+    input back to pixels, on both sides, before they are compared.
     """
     exact = None
     if model is not None and gate.tol.exact_factor and (probe is not None or not detections):
@@ -52,7 +54,8 @@ def run_gate(gate, serve, run_file, spec, input_kind: str, batch, num_random: in
         got = run_file(x)
         wide = exact(x) if exact is not None else None
         if detections:
-            gate.add_detections(labels, ref, got, candidates(x) if candidates else None)
+            gate.add_detections(labels, in_pixels(ref, box_scale), in_pixels(got, box_scale),
+                                candidates(x) if candidates else None)
         else:
             gate.add_outputs(labels, ref, got, real, wide)
         if probe is not None:
