@@ -50,6 +50,22 @@ def designed_record(designs, tiny, seed: int, quick: bool) -> dict:
                            for n, s in tiny]}
 
 
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def load_warning(loads, cpus: int | None = None) -> str | None:
+    """A warning when the machine was busier than it has CPUs while timing: every figure is
+    then inflated by the other work, and a model fitted so over-predicts a quiet machine (a
+    fit at load 7 on 2 CPUs predicted 1.7x to 2.9x what a quiet one measured)."""
+    cpus = cpus or usable_cpus()
+    median = float(np.median(loads)) if len(loads) else 0.0
+    if median <= cpus:
+        return None
+    return (f"the 1-minute load average was {median:.1f} (median) on {cpus} CPUs while timing:"
+            f" other work inflated these figures; measure again on a quiet machine")
+
+
 def fit_here(req: FitRequest) -> latency_model.LatencyModel:
     """Measure the designed set and the small networks on ``req.backend`` here, then fit."""
     start = time.perf_counter()
@@ -66,10 +82,14 @@ def fit_here(req: FitRequest) -> latency_model.LatencyModel:
     w_rec = lm.measure(wholes, cache, lm.Plan(passes=req.passes, group=4, budget_s=4.0),
                        f"{req.backend} small networks")
     loads = [r["load1"] for recs in (*d_rec.values(), *w_rec.values()) for r in recs]
+    warning = load_warning(loads)
+    if warning:
+        lm.say(f"WARNING: {warning}")
     info = {"runtime": lm.runtime_version(req.backend),
             "measurement": {"passes": req.passes, "statistic": f"{lm.QUANTILE}th percentile of "
                             "interleaved calls, passes pooled", "load1_min": min(loads),
-                            "load1_max": max(loads)},
+                            "load1_median": float(np.median(loads)), "load1_max": max(loads),
+                            "cpus": usable_cpus(), "warning": warning},
             "op_kinds": fit.op_kinds_used(subs)}
     model = fit.fit_model(req.backend, req.threads, lm.machine(), lm.FUSES[req.backend],
                           subs, [lm.best(d_rec[s.name]) for s in subs],
@@ -219,7 +239,14 @@ def evaluate(models, names, work: str, passes: int = 2, runs: int = 7) -> dict:
                          "by_component_ms": p["by_component"]})
     summ = {m.backend: fit.summary([r for r in rows if r["backend"] == m.backend
                                     and not r["in_fitting"]]) for m in models}
-    return {"schema": REPORT, "machine": lm.machine(), "models": [
+    warning = load_warning([x for r in rows for x in r["load1"]])
+    if warning:
+        lm.say(f"WARNING: {warning}")
+    fitted_busy = [f"{m.source}: {m.info['measurement']['warning']}" for m in models
+                   if (m.info.get("measurement") or {}).get("warning")]
+    for w in fitted_busy:
+        lm.say(f"WARNING: fitted busy, {w}")
+    return {"warning": warning, "fitted_busy": fitted_busy, "schema": REPORT, "machine": lm.machine(), "models": [
         {"file": m.source, "backend": m.backend, "threads": m.threads, "fitted": m.fitted,
          "machine": m.machine} for m in models], "passes": passes, "runs": runs,
         "statistic": f"{lm.QUANTILE}th percentile of interleaved calls, passes pooled",

@@ -231,3 +231,11 @@ def test_layers_place_the_new_modules():
     for name in ("latency", "latency_model", "latency_designs", "latency_measure",
                  "latency_fit", "latency_tasks"):
         assert f"`{name}`" in text, name
+
+
+def test_a_busy_machine_is_called_out():
+    """Figures timed while the load exceeds the CPUs are inflated: fit and evaluate say so."""
+    from bench.latency_tasks import load_warning
+    assert load_warning([0.5, 1.2, 1.9], cpus=2) is None
+    w = load_warning([6.8, 7.1, 7.5], cpus=2)
+    assert w and "7.1" in w and "2 CPUs" in w and "quiet machine" in w
