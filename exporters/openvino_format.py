@@ -93,6 +93,11 @@ class OpenVinoFormat(OnnxFormat):
     def companions(self, path: str) -> list:
         return [path[:-4] + ".bin"]
 
+    def finish(self, path: str, summary: dict) -> None:
+        """Nothing to add afterwards: the IR is not an ONNX file (the ONNX parent writes the
+        parity summary into ``metadata_props``); what the file is and how it passed the gate
+        stay in the summary JSON beside it."""
+
     def options(self, opts: ExportOptions, converted) -> dict:
         return {"quant": self.ov.quant, "opset": self.ov.opset, "postprocess": opts.postprocess,
                 "batch": opts.batch, "input": opts.input,
