@@ -14,7 +14,9 @@ TINY = ["image_size=128", "fpn.repeats=1", "head.repeats=1", "fpn.channels=16",
 
 @pytest.mark.parametrize("name", targets.TARGETS)
 @pytest.mark.parametrize("sizes", [((4, 4), (8, 8)), ((3, 3), (5, 5)), ((4, 7), (7, 13)),
-                                   ((2, 2), (6, 6)), ((5, 3), (9, 5))])
+                                   ((2, 2), (6, 6)), ((5, 3), (9, 5)), ((2, 2), (8, 8)),
+                                   ((2, 3), (16, 24)), ((1, 1), (32, 32)), ((3, 3), (11, 11)),
+                                   ((2, 2), (12, 12))])
 def test_every_target_upsamples_to_the_same_pixels(name, sizes):
     (ih, iw), (oh, ow) = sizes
     x = tf.random.stateless_normal([2, ih, iw, 3], [1, 2])
@@ -99,3 +101,19 @@ def test_onnxruntime_coverage_counts_nodes_per_provider(tmp_path):
     assert report["providers"] == ["CPUExecutionProvider"]
     assert report["nodes"]["CPUExecutionProvider"] >= 3 and report["fallback"] == {}
     assert coverage.summary_line(report) is None
+
+
+def test_upsampling_by_8_stays_in_one_xnnpack_partition(tmp_path):
+    """A fully-connected FPN upsamples P7 to P3 (by 16): in the TFLite forms it is doublings,
+    each a CONCATENATION of 4 inputs, which XNNPACK delegates (of 16 or 64 it does not)."""
+    class Up(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 2, 2, 8], tf.float32)])
+        def __call__(self, x):
+            return {"y": targets.get("tflite").upsample(x, (2, 2), (16, 16)) * 2.0}
+
+    m = Up()
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([m.__call__.get_concrete_function()], m)
+    path = tmp_path / "up.tflite"
+    path.write_bytes(conv.convert())
+    report = coverage.tflite(str(path))
+    assert report["fully_delegated"], report

@@ -5,7 +5,7 @@ The same weights and the same arithmetic, written for the runtime that will exec
 | op | ``tf`` (training, SavedModel) | ``tflite`` | ``onnx`` / ``openvino`` |
 | --- | --- | --- | --- |
 | fusion sum (``add_n``) | AddN | a chain of ADD (XNNPACK has no ADD_N) | Sum |
-| nearest upsample | reshape + broadcast (XLA has its gradient) | copies + DEPTH_TO_SPACE (delegated; BROADCAST_TO and RESIZE_NEAREST_NEIGHBOR are not) | Resize (NCHW-native: no Transpose/Reshape/Expand around it) |
+| nearest upsample | reshape + broadcast (XLA has its gradient) | copies + DEPTH_TO_SPACE, by 2 at a time (delegated; BROADCAST_TO, RESIZE_NEAREST_NEIGHBOR and CONCATENATION of more than 4 inputs are not) | Resize (NCHW-native: no Transpose/Reshape/Expand around it) |
 | squeeze-excite mean | mean of rows, then of columns | the same (two MEAN, delegated in float and int8) | the same (two ReduceMean) |
 
 Why the squeeze-excite mean is never one reduction over a whole map: runtimes sum in
@@ -101,7 +101,7 @@ class TFLiteTarget(Target):
         f = -(-oh // ih)
         if f != -(-ow // iw) or not (_crop_matches(ih, oh, f) and _crop_matches(iw, ow, f)):
             return super().upsample(x, in_hw, out_hw)
-        y = tf.nn.depth_to_space(tf.concat([x] * (f * f), axis=-1), f)
+        y = _repeat_pixels(x, f)
         return y if (oh, ow) == (ih * f, iw * f) else y[:, :oh, :ow, :]
 
     def add_n(self, xs):
@@ -109,6 +109,18 @@ class TFLiteTarget(Target):
         for x in xs[1:]:
             out = tf.add(out, x)
         return out
+
+
+def _repeat_pixels(x, f: int):
+    """Each pixel repeated ``f x f`` times: by 2 at a time while ``f`` is even (4 copies
+    and DEPTH_TO_SPACE each: XNNPACK delegates a CONCATENATION of at most 4 inputs, and
+    pixel ``i`` of two doublings is ``(i // 2) // 2 = i // 4``), then the odd rest at once."""
+    while f % 2 == 0 and f > 1:
+        x = tf.nn.depth_to_space(tf.concat([x] * 4, axis=-1), 2)
+        f //= 2
+    if f > 1:
+        x = tf.nn.depth_to_space(tf.concat([x] * (f * f), axis=-1), f)
+    return x
 
 
 def _crop_matches(size_in: int, size_out: int, f: int) -> bool:
