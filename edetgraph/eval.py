@@ -23,6 +23,7 @@ from edetgraph.files import write_text
 from edetgraph.graph.budget import check_budget
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.task.coco import EvalError, format_table
+from edetgraph.verify.datasets import check_eval_data
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,6 +55,7 @@ def main(argv=None) -> int:
     try:
         spec = load_spec(args.spec, args.set)
         check_budget(spec)   # a model past the limits is refused before TensorFlow starts
+        check_eval_data(args.data, args.annotations)   # the data, then the weights
         resolve_labels(args.labels, resolve_checkpoint(args.ckpt), spec.num_classes)
     except (SpecError, ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
