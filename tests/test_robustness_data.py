@@ -87,7 +87,8 @@ def test_a_correct_file_still_converts(coco):
     summary = coco_to_tfrecord.convert(str(images), _write(tmp, data, "ok.json"),
                                        str(tmp / "out"), 2, log=None)
     assert summary["images"] == 4 and summary["boxes_written"] == 1
-    assert _outputs(tmp) == ["out-00000-of-00002.tfrecord", "out-00001-of-00002.tfrecord"]
+    assert _outputs(tmp) == ["out-00000-of-00002.tfrecord", "out-00001-of-00002.tfrecord",
+                             "out.labels.json"]      # the class names beside the set
 
 
 def test_a_missing_image_leaves_nothing_and_keeps_the_old_set(coco):
@@ -107,7 +108,8 @@ def test_a_rerun_with_other_shards_replaces_the_set_as_a_whole(coco):
     coco_to_tfrecord.convert(str(images), ann, str(tmp / "out"), 2, log=None)
     (tmp / "other-00000-of-00005.tfrecord").write_bytes(b"another prefix: kept")
     coco_to_tfrecord.convert(str(images), ann, str(tmp / "out"), 3, log=None)
-    assert _outputs(tmp) == [f"out-0000{i}-of-00003.tfrecord" for i in range(3)]
+    assert _outputs(tmp) == [f"out-0000{i}-of-00003.tfrecord" for i in range(3)] + \
+        ["out.labels.json"]
     assert (tmp / "other-00000-of-00005.tfrecord").exists()
     files = list_files(str(tmp / "out-*"))        # the README's glob takes one set
     assert len(files) == 3
@@ -165,7 +167,8 @@ def test_a_killed_run_leaves_only_hidden_temporaries_that_the_next_run_removes(c
     data["images"] = data["images"][:4]
     coco_to_tfrecord.convert(str(images), _write(tmp, data, "ok.json"), str(tmp / "out"), 2,
                              log=None)
-    assert _outputs(tmp) == ["out-00000-of-00002.tfrecord", "out-00001-of-00002.tfrecord"]
+    assert _outputs(tmp) == ["out-00000-of-00002.tfrecord", "out-00001-of-00002.tfrecord",
+                             "out.labels.json"]      # the class names beside the set
 
 
 def test_a_picture_past_the_pixel_limit_is_refused(coco, monkeypatch):
