@@ -95,7 +95,7 @@ def test_fast_nms_detections_identical_to_tf_fast(fast_file, small_tf):
     from edetgraph.graph import outputs
     from edetgraph.task.anchors import spec_anchors
     from edetgraph.task.postprocess import postprocess
-    from edetgraph.verify.detections import compare_detections
+    from edetgraph.verify.detections import compare_detections, in_pixels
     path, summary = fast_file
     spec, model = small_tf
     assert summary["ops"].get("TFLite_Detection_PostProcess") == 1
@@ -103,7 +103,9 @@ def test_fast_nms_detections_identical_to_tf_fast(fast_file, small_tf):
     assert {o["name"] for o in summary["outputs"]} == {"boxes", "scores", "classes",
                                                        "num_detections"}
     for x in _images(spec, "float", 3):
-        got = _run(path, x[None])
+        got = _run(path, x[None])       # boxes as fractions of the input (MediaPipe's way)
+        assert 0 <= got["boxes"].min() and got["boxes"].max() <= 1
+        got = in_pixels(got, list(spec.image_size) * 2)
         cls, box = outputs.split(model.raw_outputs(x[None]), spec.levels)
         want = {k: v.numpy() for k, v in postprocess(cls, box, spec_anchors(spec), None,
                                                      spec.image_size, method="fast").items()}
