@@ -12,6 +12,7 @@ nodes) keeps those ops float and quantises everything else.
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import tensorflow as tf
 
@@ -21,36 +22,67 @@ from exporters.options import ExportFailed
 HEAD_SCOPES = ("class_net/", "box_net/")  # the name scopes of edetgraph.nn.heads
 
 
-def head_nodes(serve, model) -> list:
-    """Names of the heads' ops in the converted graph (and of the raw outputs they produce),
-    read from a float conversion of the same function."""
+class FloatGraph(NamedTuple):
+    """A float conversion's ops in execution order, ``(op name, input tensor names, output
+    tensor names)``, and the names of the file's outputs: the names the converter's
+    selective quantisation (``denylisted_nodes``) knows the same ops by in an int8
+    conversion."""
+    ops: list
+    outputs: set
+
+
+def float_graph(serve, model) -> FloatGraph:
     flat = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()],
                                                           model).convert()
     interp = tflite_interpreter(None, model_content=flat, no_delegates=True)
-    outputs = {d["name"] for d in interp.get_output_details()}
-    ops = interp._get_ops_details()
-    names = []
-    for op in ops:
-        # The predict convs' outputs are the file's outputs and carry the output names,
-        # not the scope: they are the output-producing convs.
-        for index in op["outputs"]:
-            name = interp._get_tensor_details(index, 0)["name"]
-            if name.startswith(HEAD_SCOPES) or (name in outputs and op["op_name"] == "CONV_2D"):
-                names.append(name)
+
+    def names(indices):
+        return [interp._get_tensor_details(int(i), 0)["name"] for i in indices if i >= 0]
+
+    return FloatGraph([(op["op_name"], names(op["inputs"]), names(op["outputs"]))
+                       for op in interp._get_ops_details()],
+                      {d["name"] for d in interp.get_output_details()})
+
+
+def head_nodes(graph: FloatGraph) -> list:
+    """Names of the heads' ops and of the raw outputs they produce."""
+    # The predict convs' outputs are the file's outputs and carry the output names, not
+    # the scope: they are the output-producing convs.
+    return [out for op, _, outs in graph.ops for out in outs
+            if out.startswith(HEAD_SCOPES) or (out in graph.outputs and op == "CONV_2D")]
+
+
+def detection_tail_nodes(graph: FloatGraph) -> list:
+    """Names of the ops that consume TFLite_Detection_PostProcess's outputs (class offset,
+    padding masks, clipping, boxes as fractions of the input). They must stay float: one
+    int8 scale over pixel boxes rounds them by several pixels, and classes by a third of a
+    class."""
+    tainted, names = set(), []
+    for op, ins, outs in graph.ops:
+        if op == "TFLite_Detection_PostProcess":
+            tainted.update(outs)
+        elif tainted.intersection(ins):
+            tainted.update(outs)
+            names.extend(outs)
     return names
 
 
-def convert_with_float_heads(conv, serve, model, calibration) -> tuple[bytes, int]:
-    """Full-integer conversion except the class/box heads, which stay float32 (the
-    converter's selective quantisation, via tf.lite's QuantizationDebugger)."""
-    nodes = head_nodes(serve, model)
-    if not nodes:
-        raise ExportFailed("--float-heads: found no class_net/ or box_net/ ops in the graph")
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                      tf.lite.OpsSet.TFLITE_BUILTINS]
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes)
+def convert_keeping_float(converter, calibration, nodes) -> bytes:
+    """The int8 conversion with ``nodes`` (float op output names) kept in float32."""
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                           tf.lite.OpsSet.TFLITE_BUILTINS]
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(nodes))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=conv, debug_dataset=calibration, debug_options=options)
-        return debugger.get_nondebug_quantized_model(), len(nodes)
+            converter=converter, debug_dataset=calibration, debug_options=options)
+        return debugger.get_nondebug_quantized_model()
+
+
+def convert_with_float_heads(conv, graph: FloatGraph, calibration, also=()) -> tuple[bytes, int]:
+    """Full-integer conversion except the class/box heads (and the nodes ``also``), which
+    stay float32; ``(flatbuffer, number of head ops kept float)``."""
+    nodes = head_nodes(graph)
+    if not nodes:
+        raise ExportFailed("--float-heads: found no class_net/ or box_net/ ops in the graph")
+    return convert_keeping_float(conv, calibration, nodes + list(also)), len(nodes)

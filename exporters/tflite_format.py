@@ -24,15 +24,16 @@ from edetgraph.verify import coverage
 from edetgraph.verify.file_metadata import read_metadata
 from edetgraph.verify.parity import AP_DROP
 from edetgraph.verify.runners import tflite_interpreter
-from exporters.calibration import calibration_batches, representative_images
 from edetgraph.verify.ties import NmsRule
-from exporters.float_heads import convert_with_float_heads
-from exporters.triage import Triage
-from exporters.options import ExportFailed, ExportOptions, TFLiteOptions
+from exporters.calibration import calibration_batches, representative_images
 from exporters.cli import log
+from exporters.float_heads import (convert_keeping_float, convert_with_float_heads,
+                                   detection_tail_nodes, float_graph)
 from exporters.model_facts import description, edetgraph_version, model_facts
+from exporters.options import ExportFailed, ExportOptions, TFLiteOptions
 from exporters.pipeline import Format
 from exporters.tflite_metadata import populate
+from exporters.triage import Triage
 
 QUANTS = ("fp32", "fp16", "dynamic", "int8")
 
@@ -113,15 +114,21 @@ class TFLiteFormat(Format):
                               calibration)
 
         try:
+            graph = float_graph(serve, model) if t.quant == "int8" and (
+                t.float_heads or opts.postprocess == "fast") else None
+            # The in-graph NMS's outputs and what follows it stay float in an int8 file.
+            tail = detection_tail_nodes(graph) if opts.postprocess == "fast" and graph else []
             if t.float_heads:
-                return (*convert_with_float_heads(converter(), serve, model, calibration), None)
+                return (*convert_with_float_heads(converter(), graph, calibration, tail), None)
             if t.quant == "int8" and opts.eval is not None and t.triage:
                 bound = (AP_DROP["int8"] if opts.eval.max_ap_drop is None
                          else opts.eval.max_ap_drop)
                 flatbuffer, report = Triage(converter, calibration, spec, serve, opts.eval,
                                             opts.input, opts.batch, bound, say,
-                                            self.box_scale(spec, opts)).run()
+                                            self.box_scale(spec, opts), tail).run()
                 return flatbuffer, None, report
+            if tail:
+                return convert_keeping_float(converter(), calibration, tail), None, None
             return converter().convert(), None, None
         except ExportFailed:
             raise

@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from edetgraph.verify.accuracy import measure
 from edetgraph.verify.runners import make_runner
+from exporters.float_heads import convert_keeping_float
 from exporters.options import ExportFailed
 
 MAX_TRIALS = 12      # conversions the search may spend after the full int8 one
@@ -97,18 +98,6 @@ def layer_statistics(converter, calibration, limit: int = STAT_IMAGES) -> dict:
     return {node_name(name): dict(stats) for name, stats in debugger.layer_statistics.items()}
 
 
-def convert_keeping_float(converter, calibration, nodes) -> bytes:
-    """The int8 conversion with ``nodes`` (layer names) kept in float32."""
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                           tf.lite.OpsSet.TFLITE_BUILTINS]
-    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(nodes))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            converter=converter, debug_dataset=calibration, debug_options=options)
-        return debugger.get_nondebug_quantized_model()
-
-
 def _why(name: str, s: dict) -> dict:
     spread = max(abs(s["float_min"]), abs(s["float_max"]))
     return {"layer": name, "sqnr_db": round(s["sqnr_db"], 2),
@@ -124,8 +113,9 @@ class Triage:
     """Runs the search for one export; ``result`` holds the report for the summary."""
 
     def __init__(self, make_converter, calibration, spec, serve, eval_opts, input_kind,
-                 batch, bound: float, say, box_scale=None):
+                 batch, bound: float, say, box_scale=None, always_float=()):
         self.make_converter, self.calibration = make_converter, calibration
+        self.always_float = list(always_float)  # e.g. what follows the in-graph NMS
         self.box_scale = box_scale     # in-graph detections whose boxes are fractions
         self.spec, self.serve, self.ev = spec, serve, eval_opts
         self.input_kind, self.batch, self.bound, self.say = input_kind, batch, bound, say
@@ -152,8 +142,9 @@ class Triage:
         """``(flatbuffer, report)``: the fewest float layers within the bound found."""
         self.say("triage: measuring every quantised layer's error on the calibration images")
         stats = layer_statistics(self.make_converter(), self.calibration)
+        stats = {n: s for n, s in stats.items() if n not in self.always_float}
         ranked = sorted(stats, key=lambda n: stats[n]["sqnr_db"])
-        full = self.make_converter().convert()
+        full = self._convert([])
         best, best_k = full, 0
         if self._ap_drop(full, 0) > self.bound:
             best, best_k = self._search(ranked)
@@ -163,12 +154,18 @@ class Triage:
                   "trials": self.trials}
         return best, report
 
+    def _convert(self, float_layers: list) -> bytes:
+        nodes = list(float_layers) + self.always_float
+        if not nodes:
+            return self.make_converter().convert()
+        return convert_keeping_float(self.make_converter(), self.calibration, nodes)
+
     def _search(self, ranked: list):
         lo, hi, found = 0, None, None
         k = 1
         while hi is None and len(self.trials) <= MAX_TRIALS:
             k = min(k, len(ranked))
-            model = convert_keeping_float(self.make_converter(), self.calibration, ranked[:k])
+            model = self._convert(ranked[:k])
             if self._ap_drop(model, k) <= self.bound:
                 hi, found = k, model
             elif k == len(ranked):
@@ -180,7 +177,7 @@ class Triage:
                                f"{self.bound:g} points; use fp16, or --max-ap-drop")
         while hi - lo > 1 and len(self.trials) <= MAX_TRIALS:
             mid = (lo + hi) // 2
-            model = convert_keeping_float(self.make_converter(), self.calibration, ranked[:mid])
+            model = self._convert(ranked[:mid])
             if self._ap_drop(model, mid) <= self.bound:
                 hi, found = mid, model
             else:

@@ -259,3 +259,46 @@ def test_official_specs_fp32(spec, post, tmp_path):
     assert (post == "none") == (not s["parity"]["detections"])
     print(f"{spec} {post}: convert {s['timings']['convert_s']:.1f} s, max |diff| "
           f"{max(f['max_abs'] for f in s['parity']['outputs'].values()):.3g}")
+
+
+def test_int8_with_in_graph_nms_keeps_what_follows_the_nms_float(tmp_path, small_tf):
+    """Boxes in pixels under one int8 scale move by several pixels and classes by a third of
+    a class: what follows TFLite_Detection_PostProcess must stay float, exactly the op's
+    own outputs clipped and brought to fractions of the input."""
+    import warnings
+
+    from edetgraph.task.weights import synthetic_images
+    from edetgraph.verify.runners import tflite_interpreter
+    spec, _ = small_tf
+    _write_tfrecord(tmp_path / "cal.tfrecord", synthetic_images(spec, 8, 123))
+    path, summary = _export(tmp_path, "small_int8_fast.tflite", "--quant", "int8", "--input",
+                            "uint8", "--postprocess", "fast", "--representative-data",
+                            str(tmp_path / "cal.tfrecord"), "--calibration-images", "8")
+    assert summary["parity"]["passed"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        interp = tflite_interpreter(str(path), no_delegates=True,
+                                    experimental_preserve_all_tensors=True)
+    interp.allocate_tensors()
+    ops = interp._get_ops_details()
+    at = [i for i, op in enumerate(ops) if op["op_name"] == "TFLite_Detection_PostProcess"]
+    assert len(at) == 1
+    quantised = [interp._get_tensor_details(i, 0) for op in ops[at[0] + 1:]
+                 for i in op["outputs"]]
+    assert not [d["name"] for d in quantised if d["dtype"] in (np.int8, np.uint8)]
+    h, w = spec.image_size
+    for x in _images(spec, "uint8", 3):
+        inp = interp.get_input_details()[0]
+        interp.set_tensor(inp["index"], x[None].astype(inp["dtype"]))
+        interp.invoke()
+        op_boxes, op_classes, op_scores, op_n = (interp.get_tensor(i)
+                                                 for i in ops[at[0]]["outputs"])
+        named = interp._get_full_signature_list()["serving_default"]["outputs"]
+        got = {name: interp.get_tensor(index) for name, index in named.items()}
+        n = int(op_n[0])
+        assert n > 0 and int(got["num_detections"][0]) == n
+        want = np.clip(op_boxes[0, :n], 0, [h, w, h, w]) / np.float32([h, w, h, w])
+        np.testing.assert_allclose(got["boxes"][0, :n], want, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(got["scores"][0, :n], op_scores[0, :n])
+        offset = got["classes"][0, :n] - op_classes[0, :n]   # 0- or 1-based: one integer
+        assert np.all(offset == offset[0]) and offset[0] in (0, 1)
