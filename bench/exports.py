@@ -4,7 +4,9 @@ weights and options.
 
 The exporter summary (``FILE.json``) records spec name, weights and options; it does not
 record the spec's content, so ``FILE.bench.json`` adds a digest of the resolved spec (a
-``--set`` override changes it) and the checkpoint's size and modification time.
+``--set`` override changes it), the checkpoint's size and modification time, and a digest
+of the code that makes and checks the files (the ``edetgraph`` and ``exporters`` sources):
+a file written by an older exporter is made again, never timed as if it were current.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from exporters.pipeline import export, file_facts
 from exporters.tflite_format import TFLiteFormat
 
 OPSET = 17
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def export_path(cfg, backend: str) -> str:
@@ -30,6 +33,21 @@ def export_path(cfg, backend: str) -> str:
     h, w = cfg.spec.image_size
     suffix = TABLE[backend].suffix
     return os.path.join(os.path.abspath(cfg.out), f"{cfg.spec.name}_{h}x{w}_b{cfg.batch}{suffix}")
+
+
+def code_digest() -> str:
+    """sha256 over the Python sources of the packages that lower, export and gate a file."""
+    digest = hashlib.sha256()
+    for package in ("edetgraph", "exporters"):
+        root = os.path.join(ROOT, package)
+        for folder, dirs, files in os.walk(root):
+            dirs.sort()
+            for name in sorted(f for f in files if f.endswith(".py")):
+                path = os.path.join(folder, name)
+                digest.update(os.path.relpath(path, ROOT).encode() + b"\0")
+                with open(path, "rb") as f:
+                    digest.update(f.read() + b"\0")
+    return digest.hexdigest()
 
 
 def spec_digest(spec) -> str:
@@ -57,6 +75,7 @@ def _wanted(cfg, backend: str, representative: str | None) -> dict:
         ckpt_stat = [st.st_size, int(st.st_mtime)]
     return {"spec": cfg.spec.name, "options": options, "weights": weights,
             "key": {"spec_sha256": spec_digest(cfg.spec), "ckpt_stat": ckpt_stat,
+                    "code_sha256": code_digest(),
                     "labels": {str(k): v for k, v in cfg.labels}}}
 
 
@@ -75,6 +94,8 @@ def stale_reason(path: str, wanted: dict) -> str | None:
         return "the file does not match its summary"
     if not summary.get("parity", {}).get("passed"):
         return "its parity gate did not pass"
+    if key.get("code_sha256") != wanted["key"]["code_sha256"]:
+        return "made by other edetgraph code"
     if summary.get("spec") != wanted["spec"] or key != wanted["key"]:
         return "the spec or checkpoint changed"
     if any(summary.get("weights", {}).get(k) != v for k, v in wanted["weights"].items()):

@@ -131,6 +131,10 @@ def test_changed_spec_or_options_are_not_reused(bench_runs):
     assert "options" in exports.stale_reason(path, exports._wanted(cfg, "tflite-int8", rep))
     cfg.calibration_images, cfg.seed = 4, 1
     assert "weights" in exports.stale_reason(path, exports._wanted(cfg, "tflite-int8", rep))
+    cfg.seed = 0   # the same request from other exporter code: made again
+    wanted = exports._wanted(cfg, "tflite-int8", rep)
+    wanted["key"]["code_sha256"] = "0" * 64
+    assert "code" in exports.stale_reason(path, wanted)
 
 
 # ------------------------------------------------------------------------- fast tests

@@ -13,7 +13,11 @@ of the pre-processed input, of every raw head output (limit 1e-3), of the decode
 boxes and scores, and of the soft-NMS detections (same classes, boxes within 0.01 px,
 scores within 1e-4). ``--latency`` then times, interleaved in this one process, the
 official Keras D0 forward against ours and the official end-to-end ``EfficientDetModel``
-(pre-process + network + soft-NMS) against our ``Detector``.
+(pre-process + network + soft-NMS) against our ``Detector``. ``--deployable`` adds, in the
+same interleaved loop, the files a user ships: the same weights exported end to end (uint8
+picture at the network size in, detections out; ONNX with hard NMS, TFLite with the fast
+op), each through its exporter's parity gate, then run in ONNX Runtime, OpenVINO (fp32,
+bf16) or LiteRT, so their ratio to the official end-to-end time comes from one run.
 
 Not part of the test suite (CI has no official code). Needs: the official ``efficientdet``
 source folder (``--official`` is that folder or its parent), and Keras 2 as the ``tf_keras``
@@ -174,8 +178,39 @@ def parity(off, spec_name: str, image, workdir: Path, seed: int) -> dict:
 
 def _timed(fn, x) -> float:
     t0 = time.perf_counter()
-    tf.nest.map_structure(lambda t: t.numpy(), fn(x))
+    tf.nest.map_structure(np.asarray, fn(x))
     return (time.perf_counter() - t0) * 1000
+
+
+DEPLOYABLE = {  # name: (exported format, runner, runner options)
+    "onnxruntime-e2e": ("onnx", "onnxruntime", {}),
+    "openvino-fp32-e2e": ("onnx", "openvino", {"precision": "f32"}),
+    "openvino-bf16-e2e": ("onnx", "openvino", {"precision": "bf16"}),
+    "tflite-fp32-e2e": ("tflite", "tflite", {}),
+}
+
+
+def deployable(names, spec, prefix: str, workdir: Path, threads: int) -> dict:
+    """``{name: run(uint8 picture batch) -> outputs}``: the end-to-end files of ``names``
+    exported from ``prefix`` (each through its parity gate) and loaded in their runtimes."""
+    from edetgraph.verify.runners import make_runner  # deferred: only with --deployable
+    from exporters.onnx_format import OnnxFormat  # deferred: only with --deployable
+    from exporters.options import ExportOptions, GateOptions, OnnxOptions, TFLiteOptions  # deferred: only with --deployable
+    from exporters.pipeline import export  # deferred: only with --deployable
+    from exporters.tflite_format import TFLiteFormat  # deferred: only with --deployable
+    made, fns = {}, {}
+    for name in names:
+        fmt, runner, opts = DEPLOYABLE[name]
+        if fmt not in made:
+            out = str(workdir / f"d0_e2e.{fmt}")
+            export(spec, out, OnnxFormat(OnnxOptions(17)) if fmt == "onnx" else
+                   TFLiteFormat(TFLiteOptions("fp32")),
+                   ExportOptions(ckpt=prefix, input="uint8",
+                                 postprocess="hard-nms" if fmt == "onnx" else "fast",
+                                 gate=GateOptions(threads=threads), verbose=False))
+            made[fmt] = out
+        fns[name] = make_runner(runner, made[fmt], threads, **opts).run
+    return fns
 
 
 def interleaved(fns: dict, x, runs: int, warmup: int) -> dict:
@@ -192,7 +227,7 @@ def interleaved(fns: dict, x, runs: int, warmup: int) -> dict:
 
 
 def latency(off, image, workdir: Path, runs: int, warmup: int,
-            profile_threads: int | None = None) -> dict:
+            profile_threads: int | None = None, files=(), threads: int = 2) -> dict:
     """D0 forward and end-to-end medians, official vs ours, with the same weights in both
     (NMS time depends on how many scores pass the threshold, so the weights must agree)."""
     spec = load_spec("d0")
@@ -214,7 +249,18 @@ def latency(off, image, workdir: Path, runs: int, warmup: int,
     img_sig = [tf.TensorSpec([1, None, None, 3], tf.uint8)]
     e2e = {"official_e2e": tf.function(lambda x: o_model(x, training=False), input_signature=img_sig),
            "ours_e2e": det.function(1)}
-    res.update(interleaved(e2e, tf.constant(image[None]), runs, warmup))
+    picture = tf.constant(image[None])
+    if files:
+        from edetgraph.task.preprocess import prepare_image  # deferred: only with --deployable
+        for name, run in deployable(files, spec, prefix, workdir, threads).items():
+            # the file takes the picture at the network size: the resize is timed with it
+            e2e[name] = (lambda run: lambda x: run(prepare_image(x[0].numpy(), spec,
+                                                                   "uint8")[None]))(run)
+        res["deployable_input"] = [1, *spec.image_size, 3]
+    res.update(interleaved(e2e, picture, runs, warmup))
+    for name in files:
+        res[f"{name}_ratio_over_official_e2e"] = round(
+            res[name]["median_ms"] / res["official_e2e"]["median_ms"], 3)
     res["net_ratio_ours_over_official"] = round(res["ours_net"]["median_ms"] / res["official_net"]["median_ms"], 3)
     res["e2e_ratio_ours_over_official"] = round(res["ours_e2e"]["median_ms"] / res["official_e2e"]["median_ms"], 3)
     return res
@@ -264,9 +310,14 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--profile", action="store_true",
                     help="with --latency: per-op-type time of both D0 forwards (frozen graphs)")
+    ap.add_argument("--deployable", nargs="*", choices=sorted(DEPLOYABLE), metavar="NAME",
+                    help="with --latency: also time these end-to-end files beside the official "
+                         f"end-to-end D0 (no name: all of {', '.join(DEPLOYABLE)})")
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads (inter-op: 1)")
     ap.add_argument("--json", help="write all figures to this file")
     args = ap.parse_args(argv)
+    if args.deployable is not None and not args.latency:
+        ap.error("--deployable times files beside the official end-to-end D0: add --latency")
     off = import_official(args.official, args.tf_keras)
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -278,8 +329,10 @@ def main(argv=None) -> int:
             print(json.dumps(r), flush=True)
             out["parity"].append(r)
         if args.latency:
+            files = list(DEPLOYABLE) if args.deployable == [] else (args.deployable or [])
             out["latency"] = latency(off, image, Path(tmp), args.runs, args.warmup,
-                                     args.threads if args.profile else None)
+                                     args.threads if args.profile else None, files,
+                                     args.threads)
             print(json.dumps(out["latency"]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
