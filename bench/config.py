@@ -105,6 +105,10 @@ class BenchConfig:
     max_images: int | None = None
     representative: str | None = None
     calibration_images: int = 100
+    triage_data: str | None = None          # int8 rows: the exporters' triage on these images
+    triage_annotations: str | None = None
+    triage_images: int | None = None
+    max_ap_drop: float | None = None        # the triage's bound (None: the kind's)
     nms: str = "soft"
     random_inputs: int = 2
     memory: bool = True
@@ -116,7 +120,8 @@ class BenchConfig:
 
     def problem(self) -> str | None:
         """The first option that cannot work, as a one-line message (None: all fine)."""
-        for name in ("threads", "runs", "batch", "calibration_images", "max_images"):
+        for name in ("threads", "runs", "batch", "calibration_images", "max_images",
+                     "triage_images"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 return f"--{name.replace('_', '-')} {value}: must be at least 1"
@@ -127,6 +132,15 @@ class BenchConfig:
         if self.data and not self.annotations:
             return (f"--data {self.data}: give --annotations (the COCO instances file of these "
                     "images); there is no instances.json in it")
+        if (self.triage_annotations or self.triage_images or self.max_ap_drop is not None) \
+                and not self.triage_data:
+            return ("--triage-annotations, --triage-images and --max-ap-drop need --triage-data "
+                    "(the annotated images the int8 triage measures AP on)")
+        if self.triage_data and not self.triage_annotations:
+            return (f"--triage-data {self.triage_data}: give --triage-annotations (the COCO "
+                    "instances file of these images); there is no instances.json in it")
+        if self.max_ap_drop is not None and not 0 <= self.max_ap_drop <= 100:
+            return f"--max-ap-drop {self.max_ap_drop:g}: give AP points, from 0 to 100"
         if not self.backends:
             return "--backends: name at least one backend"
         unknown = [b for b in self.backends if b not in BACKENDS]

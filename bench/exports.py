@@ -19,8 +19,8 @@ from edetgraph.data.synthetic import generate
 from edetgraph.files import write_text
 from exporters.onnx_format import OnnxFormat
 from exporters.openvino_format import OpenVinoFormat
-from exporters.options import (ExportOptions, GateOptions, ModelCard, OnnxOptions, OpenVinoOptions,
-                               TFLiteOptions)
+from exporters.options import (EvalOptions, ExportOptions, GateOptions, ModelCard, OnnxOptions,
+                               OpenVinoOptions, TFLiteOptions)
 from exporters.pipeline import export, file_facts
 from exporters.tflite_format import TFLiteFormat
 
@@ -67,6 +67,7 @@ def _wanted(cfg, backend: str, representative: str | None) -> dict:
                        calibration_images=cfg.calibration_images)
     if b.export == "tflite" and b.quant == "int8":
         options.update(float_heads=b.float_heads)
+    triage = _triage(cfg, b)
     weights = ({"source": "random", "seed": cfg.seed} if cfg.ckpt is None
                else {"source": os.path.abspath(cfg.ckpt)})
     ckpt_stat = None
@@ -76,6 +77,11 @@ def _wanted(cfg, backend: str, representative: str | None) -> dict:
     return {"spec": cfg.spec.name, "options": options, "weights": weights,
             "key": {"spec_sha256": spec_digest(cfg.spec), "ckpt_stat": ckpt_stat,
                     "code_sha256": code_digest(),
+                    "triage": None if triage is None else {
+                        "data": os.path.abspath(triage.data),
+                        "annotations": os.path.abspath(triage.annotations),
+                        "images": triage.images, "nms": triage.nms,
+                        "max_ap_drop": triage.max_ap_drop},
                     "labels": {str(k): v for k, v in cfg.labels}}}
 
 
@@ -96,6 +102,8 @@ def stale_reason(path: str, wanted: dict) -> str | None:
         return "its parity gate did not pass"
     if key.get("code_sha256") != wanted["key"]["code_sha256"]:
         return "made by other edetgraph code"
+    if key.get("triage") != wanted["key"]["triage"]:
+        return "another int8 triage request"
     if summary.get("spec") != wanted["spec"] or key != wanted["key"]:
         return "the spec or checkpoint changed"
     if any(summary.get("weights", {}).get(k) != v for k, v in wanted["weights"].items()):
@@ -135,7 +143,7 @@ def ensure_export(cfg, backend: str, row: dict, say) -> str:
     b = TABLE[backend]
     opts = ExportOptions(ckpt=cfg.ckpt, seed=cfg.seed, batch=cfg.batch,
                          input="uint8" if b.e2e else "float", postprocess=_postprocess(b),
-                         gate=GateOptions(threads=cfg.threads),
+                         gate=GateOptions(threads=cfg.threads), eval=_triage(cfg, b),
                          verbose=getattr(say, "enabled", True),
                          card=ModelCard(labels=cfg.labels, labels_source=cfg.labels_source))
     summary = export(cfg.spec, path, _format(b, representative, cfg.calibration_images), opts)
@@ -143,6 +151,33 @@ def ensure_export(cfg, backend: str, row: dict, say) -> str:
     row["export"] = {"reused": False, "why": why, "summary": path + ".json",
                      "seconds": summary.get("timings", {}).get("total_s")}
     return path
+
+
+def triage_of(path: str) -> dict | None:
+    """What the triage of an exported int8 file kept float, from its summary (None: the
+    file was not triaged)."""
+    try:
+        with open(path + ".json") as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return None
+    report = (summary.get("options") or {}).get("triage")
+    if not isinstance(report, dict):
+        return None
+    return {"float_layers": [layer.get("layer") for layer in report.get("float_layers", [])],
+            "bound_points": report.get("bound_points"),
+            "trials": report.get("trials"), "summary": path + ".json"}
+
+
+def _triage(cfg, b: Backend) -> EvalOptions | None:
+    """The AP check an int8 row's export runs with --triage-data: the exporters' triage
+    (TFLite) or NNCF's accuracy control (OpenVINO) keeps the layers float that the bound
+    needs (None: no triage data, or not an int8 row)."""
+    if b.quant != "int8" or not cfg.triage_data:
+        return None
+    return EvalOptions(data=cfg.triage_data, annotations=cfg.triage_annotations,
+                       images=cfg.triage_images, nms="hard" if cfg.nms == "hard" else "soft",
+                       max_ap_drop=cfg.max_ap_drop)
 
 
 def _postprocess(b: Backend) -> str:

@@ -135,6 +135,8 @@ def _file_runners(cfg, rows, say) -> dict:
             _fail(rows[name], "load", exc)
             continue
         rows[name]["coverage"] = _coverage(b, path, runner)
+        if b.quant == "int8" and cfg.triage_data:
+            rows[name]["triage"] = exports.triage_of(path)
         info = runner.info()
         rows[name].update(file=path, file_bytes=info["file_bytes"], runtime=info["runtime"],
                           runtime_version=info["runtime_version"], threads=cfg.threads,

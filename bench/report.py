@@ -47,7 +47,8 @@ CSV_COLUMNS = ("name", "host", "status", "reason", "device", "runtime", "threads
                "det_agreement", "det_tf_count", "det_mean_score_diff", "AP", "AP50",
                "p50_ms", "p90_ms", "mean_ms", "min_ms", "max_ms", "std_ms", "runs",
                "throughput_ips", "speedup_vs_tf_p50", "load_s", "peak_mb", "model_mb",
-               "export_reused", "coverage", "ap_drop_points", "accuracy_verified")
+               "export_reused", "coverage", "ap_drop_points", "accuracy_verified",
+               "triage_float_layers")
 
 
 def _get(row, *keys):
@@ -94,7 +95,9 @@ def flat_row(row: dict, speedup=None) -> dict:
            "coverage": short_coverage(row.get("coverage")),
            "ap_drop_points": _get(row, "accuracy", "ap_drop_points"),
            "accuracy_verified": (None if row.get("accuracy") is None
-                                 else row["accuracy"].get("verified", True))}
+                                 else row["accuracy"].get("verified", True)),
+           "triage_float_layers": (len(row["triage"]["float_layers"]) if row.get("triage")
+                                   else None)}
     out.update({k: lat.get(k) for k in ("p50_ms", "p90_ms", "mean_ms", "min_ms", "max_ms",
                                          "std_ms", "runs", "throughput_ips")})
     return out
@@ -185,6 +188,13 @@ def format_report(results: dict) -> str:
         off_path = summary_line(r["coverage"]) if r.get("coverage") else None
         if off_path:
             lines.append(f"  {r['name']}: {off_path}")
+        triage = r.get("triage")
+        if triage:
+            kept = triage["float_layers"]
+            lines.append(f"  {r['name']}: triage on --triage-data kept {len(kept)} layer(s) in "
+                         f"float32 for an AP loss within {triage['bound_points']:g} points"
+                         + (f": {', '.join(kept[:4])}" + (" ..." if len(kept) > 4 else "")
+                            if kept else ""))
         acc = r.get("accuracy") or {}
         if acc.get("verified") is False:
             sqnr = ", ".join(f"{h} {v:.1f} dB" for h, v in acc["sqnr_db"].items()

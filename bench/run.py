@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the --data images, else synthetic scenes)")
     add("--calibration-images", type=int, default=100, metavar="N",
         help="int8 calibration image count (default 100)")
+    add("--triage-data", metavar="DIR|TFRECORD", help="int8 rows: annotated images, other than "
+        "--data, on which each int8 export keeps in float32 the fewest layers that hold its AP "
+        "loss within --max-ap-drop (the exporters' per-layer triage; OpenVINO: NNCF's "
+        "accuracy control); the rows then time and score the triaged files")
+    add("--triage-annotations", metavar="JSON", help="the COCO instances file of --triage-data "
+        "(default DIR/instances.json)")
+    add("--triage-images", type=int, metavar="N", help="triage AP on the first N of them only")
+    add("--max-ap-drop", type=float, metavar="POINTS", help="the triage's bound on the AP loss "
+        "(default: the int8 bound, 3 points)")
     add("--nms", default="soft", choices=("soft", "hard", "fast"),
         help="post-processing for detection agreement and AP (default soft)")
     add("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
@@ -65,12 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
 def config(args, spec) -> BenchConfig:
     if args.data and not args.annotations:   # as the exporters' --eval-data does
         args.annotations = default_annotations(args.data)
+    if args.triage_data and not args.triage_annotations:
+        args.triage_annotations = default_annotations(args.triage_data)
     return BenchConfig(
         spec=spec, out=args.out, backends=tuple(b.strip() for b in args.backends.split(",")
                                                 if b.strip()),
         ckpt=args.ckpt, seed=args.seed, threads=args.threads, runs=args.runs, warmup=args.warmup,
         batch=args.batch, data=args.data, annotations=args.annotations, max_images=args.max_images,
         representative=args.representative_data, calibration_images=args.calibration_images,
+        triage_data=args.triage_data, triage_annotations=args.triage_annotations,
+        triage_images=args.triage_images, max_ap_drop=args.max_ap_drop,
         nms=args.nms, memory=not args.no_memory, device_results=tuple(args.device_results),
         peers=parse_peers(args.peer) if spec is not None else {},
         spec_args={"spec": args.spec, "set": args.set})

@@ -137,7 +137,35 @@ def test_changed_spec_or_options_are_not_reused(bench_runs):
     assert "code" in exports.stale_reason(path, wanted)
 
 
+@pytest.mark.slow
+def test_triage_data_exports_the_int8_row_through_the_triage(bench_runs):
+    out, data = bench_runs["out"], bench_runs["data"]
+    assert (data / "train" / "instances.json").is_file()
+    argv = _args(out, data, ["--no-memory", "--triage-data", data / "train",
+                             "--max-ap-drop", 100])
+    argv[argv.index("--backends") + 1] = "tflite-int8"
+    status, printed = _cli(argv)
+    assert status == 0, printed
+    row = json.loads((out / "results.json").read_text())["rows"][0]
+    assert row["name"] == "tflite-int8" and row["status"] == "ok"
+    assert row["export"]["reused"] is False and "triage" in row["export"]["why"]
+    triage = row["triage"]   # the bound is wide: the full int8 file is measured and kept
+    assert triage["bound_points"] == 100 and triage["float_layers"] == []
+    assert len(triage["trials"]) == 1 and triage["trials"][0]["float_layers"] == 0
+    assert "triage on --triage-data kept 0 layer(s)" in printed
+
+
 # ------------------------------------------------------------------------- fast tests
+
+def test_triage_options_without_triage_data_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--spec", "demo", "--max-ap-drop", "1", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 or "usage" in err[0]
+    assert "--max-ap-drop need --triage-data" in err[-1] or "need --triage-data" in err[-1]
+    assert not list(tmp_path.iterdir())
+
 
 def test_unavailable_runtime_is_skipped_with_the_reason(monkeypatch):
     real = config.importlib.util.find_spec
