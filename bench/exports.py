@@ -141,6 +141,10 @@ def ensure_export(cfg, backend: str, row: dict, say) -> str:
         if os.path.exists(stale):
             os.remove(stale)  # never run a file that no longer matches the request
     b = TABLE[backend]
+    if cfg.triage_data and cfg.data and b.quant == "int8" and \
+            os.path.abspath(cfg.triage_data) == os.path.abspath(cfg.data):
+        say("warning: the int8 triage measures AP on the --data images the table reports, "
+            "which flatters int8's AP; pass --triage-data with other annotated images")
     opts = ExportOptions(ckpt=cfg.ckpt, seed=cfg.seed, batch=cfg.batch,
                          input="uint8" if b.e2e else "float", postprocess=_postprocess(b),
                          gate=GateOptions(threads=cfg.threads), eval=_triage(cfg, b),
