@@ -5,11 +5,11 @@ with the same latency keys as ``bench.latency.latency_stats``, so device rows ca
 the same table as the host's.
 """
 import glob
-import json
 import math
 import os
 
 from bench.latency import STAT_KEYS
+from edetgraph.files import read_json
 
 SCHEMA = "edetgraph.device_result/1"  # must match device_runner.SCHEMA (a test checks)
 REQUIRED = ("label", "timestamp", "model.name", "model.bytes", "model.sha256", "model.format",
@@ -93,13 +93,6 @@ def load_device_results(paths) -> list:
     """Validate device_runner JSON files (or directories of them) and return their rows."""
     rows = []
     for path in _expand(paths):
-        try:
-            with open(path) as f:
-                result = json.load(f)
-        except OSError as exc:
-            raise DeviceResultError(f"{path}: cannot read it: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
-            raise DeviceResultError(f"{path}: not valid JSON ({exc.msg} at line "
-                                    f"{exc.lineno})") from None
+        result = read_json(path, DeviceResultError)
         rows.append(device_row(validate_device_result(result, path), source=path))
     return rows

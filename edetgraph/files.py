@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -20,6 +21,21 @@ from pathlib import Path
 from edetgraph.limits import human_bytes
 
 PARTIAL = ".partial"   # the suffix of every temporary a writer leaves while it works
+
+
+def read_json(path, error: type[Exception]):
+    """The JSON value in ``path``; a missing/unreadable file or bad JSON raises ``error``
+    with one line naming the file (and the line of a syntax error)."""
+    path = os.fspath(path)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        raise error(f"{path}: cannot read it: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not valid JSON (not UTF-8 text)") from None
 
 
 def cache_dir() -> Path:

@@ -204,6 +204,23 @@ def parse_batch(text: str, allow_dynamic: bool):
     return batch
 
 
+def check_calibration(args) -> None:
+    """The refusals every quantising exporter shares: int8 without calibration images,
+    calibration images for a float file, a count below 1, a bad --atol, and (read now, so a
+    typo fails before TensorFlow starts) a source with no images."""
+    if args.quant == "int8" and not args.representative_data:
+        raise ExportError("--quant int8 needs --representative-data (a folder of images or a "
+                          "TFRecord) to calibrate activation ranges")
+    if args.representative_data and args.quant != "int8":
+        raise ExportError(f"--representative-data is only used by --quant int8, not {args.quant}")
+    if args.calibration_images < 1:
+        raise ExportError(f"--calibration-images {args.calibration_images}: must be >= 1")
+    if args.atol is not None and not args.atol > 0:
+        raise ExportError(f"--atol {args.atol}: must be > 0")
+    if args.representative_data:
+        representative_files(args.representative_data)
+
+
 def representative_files(source: str) -> tuple:
     """``('dir', [images])`` or ``('tfrecord', [files])``; refuses what holds no images."""
     if os.path.isdir(source):

@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a file from a checkout: make the reposit
 from edetgraph.cli import OneLineParser  # noqa: E402 (after the path set-up above)
 from edetgraph.verify.parity import AP_DROP_WHY  # noqa: E402
 from exporters.cli import (NORMALISED_HELP, add_eval_args, add_model_args,  # noqa: E402
-                           check_common, export_options, parse_batch, representative_files,
+                           check_calibration, check_common, export_options, parse_batch,
                            run_cli)
 from exporters.options import ExportError, OpenVinoOptions  # noqa: E402
 
@@ -63,17 +63,7 @@ def check_request(args):
             raise ExportError(f"{module} is not installed (pip install openvino nncf)")
     if args.postprocess not in ("none", "hard-nms"):
         raise ExportError(f"--postprocess {args.postprocess}: choose none or hard-nms")
-    if args.quant == "int8" and not args.representative_data:
-        raise ExportError("--quant int8 needs --representative-data (a folder of images or a "
-                          "TFRecord) to calibrate activation ranges")
-    if args.representative_data and args.quant != "int8":
-        raise ExportError(f"--representative-data is only used by --quant int8, not {args.quant}")
-    if args.calibration_images < 1:
-        raise ExportError(f"--calibration-images {args.calibration_images}: must be >= 1")
-    if args.atol is not None and not args.atol > 0:
-        raise ExportError(f"--atol {args.atol}: must be > 0")
-    if args.representative_data:
-        representative_files(args.representative_data)
+    check_calibration(args)
     return check_common(args, ".xml"), parse_batch(args.batch, allow_dynamic=False)
 
 

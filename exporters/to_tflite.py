@@ -27,10 +27,10 @@ from exporters.cli import (  # noqa: E402
     NORMALISED_HELP,
     add_eval_args,
     add_model_args,
+    check_calibration,
     check_common,
     export_options,
     parse_batch,
-    representative_files,
     run_cli,
 )
 from exporters.options import ExportError, TFLiteOptions  # noqa: E402
@@ -88,11 +88,7 @@ def check_request(args):
                           "(TFLite_Detection_PostProcess); choose none or fast")
     if args.postprocess not in ("none", "fast"):
         raise ExportError(f"--postprocess {args.postprocess}: choose none or fast")
-    if args.quant == "int8" and not args.representative_data:
-        raise ExportError("--quant int8 needs --representative-data (a folder of images or a "
-                          "TFRecord) to calibrate activation ranges")
-    if args.representative_data and args.quant != "int8":
-        raise ExportError(f"--representative-data is only used by --quant int8, not {args.quant}")
+    check_calibration(args)
     if args.io != "float" and args.quant != "int8":
         raise ExportError(f"--io {args.io} needs --quant int8 (a {args.quant} file has float I/O)")
     if args.io != "float" and args.input == "uint8" and args.postprocess == "fast":
@@ -104,15 +100,9 @@ def check_request(args):
     if args.float_heads and args.io != "float":
         raise ExportError(f"--float-heads with --io {args.io}: the heads' float outputs cannot "
                           "be int8; use --io float")
-    if args.calibration_images < 1:
-        raise ExportError(f"--calibration-images {args.calibration_images}: must be >= 1")
-    if args.atol is not None and not args.atol > 0:
-        raise ExportError(f"--atol {args.atol}: must be > 0")
     batch = parse_batch(args.batch, allow_dynamic=False)
     if args.postprocess == "fast" and batch != 1:
         raise ExportError(f"--batch {batch}: TFLite_Detection_PostProcess takes batch 1")
-    if args.representative_data:
-        representative_files(args.representative_data)
     return check_common(args, ".tflite"), batch
 
 

@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from edetgraph.graph import latency
+from edetgraph.files import read_json
 from edetgraph.graph.cost import COMPONENTS
 
 SCHEMA = "edetgraph.latency_model/1"
@@ -120,14 +121,7 @@ def from_dict(d, source: str | None = None) -> LatencyModel:
 def load(path) -> LatencyModel:
     """Read and check a model file."""
     path = os.fspath(path)
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except OSError as e:
-        raise LatencyModelError(f"{path}: cannot read it: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise LatencyModelError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    return from_dict(data, path)
+    return from_dict(read_json(path, LatencyModelError), path)
 
 
 def save(model: LatencyModel, path) -> None:
