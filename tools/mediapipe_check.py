@@ -9,9 +9,10 @@ code ``infer --model`` runs). Per picture, every edetgraph detection scoring at 
 score within ``--score-tol`` and each of MediaPipe's integer ``origin_x, origin_y, width,
 height`` within ``--px-tol`` of edetgraph's ``xmin, ymin, xmax - xmin, ymax - ymin``, and
 MediaPipe must return nothing else. One exception, counted apart (``repeated_boxes``):
-MediaPipe keeps only the first detection of a box; the fast NMS clips boxes after
-suppressing, so a few low-scoring boxes pushed flat against a border or onto the whole
-picture repeat a better one exactly, and MediaPipe drops them.
+MediaPipe keeps only the first detection of each box in its integer pixels (origin and size
+truncated, as it reports them); the fast NMS clips boxes after suppressing, so a few
+low-scoring boxes pushed flat against a border or onto the whole picture repeat a better
+one's pixels (exactly, or within the same whole pixels), and MediaPipe drops them.
 
 How each side resizes: edetgraph keeps the aspect ratio (bilinear, half-pixel centres) and
 pads bottom/right; MediaPipe's ImageToTensorCalculator stretches the whole picture to the
@@ -74,14 +75,15 @@ def compare(ours: list, theirs: list, min_score: float, score_tol: float, px_tol
     wanted = [d for d in ours if d[1] >= min_score]
     seen = set()
     for name, score, (y0, x0, y1, x1) in wanted:
-        # A box equal to a better detection's (they come from clipping after NMS: flat
-        # against a border, or the whole picture) is one MediaPipe drops: it keeps the
-        # first detection of each box. Counted apart, never matched.
-        if (y0, x0, y1, x1) in seen:
+        # A box in the same integer pixels as a better detection's (they come from
+        # clipping after NMS: flat against a border, or the whole picture) is one MediaPipe
+        # drops: it keeps the first detection of each integer box. Counted apart.
+        ours_mp = np.array([x0, y0, x1 - x0, y1 - y0])
+        pixels = tuple(int(v) for v in ours_mp.astype(np.float32))
+        if pixels in seen:
             dup += 1
             continue
-        seen.add((y0, x0, y1, x1))
-        ours_mp = np.array([x0, y0, x1 - x0, y1 - y0])
+        seen.add(pixels)
         best = None
         for j, (n2, s2, box) in enumerate(theirs):
             if used[j] or n2 != name or abs(s2 - score) > score_tol:
