@@ -28,7 +28,7 @@ from edetgraph.verify.ties import NmsRule
 from exporters.calibration import calibration_batches, representative_images
 from exporters.cli import log
 from exporters.float_heads import (convert_keeping_float, convert_with_float_heads,
-                                   detection_tail_nodes, float_graph)
+                                   detection_tail_nodes, float_graph, head_nodes)
 from exporters.model_facts import description, edetgraph_version, model_facts
 from exporters.options import ExportFailed, ExportOptions, TFLiteOptions
 from exporters.pipeline import Format
@@ -114,18 +114,20 @@ class TFLiteFormat(Format):
                               calibration)
 
         try:
+            triage = t.quant == "int8" and opts.eval is not None and t.triage
             graph = float_graph(serve, model) if t.quant == "int8" and (
-                t.float_heads or opts.postprocess == "fast") else None
+                t.float_heads or opts.postprocess == "fast" or triage) else None
             # The in-graph NMS's outputs and what follows it stay float in an int8 file.
             tail = detection_tail_nodes(graph) if opts.postprocess == "fast" and graph else []
             if t.float_heads:
                 return (*convert_with_float_heads(converter(), graph, calibration, tail), None)
-            if t.quant == "int8" and opts.eval is not None and t.triage:
+            if triage:
                 bound = (AP_DROP["int8"] if opts.eval.max_ap_drop is None
                          else opts.eval.max_ap_drop)
                 flatbuffer, report = Triage(converter, calibration, spec, serve, opts.eval,
                                             opts.input, opts.batch, bound, say,
-                                            self.box_scale(spec, opts), tail).run()
+                                            self.box_scale(spec, opts), tail,
+                                            head_nodes(graph)).run()
                 return flatbuffer, None, report
             if tail:
                 return convert_keeping_float(converter(), calibration, tail), None, None

@@ -55,8 +55,9 @@ def test_layer_statistics_and_keeping_layers_float():
 class _Planted(triage.Triage):
     """The search with AP losses given by a table instead of real conversions."""
 
-    def __init__(self, losses, bound):
-        super().__init__(lambda: None, None, None, None, None, "float", 1, bound, lambda m: None)
+    def __init__(self, losses, bound, heads=()):
+        super().__init__(lambda: None, None, None, None, None, "float", 1, bound, lambda m: None,
+                         heads=heads)
         self.losses = losses
 
     def _ap_drop(self, flatbuffer, k):
@@ -80,3 +81,30 @@ def test_search_gives_up_in_one_line(monkeypatch):
     t = _Planted(lambda k: 4.0, bound=1.0)
     with pytest.raises(ExportFailed, match="leave the AP loss above 1 points"):
         t._search([f"layer{i}" for i in range(6)])
+
+
+@pytest.mark.parametrize("heads_enough", [True, False])
+def test_the_heads_are_tried_float_as_one_group_first(monkeypatch, heads_enough):
+    """A loss that lives in the heads: the heads alone, or the heads and the fewest more."""
+    made = []
+
+    def convert(conv, cal, nodes):
+        made.append(list(nodes))
+        return f"model-{len(nodes)}"
+    monkeypatch.setattr(triage, "convert_keeping_float", convert)
+    monkeypatch.setattr(triage, "layer_statistics", lambda conv, cal: {
+        f"layer{i}": {"sqnr_db": float(i), "channel_spread": 1.0, "float_min": -1.0,
+                      "float_max": 1.0, "p999_abs": 1.0, "scale": 0.01} for i in range(30)})
+    heads = ["head0", "head1", "head2"]
+    t = _Planted(lambda k: 0.5 if k >= (3 if heads_enough else 3 + 5) else 4.0, bound=1.0,
+                 heads=heads)
+    t.make_converter = lambda: type("C", (), {"convert": lambda self: "model-0"})()
+    model, report = t.run()
+    kept = [entry["layer"] for entry in report["float_layers"]]
+    assert report["heads_float"] and kept[:3] == heads and made[0] == heads
+    if heads_enough:
+        assert model == "model-3" and kept == heads
+        assert [x["float_layers"] for x in t.trials] == [0, 3]
+    else:   # every later candidate keeps the heads float, and the search finds 5 more
+        assert model == "model-8" and kept == heads + [f"layer{i}" for i in range(5)]
+        assert all(nodes[:3] == heads for nodes in made)
