@@ -51,6 +51,8 @@ _TABLE = (
     Backend("openvino-bf16-e2e", "openvino", "onnx", kind="bf16", precision="bf16", e2e=True),
     Backend("tflite-fp32-e2e", "tflite", "tflite", "fp32", e2e=True),
     Backend("tflite-int8-e2e", "tflite", "tflite", "int8", "int8", e2e=True),
+    Backend("tflite-int8-fh-e2e", "tflite", "tflite", "int8", "int8", float_heads=True,
+            e2e=True),
 )
 TABLE = {b.name: b for b in _TABLE}
 BACKENDS = tuple(TABLE)
