@@ -250,17 +250,21 @@ def _export_parity(row: dict) -> dict:
             "failures": gate["failures"][:3], "why": "the exporter's gate (export summary)"}
 
 
-def _evaluate_ap(cfg, runners, rows, detector, say) -> None:
+def _evaluate_ap(cfg, runners, rows, detector, say) -> dict | None:
     """COCO AP of every raw-output runner on --data, one pass over the images shared by
-    all."""
+    all; returns TF's AP, the reference the rows are judged against (measured even when
+    ``tf`` is not a row of the table)."""
     names = [n for n in _raw_rows(rows) if n in runners]
-    dets, ids = {n: [] for n in names}, []
+    reference = ["tf"] if names and "tf" not in names and "tf" in runners else []
+    dets, ids = {n: [] for n in names + reference}, []
     for batch_ids, x, scales in eval_batches(cfg.data, cfg.annotations, cfg.spec, "float",
                                              cfg.batch, cfg.max_images):
-        for name in [n for n in names if rows[n]["status"] == "pending"]:
+        for name in [n for n in names if rows[n]["status"] == "pending"] + reference:
             try:
                 dets[name] += to_coco_results(detector(runners[name].run(x), scales), batch_ids)
             except Exception as exc:
+                if name not in rows:
+                    raise
                 _fail(rows[name], "AP", exc)
         ids += batch_ids
         if len(ids) % 50 < cfg.batch:
@@ -268,6 +272,9 @@ def _evaluate_ap(cfg, runners, rows, detector, say) -> None:
     say(f"AP: {len(ids)} image(s) detected by {len(names)} backend(s), scoring")
     for name in [n for n in names if rows[n]["status"] == "pending"]:
         rows[name]["ap"] = coco_ap(cfg.annotations, dets[name], ids)
+    if reference:
+        return coco_ap(cfg.annotations, dets["tf"], ids)
+    return (rows.get("tf") or {}).get("ap")
 
 
 def _evaluate_ap_e2e(cfg, runners, rows, refs, say) -> None:
@@ -294,10 +301,10 @@ def _evaluate_ap_e2e(cfg, runners, rows, refs, say) -> None:
         rows[name]["ap_reference"] = {"nms": e2e.nms_of(name), **aps[f"tf/{e2e.nms_of(name)}"]}
 
 
-def _judge_accuracy(cfg, rows) -> None:
-    """AP loss against TF (same NMS) within the kind's bound, else the row fails; without
-    --data, quantised rows say their accuracy is unverified and give their SQNR per head."""
-    tf_ap = (rows.get("tf") or {}).get("ap")
+def _judge_accuracy(cfg, rows, tf_ap) -> None:
+    """AP loss against TF (``tf_ap``; end-to-end rows: TF under the same NMS) within the
+    kind's bound, else the row fails; without --data, quantised rows say their accuracy is
+    unverified and give their SQNR per head."""
     for name in _pending(rows):
         b = TABLE.get(name)
         if b is None or name in ("tf", "tf-e2e"):
@@ -395,10 +402,11 @@ def run_benchmark(cfg: BenchConfig, progress: Progress | None = None) -> dict:
     runners.update(_peer_runners(cfg, rows, progress))
     detector = _check_quality(cfg, model, runners, rows, progress)
     refs = _check_e2e(cfg, model, runners, rows, progress)
+    tf_ap = None
     if cfg.data:
-        _evaluate_ap(cfg, runners, rows, detector, progress)
+        tf_ap = _evaluate_ap(cfg, runners, rows, detector, progress)
         _evaluate_ap_e2e(cfg, runners, rows, refs, progress)
-    _judge_accuracy(cfg, rows)
+    _judge_accuracy(cfg, rows, tf_ap)
     _measure_latency(cfg, runners, rows, progress)
     if cfg.memory:
         _measure_memory(cfg, rows, progress)
