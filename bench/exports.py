@@ -10,6 +10,7 @@ a file written by an older exporter is made again, never timed as if it were cur
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -35,8 +36,10 @@ def export_path(cfg, backend: str) -> str:
     return os.path.join(os.path.abspath(cfg.out), f"{cfg.spec.name}_{h}x{w}_b{cfg.batch}{suffix}")
 
 
+@functools.lru_cache(maxsize=1)
 def code_digest() -> str:
-    """sha256 over the Python sources of the packages that lower, export and gate a file."""
+    """sha256 over the Python sources of the packages that lower, export and gate a file
+    (read once per process: every backend's reuse check asks for it)."""
     digest = hashlib.sha256()
     for package in ("edetgraph", "exporters"):
         root = os.path.join(ROOT, package)
