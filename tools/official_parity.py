@@ -203,7 +203,7 @@ def deployable(names, spec, prefix: str, workdir: Path, threads: int) -> dict:
         fmt, runner, opts = DEPLOYABLE[name]
         if fmt not in made:
             out = str(workdir / f"d0_e2e.{fmt}")
-            export(spec, out, OnnxFormat(OnnxOptions(17)) if fmt == "onnx" else
+            export(spec, out, OnnxFormat(OnnxOptions()) if fmt == "onnx" else
                    TFLiteFormat(TFLiteOptions("fp32")),
                    ExportOptions(ckpt=prefix, input="uint8",
                                  postprocess="hard-nms" if fmt == "onnx" else "fast",
