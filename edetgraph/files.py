@@ -98,6 +98,33 @@ def atomic_path(path):
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Like :func:`atomic_path` for a folder that may already exist: the block fills a new
+    folder at a temporary name; when it ends normally an existing folder at ``path`` is
+    moved aside, the new one renamed into place and the old one removed, so ``path`` is
+    always either the old folder whole or the new one whole (a kill between the two renames
+    leaves the old one at a hidden ``.partial`` name). On an error the new folder is removed
+    and the old one stays as it was."""
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        if os.path.isdir(path) and not os.path.islink(path):
+            old = temp_path(path)
+            os.rename(path, old)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(old, path)
+                raise
+            remove(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        remove(tmp)
+        raise
+
+
 def write_text(path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:

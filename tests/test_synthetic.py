@@ -115,3 +115,34 @@ def test_generation_needs_no_tensorflow(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["3", "False"]
+
+
+def test_a_failed_run_keeps_the_old_split_and_leaves_no_half_split(tmp_path):
+    root = tmp_path / "shapes"
+    synthetic.generate(root, 8, 64, seed=1, val_fraction=0.25)
+    before = _digest(root)
+
+    def crash(split, done, total):
+        if split == "train" and done == 3:
+            raise OSError("disk full (simulated)")
+    with pytest.raises(OSError, match="simulated"):
+        synthetic.generate(root, 8, 64, seed=2, val_fraction=0.25, progress=crash)
+    assert _digest(root) == before                      # the old dataset, whole
+    assert sorted(p.name for p in root.iterdir()) == ["train", "val"]   # no temporary left
+
+    again = synthetic.generate(root, 8, 64, seed=2, val_fraction=0.25)   # replaces it whole
+    assert _digest(root) != before
+    assert len(list((root / "train" / "images").iterdir())) == again["splits"]["train"]["images"]
+
+
+def test_a_killed_run_never_shows_images_without_instances_json(tmp_path):
+    code = ("import os, signal\n"
+            "from edetgraph.data.synthetic import generate\n"
+            "def kill(split, done, total):\n"
+            "    if done == 2:\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"generate({str(tmp_path / 'shapes')!r}, 6, 64, seed=0, progress=kill)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == -9, run.stderr
+    visible = [p for p in (tmp_path / "shapes").iterdir() if not p.name.startswith(".")]
+    assert visible == []                 # only a hidden .train.*.partial folder is left

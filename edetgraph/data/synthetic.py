@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from edetgraph.files import atomic_dir
+
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star", "diamond", "hourglass")
 DEFAULT_NUM_CLASSES = 6
 _SIZE_RANGE = (0.12, 0.50)      # longer box side as a fraction of the image side
@@ -161,27 +163,35 @@ def categories(num_classes: int) -> list[dict]:
 
 def _write_split(root: Path, name: str, ids: range, size: int, seed: int, num_classes: int,
                  progress) -> dict:
-    """Render images `ids` into root/name and write its instances.json; returns counts."""
-    img_dir = root / name / "images"
-    img_dir.mkdir(parents=True, exist_ok=True)
+    """Render images `ids` into root/name and write its instances.json; returns counts.
+
+    The split is written in a hidden folder beside root/name and renamed into place only
+    when whole: a failed or killed run never leaves images without their instances.json, and
+    a split written before stays as it was until the new one is complete."""
+    split_dir = root / name
+    root.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
-    for k, image_id in enumerate(ids):
-        rng = np.random.default_rng([seed, image_id])   # per image: same pixels for any split
-        pixels, objects = render_image(rng, size, num_classes)
-        file_name = f"{image_id:06d}.jpg"
-        Image.fromarray(pixels).save(img_dir / file_name, quality=90)
-        images.append({"id": image_id, "file_name": file_name, "height": size, "width": size})
-        for obj in objects:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "iscrowd": 0, **obj})
-        progress(name, k + 1, len(ids))
-    coco = {"info": {"description": "edetgraph synthetic shapes", "seed": seed},
-            "licenses": [], "images": images, "annotations": annotations,
-            "categories": categories(num_classes)}
-    ann_path = root / name / "instances.json"
-    ann_path.write_text(json.dumps(coco))
-    return {"images": len(images), "boxes": len(annotations), "annotations": str(ann_path),
-            "images_dir": str(img_dir),
+    with atomic_dir(split_dir) as tmp:
+        img_dir = Path(tmp) / "images"
+        img_dir.mkdir(parents=True)
+        for k, image_id in enumerate(ids):
+            rng = np.random.default_rng([seed, image_id])   # per image: same pixels, any split
+            pixels, objects = render_image(rng, size, num_classes)
+            file_name = f"{image_id:06d}.jpg"
+            Image.fromarray(pixels).save(img_dir / file_name, quality=90)
+            images.append({"id": image_id, "file_name": file_name, "height": size,
+                           "width": size})
+            for obj in objects:
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                    "iscrowd": 0, **obj})
+            progress(name, k + 1, len(ids))
+        coco = {"info": {"description": "edetgraph synthetic shapes", "seed": seed},
+                "licenses": [], "images": images, "annotations": annotations,
+                "categories": categories(num_classes)}
+        (Path(tmp) / "instances.json").write_text(json.dumps(coco))
+    return {"images": len(images), "boxes": len(annotations),
+            "annotations": str(split_dir / "instances.json"),
+            "images_dir": str(split_dir / "images"),
             "empty_images": len(images) - len({a["image_id"] for a in annotations})}
 
 
