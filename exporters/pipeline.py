@@ -55,6 +55,10 @@ class Format:
         """``(model, weights record)``: checkpoint or seeded random weights."""
         return model_with_weights(spec, opts.ckpt, opts.seed)
 
+    def lowering(self, opts: ExportOptions):
+        """The lowering target (a name or an ``edetgraph.nn.targets.Target``) for ``opts``."""
+        return self.target
+
     def kind(self) -> str:
         """The numeric kind whose parity tolerance and AP bound judge the file."""
         return "fp32"
@@ -196,7 +200,7 @@ def _build(job: _Job) -> _Job:
     job.head = job.fmt.head(job.spec, opts)
     job.serve = make_serving_fn(job.model, job.spec, opts.batch, opts.input, job.head)
     job.converted = make_serving_fn(job.model, job.spec, opts.batch, opts.input, job.head,
-                                    target=job.fmt.target)
+                                    target=job.fmt.lowering(opts))
     return job
 
 

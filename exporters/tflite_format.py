@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from edetgraph.graph import outputs
+from edetgraph.nn import targets
 from edetgraph.task.anchors import spec_anchors
 from edetgraph.task.postprocess import make_tflite_detection_postprocess
 from edetgraph.task.preprocess import normalize_in_graph
@@ -47,6 +48,13 @@ class TFLiteFormat(Format):
 
     def kind(self) -> str:
         return self.tfl.quant
+
+    def lowering(self, opts: ExportOptions):
+        if self.target != "tflite":          # other forms chosen by the caller
+            return self.target
+        # int8 maps are a quarter of the float ones: no chain is split for cache, and the
+        # int8 graph (with the layer names its triage reports) stays as it was
+        return targets.TFLiteTarget(element_bytes=1 if self.tfl.quant == "int8" else 4)
 
     def head(self, spec, opts: ExportOptions):
         if opts.postprocess != "fast":

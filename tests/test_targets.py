@@ -55,6 +55,46 @@ def test_model_outputs_agree_across_targets():
             np.testing.assert_allclose(got[k].numpy(), ref[k].numpy(), atol=2e-5, err_msg=k)
 
 
+def test_tflite_splits_only_large_float_chains():
+    """Float files split an MBConv chain whose expanded map passes 8 MiB into 2 or 4 channel
+    groups; int8 files (a quarter of the bytes) and the other targets never do."""
+    from exporters.options import ExportOptions, TFLiteOptions
+    from exporters.tflite_format import TFLiteFormat
+    t = targets.get("tflite")
+    assert t.channel_groups(256, 256, 96) == 4          # D0 block 2a: 25 MB
+    assert t.channel_groups(128, 128, 144) == 2         # D0 blocks 2b, 3a: 9.4 MB
+    assert t.channel_groups(64, 64, 240) == 1           # 3.9 MB
+    assert t.channel_groups(1024, 1024, 96) == 4        # never more than CONCATENATION takes
+    assert all(targets.get(n).channel_groups(256, 256, 96) == 1 for n in ("tf", "onnx"))
+    opts = ExportOptions()
+    float_file = TFLiteFormat(TFLiteOptions(quant="fp32")).lowering(opts)
+    int8_file = TFLiteFormat(TFLiteOptions(quant="int8")).lowering(opts)
+    assert float_file.channel_groups(256, 256, 96) == 4
+    assert int8_file.channel_groups(256, 256, 96) == 1
+
+
+class _SplitEverything(targets.TFLiteTarget):
+    GROUP_BYTES = 1                                     # every chain in 4 groups
+
+
+def test_chains_split_by_channels_compute_what_one_chain_computes():
+    from edetgraph.graph.spec import load_spec
+    from edetgraph.nn.model import build_model
+    model = build_model(load_spec("demo", TINY))
+    x = tf.random.stateless_normal([1, 128, 128, 3], [0, 9])
+    ref = model.raw_outputs(x, target="tflite")
+    got = model.raw_outputs(x, target=_SplitEverything())
+    for k in ref:
+        np.testing.assert_allclose(got[k].numpy(), ref[k].numpy(), atol=2e-5, err_msg=k)
+
+    def concats(target):
+        fn = tf.function(lambda x: model.raw_outputs(x, target=target))
+        graph = fn.get_concrete_function(tf.TensorSpec([1, 128, 128, 3])).graph
+        return sum(op.type == "ConcatV2" for op in graph.get_operations())
+    split_blocks = sum(b.expand is not None for b in model.backbone.blocks)
+    assert split_blocks and concats(_SplitEverything()) == concats("tflite") + split_blocks
+
+
 def _export_tflite(tmp_path, target, name):
     from edetgraph.graph.spec import load_spec
     from exporters.options import ExportOptions, GateOptions, TFLiteOptions
@@ -69,10 +109,11 @@ def _export_tflite(tmp_path, target, name):
 
 @pytest.mark.slow
 def test_coverage_names_a_planted_op_that_xnnpack_leaves(tmp_path, capsys):
-    """The TFLite forms run in one partition; the same model written in TF's forms (AddN,
+    """The TFLite forms (here with every MBConv chain split by channels, as large maps are)
+    run in one partition and pass the fp32 gate; the same model written in TF's forms (AddN,
     BroadcastTo) is reported with the ops left on the reference kernels, by name and count,
     and the exporter says so in one line."""
-    _, good = _export_tflite(tmp_path, "tflite", "good.tflite")
+    _, good = _export_tflite(tmp_path, _SplitEverything(), "good.tflite")
     assert good["coverage"]["xnnpack"]["fully_delegated"]
     assert good["coverage"]["xnnpack"]["not_delegated"] == {}
     assert "ADD_N" not in good["ops"] and "DEPTH_TO_SPACE" in good["ops"]

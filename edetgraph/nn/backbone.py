@@ -46,10 +46,16 @@ class MBConv(tf.Module):
         self.bn2 = BatchNorm(f"{scope}/{next(names)}", b.out_ch, **bn_kw)
 
     def __call__(self, x, training: bool = False, target: Target = DEFAULT):
-        y = x
-        if self.expand is not None:
-            y = activation(conv_bn(self.expand, self.bn0, y, training), self.act)
-        y = activation(conv_bn(self.dw, self.bn1, y, training), self.act)
+        groups = 1
+        if not training and self.expand is not None and None not in x.shape[1:3]:
+            groups = target.channel_groups(x.shape[1], x.shape[2], self.b.mid_ch)
+        if groups > 1:
+            y = self._chain_by_groups(x, groups)
+        else:
+            y = x
+            if self.expand is not None:
+                y = activation(conv_bn(self.expand, self.bn0, y, training), self.act)
+            y = activation(conv_bn(self.dw, self.bn1, y, training), self.act)
         if self.se_reduce is not None:
             # Never one sum over the whole map (see nn.targets): exported runtimes sum in
             # their own order, and over 256x256 values that moved D0's logits by 4.8e-4.
@@ -60,6 +66,19 @@ class MBConv(tf.Module):
         if self.b.residual:
             y = drop_connect(y, self.survival, training) + x
         return y
+
+
+    def _chain_by_groups(self, x, groups: int):
+        """expand -> act -> depthwise -> act for each of ``groups`` slices of the expanded
+        channels in turn, concatenated: the same arithmetic for every channel, in maps small
+        enough to stay in cache (``nn.targets``)."""
+        (s0, o0), (s1, o1), mid = self.bn0.fold(), self.bn1.fold(), self.b.mid_ch
+        parts = []
+        for g in range(groups):
+            c = slice(g * mid // groups, (g + 1) * mid // groups)
+            y = activation(self.expand.folded(x, s0, o0, c), self.act)
+            parts.append(activation(self.dw.folded(y, s1, o1, c), self.act))
+        return tf.concat(parts, axis=-1)
 
 
 class EfficientNet(tf.Module):

@@ -73,10 +73,12 @@ class Conv(tf.Module):
         y = tf.nn.conv2d(x, self.kernel, self.stride, "SAME")
         return tf.nn.bias_add(y, self.bias) if self.bias is not None else y
 
-    def folded(self, x, scale, offset):
-        """``bn(self(x))`` with the BN's scale/offset folded into kernel and bias."""
-        bias = offset if self.bias is None else self.bias * scale + offset
-        y = tf.nn.conv2d(x, self.kernel * scale, self.stride, "SAME")
+    def folded(self, x, scale, offset, channels: slice = slice(None)):
+        """``bn(self(x))`` with the BN's scale/offset folded into kernel and bias; only the
+        output ``channels`` when given."""
+        scale, offset = scale[channels], offset[channels]
+        bias = offset if self.bias is None else self.bias[channels] * scale + offset
+        y = tf.nn.conv2d(x, self.kernel[..., channels] * scale, self.stride, "SAME")
         return tf.nn.bias_add(y, bias)
 
 
@@ -91,10 +93,11 @@ class DepthwiseConv(tf.Module):
     def __call__(self, x):
         return tf.nn.depthwise_conv2d(x, self.kernel, [1, self.stride, self.stride, 1], "SAME")
 
-    def folded(self, x, scale, offset):
-        k = self.kernel * tf.reshape(scale, [1, 1, -1, 1])
+    def folded(self, x, scale, offset, channels: slice = slice(None)):
+        """``bn(self(x))`` folded; ``x`` holds only the ``channels`` when given."""
+        k = self.kernel[:, :, channels] * tf.reshape(scale[channels], [1, 1, -1, 1])
         y = tf.nn.depthwise_conv2d(x, k, [1, self.stride, self.stride, 1], "SAME")
-        return tf.nn.bias_add(y, offset)
+        return tf.nn.bias_add(y, offset[channels])
 
 
 class SeparableConv(tf.Module):

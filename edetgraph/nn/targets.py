@@ -7,12 +7,22 @@ The same weights and the same arithmetic, written for the runtime that will exec
 | fusion sum (``add_n``) | AddN | a chain of ADD (XNNPACK has no ADD_N) | Sum |
 | nearest upsample | reshape + broadcast (XLA has its gradient) | copies + DEPTH_TO_SPACE, by 2 at a time (delegated; BROADCAST_TO, RESIZE_NEAREST_NEIGHBOR and CONCATENATION of more than 4 inputs are not) | Resize (NCHW-native: no Transpose/Reshape/Expand around it) |
 | squeeze-excite mean | mean of rows, then of columns | the same (two MEAN, delegated in float and int8) | the same (two ReduceMean) |
+| expand -> depthwise chain of a large MBConv block | one chain | float files: split by channels into 2 or 4 chains of at most 8 MiB, concatenated after the depthwise conv | one chain (OpenVINO fuses the activations into the convs) |
 
 Why the squeeze-excite mean is never one reduction over a whole map: runtimes sum in
 their own order, and one sum over a 256x256 map carries enough float32 rounding to move
 D0's logits by ~2e-4, beyond what TF float32 itself is from the exact result; sums over a
 row or a column stay short and exact enough. (XNNPACK delegates both MEANs; in an int8
 file it does not delegate AVERAGE_POOL_2D, so pooling is no alternative.)
+
+Why split a chain by channels: XNNPACK runs one op at a time over the whole tensor, so
+the expanded map of a large block (D0's block 2a: 256x256x96 floats, 25 MB) is written by
+the conv, read and written by the sigmoid, read twice and written by the multiply, then read
+by the depthwise conv, every pass from DRAM. Every op of the chain is per channel after the
+expand conv, so groups of channels can run the whole chain one after the other, each group's
+maps small enough to stay in the CPU's last-level cache. The arithmetic of every channel is
+unchanged. On this project's 2-core machine it made D0's fp32 file 5-9 % faster. int8 maps
+are a quarter of the size and stay whole (and the int8 graph, with its triage, unchanged).
 
 ``target.ops`` is what ``edetgraph.graph.fusion`` combinations receive as ``tf``: the
 TensorFlow module with the target's ``add_n``.
@@ -69,6 +79,11 @@ class Target:
         """Mean over height and width, keeping both as size 1 (squeeze-excite)."""
         return tf.reduce_mean(tf.reduce_mean(x, [2], keepdims=True), [1], keepdims=True)
 
+    def channel_groups(self, height: int, width: int, channels: int) -> int:
+        """Into how many channel groups an MBConv's expand -> depthwise chain is split
+        (1: not split)."""
+        return 1
+
 
 def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
     """Source index of each output pixel: ``floor(out * in / out_size)``."""
@@ -90,7 +105,24 @@ class _ResizeTarget(Target):
 
 
 class TFLiteTarget(Target):
+    """``element_bytes``: the size of one activation in the file (4 for float files, 1 for
+    int8), which decides the chains split by :meth:`channel_groups`."""
     name = "tflite"
+    GROUP_BYTES = 8 * 2 ** 20     # a split chain's expanded map stays within this
+    MAX_GROUPS = 4                # XNNPACK delegates a CONCATENATION of at most 4 inputs
+
+    def __init__(self, element_bytes: int = 4):
+        super().__init__()
+        self.element_bytes = element_bytes
+
+    def channel_groups(self, height: int, width: int, channels: int) -> int:
+        """The fewest groups (1, 2 or 4) whose expanded map is at most ``GROUP_BYTES``; 4 if
+        none is."""
+        g = 1
+        while g < self.MAX_GROUPS and \
+                height * width * -(-channels // g) * self.element_bytes > self.GROUP_BYTES:
+            g *= 2
+        return g
 
     def upsample(self, x, in_hw, out_hw):
         """Nearest upsampling by ``f``: ``f * f`` copies side by side in the channels, then
@@ -144,8 +176,10 @@ _BY_NAME = {"tf": Target, "tflite": TFLiteTarget, "onnx": OnnxTarget,
             "openvino": OpenVinoTarget}
 
 
-def get(name: str | None) -> Target:
-    """The target called ``name`` (None: ``tf``)."""
+def get(name) -> Target:
+    """The target called ``name`` (None: ``tf``); a Target is returned as it is."""
+    if isinstance(name, Target):
+        return name
     try:
         return _BY_NAME[name or "tf"]()
     except KeyError:
