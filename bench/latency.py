@@ -34,7 +34,12 @@ def latency_stats(seconds, batch: int = 1) -> dict:
 
 
 def _as_call(runner):
-    return runner.run if hasattr(runner, "run") else runner
+    """What a timed call calls: a runner's ``run_shared`` (outputs handed back as the
+    runtime holds them) or ``run``, or the callable itself."""
+    for name in ("run_shared", "run"):
+        if hasattr(runner, name):
+            return getattr(runner, name)
+    return runner
 
 
 def _inputs(names, make_input) -> dict:
@@ -102,9 +107,10 @@ def describe_method(warmup: int = 10, runs: int = 50, rounds: int = None) -> str
         f"Latency: each backend ran {warmup} untimed warm-up calls, then {runs} timed calls "
         f"interleaved with the other backends in {rounds} rounds ({per} call(s) per backend "
         "per round, backends in a fresh random order each round), so background load on the "
-        "machine falls on all backends alike. One call is the runner's run(): input "
-        "conversion (and int8 quantization), inference and copying the outputs out, timed "
-        "with time.perf_counter; Python's garbage collector was paused while timing. p50/p90 "
+        "machine falls on all backends alike. One call is the runner's run_shared(): input "
+        "conversion (and int8 quantization), inference, and the outputs handed back as the "
+        "runtime holds them, without a copy where its API allows (LiteRT's tensor views, "
+        "OpenVINO's shared outputs, ONNX Runtime's own arrays), timed with time.perf_counter; Python's garbage collector was paused while timing. p50/p90 "
         "are percentiles over the timed calls, std is their standard deviation, and "
         "throughput is batch size divided by the mean call time. Interleaving also means "
         "each call may start with caches another backend has just used, which is closer to "

@@ -57,6 +57,23 @@ def test_tflite_fp32_matches_tf(models, x_and_ref):
     assert runner.info()["runtime"] == "ai_edge_litert"
 
 
+def test_tflite_shared_outputs_are_the_interpreters_own_and_run_copies(models, x_and_ref):
+    """Timed calls take the outputs as the interpreter holds them (as ONNX Runtime's run()
+    hands over its own arrays): LiteRT refuses to run again while such a view is alive, so
+    none is ever overwritten unseen. run() copies: results kept across calls stay intact."""
+    x, ref = x_and_ref
+    runner = make_runner("tflite", models["tflite"], threads=1)
+    shared = runner.run_shared(x)
+    _check_order_and_values(shared, ref, FP32_TOL)
+    with pytest.raises(RuntimeError, match="reference to internal data"):
+        runner.run_shared(x)
+    del shared
+    kept = runner.run(x)
+    runner.run(x * 0.5)
+    _check_order_and_values(kept, ref, FP32_TOL)
+    assert latency._as_call(runner) == runner.run_shared
+
+
 @pytest.mark.parametrize("variant,dtype", [("tflite_int8", np.int8), ("tflite_uint8", np.uint8)])
 def test_tflite_quantized_float_in_float_out(models, x_and_ref, variant, dtype):
     x, ref = x_and_ref

@@ -38,6 +38,17 @@ def test_openvino_f32_runs_the_onnx_file_like_tf(tiny_onnx):
     assert info["file_bytes"] == path.stat().st_size
 
 
+def test_openvino_shared_outputs_and_copied_outputs(tiny_onnx):
+    path, x, want = tiny_onnx
+    r = make_runner("openvino", path, 1)
+    shared, kept = r.run_shared(x), r.run(x)
+    again = r.run_shared(x * 0.5)
+    k = next(iter(want))
+    assert np.shares_memory(shared[k], again[k]) and not np.shares_memory(kept[k], again[k])
+    for k in want:
+        np.testing.assert_allclose(kept[k], want[k], atol=1e-5, err_msg=k)
+
+
 def test_openvino_bf16_runs_where_the_cpu_has_it_else_is_refused(tiny_onnx, monkeypatch):
     path, x, want = tiny_onnx
     ok, why = ov_runner.cpu_has_bf16()

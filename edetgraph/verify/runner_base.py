@@ -90,5 +90,12 @@ class Runner:
                 "inputs": [vars(d) for d in self.input_details],
                 "outputs": [vars(d) for d in self.output_details]}
 
+    def run_shared(self, x) -> dict:
+        """:meth:`run`, with the outputs as the runtime holds them where its API hands them
+        over without a copy: they may be overwritten by the next call. What latency tables
+        time, so that no runtime pays for a copy another one is spared (ONNX Runtime's
+        ``run`` returns its own arrays; LiteRT's and OpenVINO's ``run`` copy them out)."""
+        return self.run(x)
+
     def __call__(self, x):
         return self.run(x)

@@ -161,6 +161,13 @@ class TFLiteRunner(Runner):
         return value
 
     def run(self, x) -> dict:
+        return self._run(x, self.interp.get_tensor)
+
+    def run_shared(self, x) -> dict:
+        # interpreter.tensor(i)() is a view of the interpreter's own output buffer
+        return self._run(x, lambda index: self.interp.tensor(index)())
+
+    def _run(self, x, read) -> dict:
         feeds = self._feeds(x)
         for d, info in zip(self._in, self.input_details):
             value = self._to_model(feeds[info.name], d)
@@ -171,7 +178,7 @@ class TFLiteRunner(Runner):
                 self._out = self.interp.get_output_details()
             self.interp.set_tensor(d["index"], value)
         self.interp.invoke()
-        return {info.name: self._from_model(self.interp.get_tensor(d["index"]), d)
+        return {info.name: self._from_model(read(d["index"]), d)
                 for d, info in zip(self._out, self.output_details)}
 
 
