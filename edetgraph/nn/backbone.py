@@ -67,7 +67,6 @@ class MBConv(tf.Module):
             y = drop_connect(y, self.survival, training) + x
         return y
 
-
     def _chain_by_groups(self, x, groups: int):
         """expand -> act -> depthwise -> act for each of ``groups`` slices of the expanded
         channels in turn, concatenated: the same arithmetic for every channel, in maps small
