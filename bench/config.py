@@ -5,9 +5,11 @@ answers ``--help``, before TensorFlow starts.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass, field
 
+from edetgraph.files import is_real_folder
 from edetgraph.verify.ov_runner import cpu_has_bf16
 
 @dataclass(frozen=True)
@@ -129,6 +131,12 @@ class BenchConfig:
                 return f"--{name.replace('_', '-')} {value}: must be at least 1"
         if self.warmup < 0:
             return f"--warmup {self.warmup}: must be >= 0"
+        if os.path.exists(self.out) and not os.path.isdir(self.out):
+            return f"--out {self.out}: is a file, not a folder"
+        for name in ("results.json", "results.csv", "results.png"):
+            if is_real_folder(os.path.join(self.out, name)):   # the user's: never replaced
+                return (f"--out {self.out}: {name} there is a folder; refusing to replace it "
+                        "(move it away or choose another --out)")
         if self.annotations and not self.data:
             return "--annotations needs --data (the images it describes)"
         if self.data and not self.annotations:

@@ -10,11 +10,13 @@ import argparse
 import datetime
 import hashlib
 import importlib
+import io
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from importlib.metadata import version
 
@@ -29,6 +31,32 @@ STAT_KEYS = ("p50_ms", "p90_ms", "mean_ms", "min_ms", "max_ms", "std_ms")
 
 class Failure(Exception):
     """Reported as one line on stderr, exit status 2."""
+
+
+def printable(text):
+    """``text`` with control characters (terminal escapes among them) shown as ``\\x1b``-style
+    codes: strings from a file's metadata are someone else's, and must not drive the terminal.
+    (edetgraph.cli.printable does the same; this file imports nothing from edetgraph.)"""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def write_whole(path, data):
+    """Write ``data`` (str or bytes) to ``path`` whole or not at all: a new file made
+    exclusively (never a planted link) in ``path``'s folder, renamed over ``path`` (a link
+    there is replaced, its target untouched). An existing folder at ``path`` is refused."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise Failure(f"{path}: is an existing folder; refusing to replace it with a file")
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".partial",
+                               dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _line(exc):
@@ -372,7 +400,7 @@ def benchmark(args):
     """Load, warm up, time; returns the result dict (see SCHEMA)."""
     says = file_says(args.model)
     for line in says_lines(says):
-        print(line, file=sys.stderr)
+        print(printable(line), file=sys.stderr)
     start = time.perf_counter()
     model = load_model(args.model, args.threads, args.delegate, args.provider, args.openvino)
     init_s = time.perf_counter() - start
@@ -392,7 +420,9 @@ def benchmark(args):
         raise Failure(f"{args.model}: inference failed: {_line(exc)}") from None
     if args.save_outputs:
         names = [s["name"] for s in model.outputs]
-        np.savez(args.save_outputs, **dict(zip(names, model.dequantize(outputs))))
+        buffer = io.BytesIO()
+        np.savez(buffer, **dict(zip(names, model.dequantize(outputs))))
+        write_whole(args.save_outputs, buffer.getvalue())
     return {"schema": SCHEMA, "label": args.label,
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": _file_facts(args.model), "file_says": says,
@@ -449,10 +479,7 @@ def main(argv=None):
         result = benchmark(args)
         text = json.dumps(result, indent=2)
         if args.out:   # under a temporary name first: a result file is whole or absent
-            tmp = f"{args.out}.partial"
-            with open(tmp, "w") as f:
-                f.write(text + "\n")
-            os.replace(tmp, args.out)
+            write_whole(args.out, text + "\n")
     except Failure as exc:
         print(f"device_runner: error: {exc}", file=sys.stderr)
         return 2

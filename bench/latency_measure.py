@@ -26,6 +26,7 @@ import numpy as np
 from bench import exports, latency_designs, probes
 from bench.config import TABLE, BenchConfig
 from bench.latency import measure_interleaved
+from edetgraph.files import write_bytes
 from edetgraph.graph import latency
 from edetgraph.task.serving import make_serving_fn
 from edetgraph.task.weights import model_with_weights
@@ -148,10 +149,7 @@ def subject_key(backend: str, threads: int, what: dict) -> dict:
 
 def _write_atomic(path: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.partial{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    write_bytes(path, data)
 
 
 def design_file(built, design, backend: str, workdir: str) -> str:

@@ -33,6 +33,7 @@ import sys
 
 from edetgraph.cli import OneLineParser, first_line
 from edetgraph.graph import latency_model
+from edetgraph.files import write_text
 from edetgraph.graph.spec import SpecError, load_spec
 
 HOST_BACKENDS = ("tf", "onnxruntime", "openvino-fp32", "tflite-fp32", "tflite-fp16")
@@ -111,12 +112,10 @@ def _load_models(paths):
 def _write(out: str, text: str, data: dict) -> list:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     stem = out[:-3] if out.endswith(".md") else out[:-5] if out.endswith(".json") else out
-    with open(stem + ".json", "w") as f:
-        json.dump(data, f, indent=1)
+    write_text(stem + ".json", json.dumps(data, indent=1))
     written = [stem + ".json"]
     if out.endswith(".md"):
-        with open(out, "w") as f:
-            f.write(text)
+        write_text(out, text)
         written.append(out)
     return written
 

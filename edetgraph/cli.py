@@ -22,6 +22,14 @@ _STARTUP_NOISE = re.compile(
     r"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler")
 
 
+def printable(text) -> str:
+    """``text`` with control characters (terminal escape sequences among them) shown as
+    ``\\x1b``-style codes. Strings that come from a file (a model's metadata, its labels, a
+    latency model's names) are someone else's: printed raw they could clear the screen or
+    fake output lines."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def first_line(exc: BaseException, limit: int | None = None) -> str:
     """The first line of an exception's text (its type name when it has none), cut to
     ``limit`` characters when given. TensorFlow's errors give their ``message``."""

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 
+from edetgraph.cli import printable
 from edetgraph.limits import human_bytes
 
 PARTIAL = ".partial"   # the suffix of every temporary a writer leaves while it works
@@ -45,14 +49,34 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-def temp_path(path) -> str:
-    """A fresh hidden name beside ``path`` (``.NAME.<random>.partial``); nothing is created."""
+class OutputRefused(OSError):
+    """An output name that holds something the writer was not asked to replace (a folder
+    where a file goes); the message is one line naming it."""
+
+    def __str__(self):
+        return self.args[0] if self.args else "output refused"
+
+
+def is_real_folder(path) -> bool:
+    """A folder at ``path`` itself (a symlink to one is a link, which a rename replaces)."""
+    return os.path.isdir(path) and not os.path.islink(path)
+
+
+def refuse_folder(path, what: str = "a file") -> None:
+    """Raise :class:`OutputRefused` when ``path`` is an existing folder: a writer of a file
+    never removes a folder the user keeps there (e.g. ``model.onnx/`` holding their files)."""
+    if is_real_folder(path):
+        raise OutputRefused(f"{os.fspath(path)}: is an existing folder; refusing to replace it "
+                            f"with {what} (move it away or choose another name)")
+
+
+def stage_dir(path) -> str:
+    """A new private folder beside ``path`` (``.NAME.<random>.partial``, mode 0700, created
+    exclusively by ``mkdtemp``): what is written inside cannot be a link someone planted, as
+    a fixed or a created-then-unlinked temporary name could be."""
     path = os.path.abspath(os.fspath(path))
     folder, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=PARTIAL, dir=folder)
-    os.close(fd)
-    os.unlink(tmp)
-    return tmp
+    return tempfile.mkdtemp(prefix=f".{name}.", suffix=PARTIAL, dir=folder)
 
 
 def remove(path) -> None:
@@ -86,16 +110,19 @@ def remove_empty(created: list) -> None:
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside ``path``; rename it to ``path`` when the block ends
-    normally, remove it otherwise (an error, KeyboardInterrupt, SystemExit). The writer may
-    make a file or a folder there; an existing file at ``path`` is replaced at once."""
-    tmp = temp_path(path)
+    """Yield a temporary path beside ``path`` (inside a private :func:`stage_dir`); rename it
+    to ``path`` when the block ends normally, remove it otherwise (an error,
+    KeyboardInterrupt, SystemExit). The writer may make a file or a folder there. An
+    existing file or symlink at ``path`` is replaced (the link itself, never its target);
+    an existing folder is refused before the block runs (:func:`refuse_folder`)."""
+    refuse_folder(path)
+    stage = stage_dir(path)
+    tmp = os.path.join(stage, os.path.basename(os.path.abspath(os.fspath(path))))
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        remove(tmp)
-        raise
+    finally:
+        remove(stage)
 
 
 @contextlib.contextmanager
@@ -104,25 +131,85 @@ def atomic_dir(path):
     folder at a temporary name; when it ends normally an existing folder at ``path`` is
     moved aside, the new one renamed into place and the old one removed, so ``path`` is
     always either the old folder whole or the new one whole (a kill between the two renames
-    leaves the old one at a hidden ``.partial`` name). On an error the new folder is removed
-    and the old one stays as it was."""
-    tmp = temp_path(path)
+    leaves the old one in a hidden ``.partial`` folder). On an error the new folder is
+    removed and the old one stays as it was. Only for folders the program owns (a dataset
+    in its cache): it replaces the whole folder."""
+    stage = stage_dir(path)
+    tmp = os.path.join(stage, "new")
     try:
         yield tmp
-        if os.path.isdir(path) and not os.path.islink(path):
-            old = temp_path(path)
+        if is_real_folder(path):
+            old = os.path.join(stage, "old")
             os.rename(path, old)
             try:
                 os.rename(tmp, path)
             except BaseException:
                 os.rename(old, path)
                 raise
-            remove(old)
         else:
             os.replace(tmp, path)
-    except BaseException:
-        remove(tmp)
-        raise
+    finally:
+        remove(stage)
+
+
+class FolderBusy(RuntimeError):
+    """Another live process holds the folder's one-writer lock; one line naming it."""
+
+
+_HELD: dict = {}   # folder -> open lock file: the lock lasts as long as the process
+
+
+def lock_folder(folder, what: str) -> None:
+    """Make this process the one writer of ``folder`` (created if missing): an exclusive
+    ``flock`` on its ``.lock`` file, held until :func:`release_folder` or the process ends.
+    The kernel drops the lock when the holder dies, even by ``kill -9``, so a killed run
+    never leaves it stuck; the file's text only says who holds it. Raises
+    :class:`FolderBusy` naming the holder (pid, host, start time) when another live process
+    has it, :class:`OutputRefused` when ``.lock`` is a link or cannot be opened."""
+    folder = os.path.abspath(os.fspath(folder))
+    if folder in _HELD:
+        return
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, ".lock")
+    while True:
+        fd = _open_lock(path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            raise FolderBusy(f"{folder}: another {what} is writing there "
+                             f"({printable(holder.splitlines()[0]) if holder else 'holder unknown'})"
+                             "; wait for it to end, or use another folder") from None
+        try:   # the file may have been released and removed between our open and our lock
+            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode(), 0)
+    _HELD[folder] = fd
+
+
+def _open_lock(path: str) -> int:
+    try:   # O_NOFOLLOW: a planted link is refused, never written through
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise OutputRefused(f"{path}: cannot open the folder's lock file "
+                            f"({e.strerror or e}); remove it if it is a link") from None
+
+
+def release_folder(folder) -> None:
+    """Give up :func:`lock_folder`'s lock and remove the lock file (before unlocking, so a
+    waiter never locks a file that is gone: it checks, and retries on the new one)."""
+    fd = _HELD.pop(os.path.abspath(os.fspath(folder)), None)
+    if fd is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(os.path.abspath(os.fspath(folder)), ".lock"))
+        os.close(fd)
 
 
 def write_text(path, text: str) -> None:

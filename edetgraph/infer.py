@@ -25,7 +25,7 @@ import os
 import sys
 
 from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
-from edetgraph.cli import first_line, quiet_tensorflow
+from edetgraph.cli import first_line, printable, quiet_tensorflow
 from edetgraph.data.labels import check_labels, load_labels, resolve_labels
 from edetgraph.data.picture import check_picture
 from edetgraph.files import disk_full_message, is_disk_full
@@ -120,7 +120,8 @@ def _file_detector(args):
     labels = load_labels(args.labels) if args.labels else None
     det = DeployedDetector(args.model, labels=labels, method=args.nms, max_dets=args.max_dets)
     source = args.labels or det.meta["facts"].get("labels_source", "the file")
-    print(f"running {args.model} as its metadata says; class names: {source}", file=sys.stderr)
+    print(printable(f"running {args.model} as its metadata says; class names: {source}"),
+          file=sys.stderr)
     return det
 
 

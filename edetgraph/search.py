@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import subprocess
@@ -35,6 +36,8 @@ import time
 from pathlib import Path
 
 from edetgraph.cli import OneLineParser
+from edetgraph.files import (FolderBusy, OutputRefused, is_real_folder, lock_folder,
+                             release_folder, remove, stage_dir)
 from edetgraph.graph import search_space as space_mod
 from edetgraph.nas.candidates import Predictor, check_and_cost, screen, spread
 from edetgraph.nas.common import SearchError, digest, say, write_json
@@ -186,19 +189,13 @@ def _check_settings(out: Path, settings: dict) -> None:
 
 
 def _lock(out: Path):
-    """Refuse a second search into the same folder while one runs."""
-    lock = out / ".lock"
-    if lock.exists():
-        try:
-            pid = int(lock.read_text())
-            os.kill(pid, 0)
-        except (ValueError, ProcessLookupError, PermissionError):
-            pass
-        else:
-            if pid != os.getpid():
-                raise SearchError(f"{out}: another search (pid {pid}) is running there")
-    lock.write_text(str(os.getpid()))
-    return lock
+    """Refuse a second search into the same folder while one runs (a kernel lock: a killed
+    search never leaves it stuck)."""
+    try:
+        lock_folder(out, "search")
+    except (FolderBusy, OutputRefused) as e:
+        raise SearchError(str(e)) from None
+    return out / ".lock"
 
 
 def _dataset(out: Path, args, space) -> dict:
@@ -209,29 +206,45 @@ def _dataset(out: Path, args, space) -> dict:
         return {"data": args.data, "val_data": args.val_data, "val_json": args.val_json}
     folder = out / "data"
     if not (folder / "val" / "instances.json").exists():
+        if folder.is_symlink() or folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise SearchError(f"{folder}: exists but holds no whole built-in dataset; move it "
+                              "away (the search writes its dataset there)")
         size = max(space.image_size)
-        tmp = out / ".data.tmp"
+        stage = stage_dir(folder)   # private: nothing planted there is written through
+        tmp = Path(stage) / "data"
         say(f"generating the built-in dataset once ({args.num_images} images, {size} px)"
              f" -> {folder}")
         cmd = [sys.executable, "-m", "edetgraph.data.synthetic", "--out", str(tmp),
                "--num-images", str(args.num_images), "--image-size", str(size),
                "--num-classes", str(space.base_data["num_classes"]), "--tfrecord"]
-        if subprocess.run(cmd, check=False, cwd=REPO, stdout=subprocess.DEVNULL).returncode != 0:
-            raise SearchError(f"could not generate the built-in dataset in {tmp}")
-        os.replace(tmp, folder)
+        try:
+            if subprocess.run(cmd, check=False, cwd=REPO,
+                              stdout=subprocess.DEVNULL).returncode != 0:
+                raise SearchError(f"could not generate the built-in dataset in {tmp}")
+            os.replace(tmp, folder)
+        finally:
+            remove(stage)
     return {"data": str(folder / "tfrecord" / "train-*.tfrecord"),
             "val_data": str(folder / "tfrecord" / "val-*.tfrecord"),
             "val_json": str(folder / "val" / "instances.json")}
 
 
 def _check_args(args) -> None:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SearchError(f"--out {args.out}: is a file, not a folder")
+    for name in ("summary.json", "pareto.csv", "pareto.png", "screen.json", "measure.json",
+                 "settings.json"):
+        if is_real_folder(out / name):   # the user's: never replaced
+            raise SearchError(f"--out {args.out}: {name} there is a folder; refusing to replace"
+                              " it (move it away or choose another --out)")
     for name in ("steps", "candidates", "train", "parents", "measure", "num_images"):
         if getattr(args, name) < 1:
             raise SearchError(f"--{name.replace('_', '-')} must be at least 1")
     for name in ("rounds", "children"):
         if getattr(args, name) < 0:
             raise SearchError(f"--{name} must be at least 0")
-    if any(b <= 0 for b in args.budget_ms):
+    if any(not math.isfinite(b) or b <= 0 for b in args.budget_ms):
         raise SearchError(f"--budget-ms must be positive, got {args.budget_ms}")
     if not 0 < args.band <= 1:
         raise SearchError(f"--band must be in (0, 1], got {args.band}")
@@ -288,7 +301,7 @@ def run(args) -> dict:
         write_json(out / "summary.json", summary)
         return summary
     finally:
-        lock.unlink(missing_ok=True)
+        release_folder(lock.parent)
 
 
 def main(argv=None) -> int:

@@ -12,6 +12,7 @@ import sys
 
 from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
 from edetgraph.cli import first_line
+from edetgraph.files import OutputRefused, is_real_folder
 from edetgraph.graph.budget import check_budget
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.verify.datasets import EvalDataError, check_eval_data, default_annotations
@@ -106,6 +107,11 @@ def check_common(args, suffix: str):
         raise ExportError(f"--out {args.out}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise ExportError(f"--out {args.out}: directory {parent} is not writable")
+    beside = [out + ".json"] + ([out[:-len(".xml")] + ".bin"] if suffix == ".xml" else [])
+    for target in [out] + beside:    # the file and what is written beside it
+        if is_real_folder(target):
+            raise ExportError(f"--out {args.out}: {target} is an existing folder; refusing to "
+                              "replace it (move it away or choose another name)")
     if args.max_detections < 1:
         raise ExportError(f"--max-detections {args.max_detections}: must be at least 1")
     if not 0.0 <= args.iou_threshold <= 1.0:
@@ -249,6 +255,9 @@ def run_cli(prog: str, main, argv=None) -> int:
     except (ExportError, SpecError, CheckpointError) as e:
         print(f"{prog}: error: {first_line(e)}", file=sys.stderr)
         return 1 if isinstance(e, ExportFailed) else 2
+    except OutputRefused as e:   # a folder appeared at an output name while it ran
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{prog}: error: interrupted; no file written", file=sys.stderr)
         return 130

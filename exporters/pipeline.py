@@ -34,7 +34,7 @@ from edetgraph.verify.gate import run_gate
 from edetgraph.verify.parity import ParityError, ParityGate, format_parity, tolerance_for
 from edetgraph.verify.runners import RunnerError, make_runner
 from edetgraph.verify.ties import NmsRule
-from edetgraph.files import disk_full_message, is_disk_full
+from edetgraph.files import disk_full_message, is_disk_full, is_real_folder, refuse_folder
 from exporters.cli import log
 from exporters.model_facts import labels_of, strict_json
 from exporters.options import ExportFailed, ExportOptions
@@ -49,6 +49,7 @@ class Format:
     runner = ""            # verify.runners kind that runs the written file
     runner_options: dict = {}  # ... and its options (e.g. a SavedModel signature)
     target = "tf"          # the op forms the network is lowered to (edetgraph.nn.targets)
+    writes_folder = False  # the file is a folder (a SavedModel): it may replace one
     versions: tuple = ()   # distributions recorded in the summary
 
     def build(self, spec, opts: ExportOptions):
@@ -155,7 +156,7 @@ def export(spec, out: str, fmt: Format, opts: ExportOptions) -> dict:
 def _stage_gate_keep(job: _Job, out: str, converted, timings: dict, start: float) -> dict:
     """Write the file under a temporary name, gate it, and keep it only if it passed."""
     spec, fmt, opts = job.spec, job.fmt, job.opts
-    with StagedOutput(out) as staged:
+    with StagedOutput(out, replace_folder=fmt.writes_folder) as staged:
         fmt.write(converted, staged.path)
         try:
             runner = make_runner(fmt.runner, staged.path, opts.gate.threads,
@@ -273,8 +274,9 @@ class StagedOutput:
     replaces the folder there (the caller checks that it may).
     """
 
-    def __init__(self, out: str):
+    def __init__(self, out: str, replace_folder: bool = False):
         self.out = os.path.abspath(out)
+        self.replace_folder = replace_folder
         name = os.path.basename(self.out)
         self._dir = tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial",
                                      dir=os.path.dirname(self.out))
@@ -287,7 +289,11 @@ class StagedOutput:
         with open(staged_json, "w") as f:
             json.dump(strict_json(summary), f, indent=2, allow_nan=False)
             f.write("\n")
-        if os.path.isdir(self.out):       # a folder: move the old one out of the way first
+        targets = [self.out + ".json"] + [os.path.join(os.path.dirname(self.out),
+                                                       os.path.basename(e)) for e in self.companions]
+        for target in targets + ([] if self.replace_folder else [self.out]):
+            refuse_folder(target)           # a user's folder there is never removed
+        if is_real_folder(self.out):   # a SavedModel folder (checked by its CLI): moved aside
             os.replace(self.out, self.path + ".old")
         for extra in self.companions:
             os.replace(extra, os.path.join(os.path.dirname(self.out), os.path.basename(extra)))

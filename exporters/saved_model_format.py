@@ -37,6 +37,7 @@ class SavedModelFormat(Format):
     name, prog, runner = "saved_model", "to_saved_model", "tf"
     runner_options = {"signature": "network"}
     versions = ("tensorflow-cpu", "tensorflow")
+    writes_folder = True   # a SavedModel is a folder; its CLI checks that one at --out is one
 
     def __init__(self, nms: str = "soft", score_thresh: float | None = None,
                  max_dets: int = 100, ckpt_mode: str = "strict"):

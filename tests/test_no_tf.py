@@ -2,6 +2,8 @@
 import json
 import time
 
+import pytest
+
 from conftest import OFFICIAL, run_py
 
 BLOCK_TF = """
@@ -53,6 +55,7 @@ print('ok', 'tensorflow' in sys.modules)
     assert r.stdout.split() == ["ok", "False"]
 
 
+@pytest.mark.serial   # a wall-clock bound: runs alone (scripts/test)
 def test_inspect_every_spec_without_tensorflow_under_2s(tmp_path):
     code = BLOCK_TF + """
 import json, time

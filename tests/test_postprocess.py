@@ -261,6 +261,7 @@ def test_labels():
     assert label_name(12) == "class_12" and label_name(3.0) == "car"
 
 
+@pytest.mark.serial   # a wall-clock bound: runs alone (scripts/test)
 def test_postprocess_is_fast():
     rng = np.random.default_rng(9)
     cls, box = fake_head_outputs(rng, 512, batch=1)

@@ -191,6 +191,7 @@ def test_read_image_conversions_and_errors(tmp_path):
         read_image(tmp_path / "missing.jpg")
 
 
+@pytest.mark.serial   # a wall-clock bound: runs alone (scripts/test)
 def test_preprocess_is_fast(street):
     import time
 

@@ -72,6 +72,7 @@ def test_the_pixel_limit_is_right_both_ways(tmp_path, monkeypatch):
     assert tuple(read_image(small).shape) == (30, 40, 3)
 
 
+@pytest.mark.serial   # a wall-clock bound: runs alone (scripts/test)
 def test_infer_refuses_a_real_png_bomb_at_once_in_little_memory(tmp_path):
     """1.1 MB of PNG that decodes to 1.2 GB (before the fix: 11.2 GB peak, 41 s, exit 0)."""
     bomb = png(tmp_path / "bomb.png", 20000, 20000)
@@ -147,6 +148,7 @@ def test_an_archive_unpacks_into_the_cache_not_beside_it(tmp_path, cache):
 
 
 @pytest.mark.parametrize("kind", ["declared_2GB", "zeros_100MB"])
+@pytest.mark.serial   # a wall-clock bound: runs alone (scripts/test)
 def test_an_archive_bomb_is_refused_before_anything_is_written(tmp_path, cache, kind):
     src = _checkpoint_folder(tmp_path / "src")
     archive = (_archive(tmp_path / "bomb.tar.gz", src, declared=2 << 30) if kind == "declared_2GB"

@@ -3,6 +3,7 @@
 truncated one; a full disk is one line naming the folder."""
 import errno
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ def test_atomic_path_renames_on_success_and_removes_on_failure(tmp_path):
     assert target.read_text() == "new" and _listing(tmp_path) == ["out.json"]
     with files.atomic_path(tmp_path / "folder") as tmp:   # a folder works the same way
         os.mkdir(tmp)
-        (tmp_path / os.path.basename(tmp) / "inside").write_text("x")
+        (Path(tmp) / "inside").write_text("x")
     assert (tmp_path / "folder" / "inside").read_text() == "x"
 
 

@@ -23,6 +23,7 @@ def alias_bomb(levels: int = 9) -> str:
 
 
 @pytest.mark.parametrize("field", ["image_size", "name", "aspect_ratios"])
+@pytest.mark.serial   # a wall-clock bound: runs alone (scripts/test)
 def test_an_alias_bomb_is_refused_at_once(field, tmp_path, monkeypatch):
     head = {"image_size": "name: x\nimage_size:\n", "name": "image_size: 64\nname:\n",
             "aspect_ratios": "name: x\nimage_size: 512\nanchors:\n aspect_ratios:\n"}[field]
@@ -77,6 +78,7 @@ def test_spec_file_size_is_capped_and_the_cap_can_be_raised(tmp_path, monkeypatc
     ("head.repeats=100000000", r"head.repeats: 100,000,000 is more than 5,000"),
     ("backbone.depth=1e9", r"backbone: 16,000,000,000 blocks"),
 ])
+@pytest.mark.serial   # a wall-clock bound: runs alone (scripts/test)
 def test_a_model_past_the_limits_is_refused_before_anything_is_built(override, message):
     start = time.perf_counter()
     with pytest.raises(SpecError, match=message):
@@ -122,6 +124,7 @@ def test_every_limit_is_documented_in_the_readme():
     assert missing == []
 
 
+@pytest.mark.serial   # a wall-clock bound: runs alone (scripts/test)
 def test_short_never_builds_a_whole_repr():
     big = ["x" * 10] * 10
     for _ in range(8):

@@ -24,6 +24,7 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2 as pb
 
 from edetgraph.checkpoints.archive import CheckpointError, extract_archive, resolve_checkpoint
 from edetgraph.checkpoints.integrity import model_held, older_checkpoints
+from edetgraph.files import atomic_path
 
 __all__ = ["CheckpointError", "LoadReport", "Mismatch", "resolve_checkpoint", "extract_archive",
            "read_entries", "load_checkpoint", "check_readable", "save_checkpoint",
@@ -343,10 +344,8 @@ def _pack(folder: Path, archive: Path) -> None:
         return info
 
     archive.parent.mkdir(parents=True, exist_ok=True)
-    tmp = archive.with_name(archive.name + ".partial")
-    with tarfile.open(tmp, "w:gz", compresslevel=6) as tar:  # what `tar czf` uses
-        tar.add(folder, arcname=folder.name, filter=anonymous)
-    os.replace(tmp, archive)
+    with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz", compresslevel=6) as tar:
+        tar.add(folder, arcname=folder.name, filter=anonymous)   # what `tar czf` uses
 
 
 def checkpoint_labels(prefix) -> dict | None:

@@ -33,9 +33,10 @@ from PIL import Image  # noqa: E402
 from edetgraph.data.coco_checks import CocoError, check_coco  # noqa: E402
 from edetgraph.data.labels import labels_json, records_labels_path  # noqa: E402
 from edetgraph.data.picture import PictureError, check_pixels  # noqa: E402
-from edetgraph.data.shards import ShardSet  # noqa: E402
+from edetgraph.data.shards import SHARD, ShardSet  # noqa: E402
 from edetgraph.data.tfexample import encode_example  # noqa: E402
-from edetgraph.files import disk_full_message, is_disk_full, remove, write_text  # noqa: E402
+from edetgraph.files import (disk_full_message, is_disk_full, is_real_folder,  # noqa: E402
+                             refuse_folder, remove, write_text)
 
 __all__ = ["CocoError", "load_coco", "convert", "main"]
 
@@ -144,12 +145,24 @@ def convert(images_dir: str, annotations: str, out_prefix: str, num_shards: int 
                 f.write(labels_json(names))
         else:
             write_text(labels, labels_json(names))
-    elif not labels.startswith("gs://"):
-        remove(labels)
+    elif not labels.startswith("gs://") and not is_real_folder(labels):
+        remove(labels)   # an older run's names; a folder of that name is the user's
     reasons = ("no_area", "outside_image", "unknown_category", "unknown_image")
     return {"images": total, "images_without_boxes": empty, "boxes_written": written,
             "boxes_skipped": {r: skipped[r] for r in reasons}, "files": shards.files,
             "labels": labels if names else None}
+
+
+def _refuse_folders(prefix: str) -> None:
+    """A folder named like one of PREFIX's shards or its labels file is the user's, not an
+    output to replace: refused (OutputRefused) before anything is written."""
+    folder, stem = os.path.split(os.path.abspath(prefix))
+    refuse_folder(records_labels_path(prefix), "a labels file")
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    for name in names:
+        m = SHARD.match(name)
+        if m and m["stem"] == stem:
+            refuse_folder(os.path.join(folder, name), "a TFRecord shard")
 
 
 def main(argv=None) -> int:
@@ -162,6 +175,8 @@ def main(argv=None) -> int:
     p.add_argument("--shards", type=int, default=1, help="number of output files (default 1)")
     args = p.parse_args(argv)
     try:
+        if not args.out.startswith("gs://"):   # checked before any work: the user's folders stay
+            _refuse_folders(args.out)
         summary = convert(args.images, args.annotations, args.out, args.shards,
                           log=lambda msg: print(msg, file=sys.stderr))
     except (CocoError, OSError, tf.errors.OpError) as e:

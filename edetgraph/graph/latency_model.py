@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from edetgraph.graph import latency
+from edetgraph.cli import printable
 from edetgraph.files import read_json
 from edetgraph.graph.cost import COMPONENTS
 
@@ -83,6 +84,23 @@ def _coefficients(where: str, table, allowed) -> dict:
     return {f: float(v) for f, v in table.items()}
 
 
+def _refuse_control_characters(value, where: str = "") -> None:
+    """Names, sources and notes in a model file are printed by inspect, evaluate and the
+    search: a control character (a terminal escape) in any string or key is refused."""
+    stack = [(value, where)]
+    while stack:
+        v, at = stack.pop()
+        if isinstance(v, dict):
+            for k, x in v.items():
+                stack += [(k, at), (x, f"{at}.{k}" if at else str(k))]
+        elif isinstance(v, list):
+            stack += [(x, f"{at}[{i}]") for i, x in enumerate(v)]
+        elif isinstance(v, str) and not all(c.isprintable() for c in v):
+            raise LatencyModelError(f"'{printable(at) or '<key>'}' holds control characters "
+                                    f"({printable(v)[:60]!s}); refusing a file that would write "
+                                    "them to the terminal")
+
+
 def from_dict(d, source: str | None = None) -> LatencyModel:
     """Check a model file's contents; LatencyModelError names the file and the problem."""
     where = source or "<latency model>"
@@ -90,6 +108,7 @@ def from_dict(d, source: str | None = None) -> LatencyModel:
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
             got = d.get("schema") if isinstance(d, dict) else type(d).__name__
             raise LatencyModelError(f"not a latency model (schema {got!r}, expected {SCHEMA!r})")
+        _refuse_control_characters(d)
         missing = [k for k in ("backend", "threads", "machine", "fitted", "kinds", "call")
                    if k not in d]
         if missing:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
 
 import yaml
 
+from edetgraph.files import atomic_path
 from edetgraph.nas.common import say, write_atomic, write_json
 
 
@@ -119,14 +119,12 @@ def write_report(out: Path, rows: list[dict], budgets: list[float], space) -> di
         winners[f"{b:g}"] = {"key": w["key"], "spec": str(path), "AP": w["AP"],
                              "AP50": w["AP50"], "measured_ms": w["measured_ms"],
                              "predicted_ms": w["predicted_ms"], "vs_family": cmp}
-    tmp = out / ".pareto.csv.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out / "pareto.csv") as tmp, open(tmp, "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         wr.writeheader()
         for r in sorted(rows, key=lambda r: (r["measured_ms"] or math.inf, -r["AP"])):
             wr.writerow({k: ("|".join(map(str, v)) if isinstance(v, list) else v)
                          for k, v in r.items()})
-    os.replace(tmp, out / "pareto.csv")
     summary = {"winners": winners, "family": [{k: r[k] for k in ("key", "phi", "AP",
                "measured_ms", "predicted_ms")} for r in family],
                "trained": len(rows), "space": space.source}
@@ -171,10 +169,9 @@ def _plot(path: Path, rows, family, budgets) -> str | None:
     ax.set_title("edetgraph.search: accuracy vs latency")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
     return str(path)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from edetgraph.checkpoints.archive import resolve_checkpoint
 from edetgraph.checkpoints.checkpoint import checkpoint_labels
-from edetgraph.files import atomic_path, write_text
+from edetgraph.files import atomic_path, refuse_folder, write_text
 from edetgraph.graph.spec import load_spec
 from edetgraph.task.detector import Detector
 from edetgraph.task.labels import resolve_labels
@@ -93,6 +93,9 @@ def _outputs(paths: list, out: Path) -> list[tuple[str, Path]]:
         if pic.resolve() == Path(path).resolve():
             raise ValueError(f"{path}: --out would overwrite this input picture; pick another folder")
         res.append((stem, pic))
+    for target in [pic for _, pic in res] + [out / f"{stem}.npz" for stem, _ in res] + [
+            out / "detections.json"]:
+        refuse_folder(target, "an output")   # before any work: the user's folders stay
     return res
 
 

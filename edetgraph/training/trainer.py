@@ -23,12 +23,14 @@ from edetgraph.checkpoints.checkpoint import CheckpointError, load_checkpoint
 from edetgraph.checkpoints.integrity import describe, saved_spec, spec_differences
 from edetgraph.data.labels import LABELS_FILE, labels_json
 from edetgraph.data.pipeline import UndecodableData
-from edetgraph.files import disk_full_message, is_disk_full
+from edetgraph.files import (FolderBusy, OutputRefused, disk_full_message, is_disk_full,
+                             lock_folder, release_folder)
 from edetgraph.task.evaluation import Evaluator
 from edetgraph.training import inputs as tdata
 from edetgraph.training.checkpointing import Checkpointer, CheckpointMismatch
 from edetgraph.training.distribute import (
     DistributeError,
+    is_chief,
     is_tpu,
     make_strategy,
     worker_info,
@@ -173,14 +175,18 @@ def train(spec, config, model_dir, data=None, val_data=None, val_json=None, ckpt
         if is_disk_full(e):
             raise TrainError(disk_full_message(model_dir)) from None
         raise
+    finally:
+        release_folder(model_dir)   # the one-writer lock _train took (a no-op if it did not)
 
 
 def _train(spec, config, model_dir, data, val_data, val_json, ckpt, strategy, tpu, log,
            inject_nan_at, start) -> TrainResult:
     try:
         dist = make_strategy(strategy, tpu)
+        if "://" not in model_dir and is_chief(dist):   # one writer per model dir
+            lock_folder(model_dir, "train")
         paths = tdata.resolve_data(spec, config, data, val_data, val_json, log)
-    except (DistributeError, tdata.DataError) as e:
+    except (DistributeError, tdata.DataError, FolderBusy, OutputRefused) as e:
         raise TrainError(str(e)) from None
     try:
         loop = _make_loop(spec, config, model_dir, paths, dist, ckpt, log, inject_nan_at)

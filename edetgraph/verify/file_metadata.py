@@ -17,6 +17,8 @@ import json
 import os
 import zipfile
 
+from edetgraph.cli import printable
+
 FACTS_SCHEMA = "edetgraph.model/1"
 FACTS_FILE = "edetgraph.json"
 LABELS_FILE = "labels.txt"
@@ -158,4 +160,4 @@ def summary_lines(meta: dict) -> list[str]:
     if fields.get("author") or fields.get("license"):
         lines.append(f"  author {fields.get('author')}, licence {fields.get('license')}, "
                      f"version {fields.get('version')}")
-    return lines
+    return [printable(line) for line in lines]
