@@ -12,14 +12,13 @@ training kept beside the checkpoint, --labels, or COCO's) and says where they ca
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
 from edetgraph.cli import quiet_tensorflow
 from edetgraph.data.labels import label_mismatches, resolve_labels
-from edetgraph.files import write_text
+from edetgraph.files import json_text, write_text
 from edetgraph.graph.budget import check_budget
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.task.coco import EvalError, format_table
@@ -86,7 +85,7 @@ def main(argv=None) -> int:
     print(format_table(metrics))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_text(args.out, json.dumps(metrics, indent=1))
+        write_text(args.out, json_text(metrics, indent=1))
     return 0
 
 

@@ -14,6 +14,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import math
 import os
 import shutil
 import socket
@@ -40,6 +41,21 @@ def read_json(path, error: type[Exception]):
         raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     except UnicodeDecodeError:
         raise error(f"{path}: not valid JSON (not UTF-8 text)") from None
+
+
+def json_text(value, **dump_options) -> str:
+    """``json.dumps`` that always writes valid JSON: a non-finite float (a NaN loss, a NaN
+    box from broken weights) becomes ``null``, where plain ``json.dumps`` writes the bare
+    ``NaN`` / ``Infinity`` no JSON parser but Python's accepts."""
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+    return json.dumps(finite(value), allow_nan=False, **dump_options)
 
 
 def cache_dir() -> Path:

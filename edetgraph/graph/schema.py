@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -62,9 +63,13 @@ def _convert(tp: Any, value: Any, path: str, error: type) -> Any:
         return value
     if tp is float:
         if isinstance(value, str) and _FLOAT_TEXT.match(value):
-            return float(value)
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail(error, path, f"expected a number, got {short(value)}")
+        # NaN passes every later range check (nan <= 0 is false) and inf overflows them:
+        # neither is a setting anyone means, so both stop here, naming the key.
+        if not math.isfinite(value):
+            fail(error, path, f"expected a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

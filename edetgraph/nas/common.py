@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
-from edetgraph.files import write_text
+from edetgraph.files import json_text, write_text
 
 
 class SearchError(Exception):
@@ -22,7 +21,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, value) -> None:
-    write_atomic(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
+    write_atomic(path, json_text(value, indent=1, sort_keys=True) + "\n")
 
 
 def digest(path) -> str:

@@ -8,7 +8,6 @@ under a temporary name and renamed once complete, ``detections.json`` last.
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
@@ -19,7 +18,7 @@ import numpy as np
 
 from edetgraph.checkpoints.archive import resolve_checkpoint
 from edetgraph.checkpoints.checkpoint import checkpoint_labels
-from edetgraph.files import atomic_path, refuse_folder, write_text
+from edetgraph.files import atomic_path, json_text, refuse_folder, write_text
 from edetgraph.graph.spec import load_spec
 from edetgraph.task.detector import Detector
 from edetgraph.task.labels import resolve_labels
@@ -77,11 +76,11 @@ def _json_text(obj) -> str:
         if isinstance(o, list) and any(isinstance(v, (list, dict)) for v in o):
             return [walk(v) for v in o]
         if isinstance(o, list):
-            flat.append(json.dumps(o))
+            flat.append(json_text(o))
             return f"{mark}{len(flat) - 1}"
         return o
 
-    text = json.dumps(walk(obj), indent=1)
+    text = json_text(walk(obj), indent=1)
     return re.sub(f'"{mark}(\\d+)"', lambda m: flat[int(m.group(1))], text) + "\n"
 
 

@@ -7,14 +7,13 @@ a small function; ``edetgraph.training.trainer`` builds the record and runs it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import time
 
 import tensorflow as tf
 
-from edetgraph.files import disk_full_message, is_disk_full, write_text
+from edetgraph.files import disk_full_message, is_disk_full, json_text, write_text
 from edetgraph.task.coco import EvalError
 from edetgraph.training.checkpointing import Checkpointer
 from edetgraph.training.precise_bn import assign, recalibrate
@@ -80,7 +79,7 @@ def _evaluate(evaluator, state, step: int, progress: Progress, model_dir: str,
     progress.scalars(step, {k: v for k, v in metrics.items() if k.startswith(("AP", "AR"))},
                      prefix="eval/")
     write_file(os.path.join(model_dir, "eval", "metrics.json"),
-           json.dumps({"step": step, **metrics}, indent=1))
+           json_text({"step": step, **metrics}, indent=1))
     return metrics
 
 
