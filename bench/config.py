@@ -131,6 +131,8 @@ class BenchConfig:
                 return f"--{name.replace('_', '-')} {value}: must be at least 1"
         if self.warmup < 0:
             return f"--warmup {self.warmup}: must be >= 0"
+        if "://" in self.out:
+            return f"--out {self.out}: the benchmark writes local files only; copy them after"
         if os.path.exists(self.out) and not os.path.isdir(self.out):
             return f"--out {self.out}: is a file, not a folder"
         for name in ("results.json", "results.csv", "results.png"):

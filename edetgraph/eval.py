@@ -18,7 +18,7 @@ from pathlib import Path
 from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
 from edetgraph.cli import quiet_tensorflow
 from edetgraph.data.labels import label_mismatches, resolve_labels
-from edetgraph.files import json_text, write_text
+from edetgraph.files import OutputRefused, json_text, refuse_remote, write_text
 from edetgraph.graph.budget import check_budget
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.task.coco import EvalError, format_table
@@ -54,9 +54,12 @@ def main(argv=None) -> int:
     try:
         spec = load_spec(args.spec, args.set)
         check_budget(spec)   # a model past the limits is refused before TensorFlow starts
+        for flag in ("out", "detections"):
+            if getattr(args, flag):
+                refuse_remote(getattr(args, flag), f"--{flag}")
         check_eval_data(args.data, args.annotations)   # the data, then the weights
         resolve_labels(args.labels, resolve_checkpoint(args.ckpt), spec.num_classes)
-    except (SpecError, ValueError, CheckpointError) as e:
+    except (SpecError, ValueError, CheckpointError, OutputRefused) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     quiet_tensorflow()

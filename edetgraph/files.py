@@ -73,6 +73,15 @@ class OutputRefused(OSError):
         return self.args[0] if self.args else "output refused"
 
 
+def refuse_remote(path, flag: str) -> None:
+    """Raise :class:`OutputRefused` for a remote output (``gs://...``): the local writers
+    would make a folder named ``gs:`` and report the remote name. (``train --model-dir``
+    writes through TensorFlow's file system and takes remote paths.)"""
+    if "://" in os.fspath(path):
+        raise OutputRefused(f"{flag} {os.fspath(path)}: this command writes local files only; "
+                            "write to a local path and copy it (e.g. gsutil cp)")
+
+
 def is_real_folder(path) -> bool:
     """A folder at ``path`` itself (a symlink to one is a link, which a rename replaces)."""
     return os.path.isdir(path) and not os.path.islink(path)

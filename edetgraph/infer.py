@@ -28,7 +28,7 @@ from edetgraph.checkpoints.archive import CheckpointError, resolve_checkpoint
 from edetgraph.cli import first_line, printable, quiet_tensorflow
 from edetgraph.data.labels import check_labels, load_labels, resolve_labels
 from edetgraph.data.picture import check_picture
-from edetgraph.files import disk_full_message, is_disk_full
+from edetgraph.files import disk_full_message, is_disk_full, refuse_remote
 from edetgraph.graph.budget import check_budget
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.limits import LIMITS
@@ -83,6 +83,7 @@ def _refusal(args) -> str | None:
         return f"--max-dets must be >= 1, got {args.max_dets}"
     if args.max_pixels is not None and args.max_pixels < 1:
         return f"--max-pixels must be >= 1, got {args.max_pixels}"
+    refuse_remote(args.out, "--out")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         return f"--out {args.out}: is a file, not a folder"
     if (args.spec is None) == (args.model is None):

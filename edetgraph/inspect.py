@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edetgraph.cli import quiet_tensorflow
+from edetgraph.files import refuse_remote
 from edetgraph.graph import latency_model, scaling
 from edetgraph.graph.budget import check_budget
 from edetgraph.graph.build import build_ir
@@ -219,6 +220,7 @@ def _main_compare(args) -> int:
 
 def _draw_path(draw_arg: str, spec, count: int):
     stem = Path(spec.source or spec.name).stem
+    refuse_remote(draw_arg, "--draw")   # Path("gs://b/x") would be a local folder 'gs:'
     path = Path(draw_arg)
     if not path.suffix:
         path.mkdir(parents=True, exist_ok=True)
@@ -241,6 +243,7 @@ def main(argv=None) -> int:
         if args.latency:
             r["latency"] = latency_model.predict(spec, latency_model.load(args.latency), g)
         if args.draw:
+            refuse_remote(args.draw, "--draw")
             r["drawing"] = str(draw(g, args.draw, title=f"{spec.name}: feature network"))
     except (SpecError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

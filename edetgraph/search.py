@@ -26,6 +26,7 @@ checkpoint. --out remembers its settings and refuses a run with other ones.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import math
 import os
@@ -36,6 +37,7 @@ import time
 from pathlib import Path
 
 from edetgraph.cli import OneLineParser
+from edetgraph.data.labels import without_sidecars
 from edetgraph.files import (FolderBusy, OutputRefused, is_real_folder, lock_folder,
                              release_folder, remove, stage_dir)
 from edetgraph.graph import search_space as space_mod
@@ -203,6 +205,10 @@ def _dataset(out: Path, args, space) -> dict:
     if args.data:
         if (args.val_data is None) != (args.val_json is None):
             raise SearchError("--val-data and --val-json go together")
+        for flag in ("data", "val_data"):   # a glob matching nothing would fail every training
+            pattern = getattr(args, flag)
+            if pattern and "://" not in pattern and not without_sidecars(glob.glob(pattern)):
+                raise SearchError(f"--{flag.replace('_', '-')} {pattern}: matches no file")
         return {"data": args.data, "val_data": args.val_data, "val_json": args.val_json}
     folder = out / "data"
     if not (folder / "val" / "instances.json").exists():
@@ -230,6 +236,8 @@ def _dataset(out: Path, args, space) -> dict:
 
 
 def _check_args(args) -> None:
+    if "://" in args.out:
+        raise SearchError(f"--out {args.out}: the search writes local files only")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SearchError(f"--out {args.out}: is a file, not a folder")
@@ -288,6 +296,9 @@ def run(args) -> dict:
             ok = [k for k in keys if (trainer.result(k) or {}).get("ok")]
             chosen += sorted(ok, key=lambda k: -trainer.result(k)["AP"])[:args.measure]
         chosen = [k for k in dict.fromkeys(chosen) if (trainer.result(k) or {}).get("ok")]
+        if not chosen:
+            raise SearchError(f"every training failed (the reasons are in {out}/candidates/*/"
+                              "result.json and train.log); nothing to compare")
         exports = {k: export(out, k, predict.backend, threads) for k in chosen}
         files = {k: e["file"] for k, e in exports.items() if e["ok"]}
         if files:

@@ -16,7 +16,7 @@ from edetgraph.files import OutputRefused, is_real_folder
 from edetgraph.graph.budget import check_budget
 from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.verify.datasets import EvalDataError, check_eval_data, default_annotations
-from edetgraph.data.labels import resolve_labels
+from edetgraph.data.labels import resolve_labels, without_sidecars
 from exporters.options import (EvalOptions, ExportError, ExportFailed, ExportOptions, GateOptions,
                                ModelCard)
 
@@ -99,6 +99,9 @@ def add_eval_args(p) -> None:
 
 def check_common(args, suffix: str):
     """Checks that need no TensorFlow; returns the validated ModelSpec."""
+    if "://" in args.out:
+        raise ExportError(f"--out {args.out}: exporters write local files only; export to a "
+                          "local path and copy it (e.g. gsutil cp)")
     out = os.path.abspath(args.out)
     if not out.endswith(suffix):
         raise ExportError(f"--out {args.out}: the file name must end in {suffix}")
@@ -236,7 +239,7 @@ def representative_files(source: str) -> tuple:
             raise ExportError(f"--representative-data {source}: no {'/'.join(IMAGE_SUFFIXES)} "
                               "images in this folder")
         return "dir", files
-    files = sorted(glob.glob(source))
+    files = sorted(without_sidecars(glob.glob(source)))
     if not files:
         raise ExportError(f"--representative-data {source}: no such folder or TFRecord file")
     return "tfrecord", files

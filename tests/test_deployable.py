@@ -255,3 +255,62 @@ def test_bench_run_report_names_the_classes(made, tmp_path):
     from edetgraph.verify.file_metadata import labels_of, read_metadata
     exported = list((tmp_path / "bench").glob("*.onnx"))
     assert exported and labels_of(read_metadata(exported[0])) == NAMES
+
+
+def _with_facts(src: Path, dst: Path, change) -> Path:
+    """A copy of the ONNX file ``src`` whose edetgraph metadata ``change(facts)`` edited."""
+    import onnx
+    model = onnx.load(str(src))
+    for prop in model.metadata_props:
+        if prop.key == "edetgraph":
+            facts = json.loads(prop.value)
+            change(facts)
+            prop.value = json.dumps(facts)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _spec_set(facts, key, value):
+    import yaml
+    spec = yaml.safe_load(facts["spec"])
+    spec[key] = value
+    facts["spec"] = yaml.safe_dump(spec)
+
+
+@pytest.mark.parametrize("name,change,says", [
+    ("uint8_on_float", lambda f: f["input"].update(kind="uint8", dtype="uint8"),
+     "input dtype uint8 but the graph takes float32"),
+    ("size", lambda f: (f["input"].update(height=96, width=96),
+                        _spec_set(f, "image_size", 96)),
+     "input 96x96x3 but the graph takes"),
+    ("detections_on_raw", lambda f: f["outputs"].update(kind="detections", nms="fast",
+                                                        boxes="ratio"),
+     "detection outputs, but the graph has no boxes"),
+    ("detections_without_nms", lambda f: f["outputs"].update(kind="detections"),
+     "detections with NMS None"),
+    ("classes", lambda f: (f.update(num_classes=5), _spec_set(f, "num_classes", 5)),
+     "output cls_l3 of shape (8, 8, 45) per picture but the graph's is (1, 8, 8, 27)"),
+    ("huge", lambda f: (f["input"].update(height=60000, width=60000),
+                        _spec_set(f, "image_size", 60000)),
+     "claims a model past the limits"),
+    ("self_contradiction", lambda f: f["input"].update(height=128),
+     "input 128x64 but its spec's image_size is 64x64"),
+])
+def test_infer_model_refuses_metadata_that_disagrees_with_the_graph(made, tmp_path, name, change,
+                                                                     says):
+    bad = _with_facts(made["onnx"], tmp_path / f"{name}.onnx", change)
+    picture = sorted(Path(made["val_images"]).glob("*.jpg"))[0]
+    r = _cli("-m", "edetgraph.infer", "--model", str(bad), "--image", str(picture),
+             "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert says in r.stderr and r.stderr.strip().count("\n") <= 1, r.stderr[-2000:]
+    assert not (tmp_path / "o" / "detections.json").exists()
+
+
+def test_infer_model_accepts_the_file_as_exported(made, tmp_path):
+    """The other side: the unedited copy passes the same checks."""
+    same = _with_facts(made["onnx"], tmp_path / "same.onnx", lambda f: None)
+    picture = sorted(Path(made["val_images"]).glob("*.jpg"))[0]
+    r = _cli("-m", "edetgraph.infer", "--model", str(same), "--image", str(picture),
+             "--out", str(tmp_path / "o"))
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -6,6 +6,7 @@ model the checkpoint holds; a full disk while saving is one line naming the fold
 leaves no ckpt-N_temp; leftover ckpt-N_temp folders are removed."""
 import errno
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,3 +140,78 @@ def _full_disk(folder):
 def _tiny_overrides():
     from test_train import TINY
     return TINY
+
+
+# Every file training leaves in a model dir, damaged in turn (garbage, or emptied): training
+# resumes from the newest checkpoint that reads back whole and says so in one line, or
+# refuses in one line; never a traceback, and an intact checkpoint is never called damaged.
+DAMAGED = [("checkpoint", "garbage"), ("checkpoint", "empty"), ("spec.yaml", "garbage"),
+           ("labels.json", "garbage"), ("train_config.yaml", "garbage"),
+           ("data_files.json", "garbage"), ("ckpt-2.index", "garbage"),
+           ("ckpt-2.data-00000-of-00001", "empty")]
+
+
+@pytest.mark.slow   # a resume per damaged file
+@pytest.mark.parametrize("name,how", DAMAGED, ids=[f"{n}-{h}" for n, h in DAMAGED])
+def test_every_file_of_a_model_dir_damaged_in_turn_resumes_or_refuses_in_one_line(copy, data,
+                                                                                 name, how):
+    path = copy / name
+    size = path.stat().st_size
+    path.write_bytes(np.random.default_rng(5).bytes(max(16, size // 2)) if how == "garbage"
+                     else b"")
+    logs = []
+    result = train(tiny_spec(), tiny_config(steps=3, checkpoint_every_steps=1), copy, data=data,
+                   log=logs.append)
+    assert result.step == 3
+    said = "\n".join(logs)
+    if name == "checkpoint":
+        assert "damaged" in said and "rebuilt from the checkpoints present (ckpt-1, ckpt-2)" \
+            in said, said
+    if name.startswith("ckpt-2"):     # passed over for ckpt-1, which is named intact
+        assert "resuming from" in said and "ckpt-1, the newest intact" in said, said
+    else:                             # resumed from ckpt-2, no checkpoint passed over
+        assert f"resumed from {copy / 'ckpt-2'} at step 2" in said, said
+        assert "passing over" not in said, said
+    if name == "data_files.json":     # unknown files: the weights resume, the input restarts
+        assert "input starts over" in said, said
+
+
+@pytest.mark.slow   # trains the tiny model once more
+def test_a_resume_with_one_more_shard_continues_from_the_newest_checkpoint(copy, data,
+                                                                          tmp_path):
+    """The saved input position belongs to the old file list: the weights resume, the input
+    starts over on the new data with one line, and no checkpoint is called damaged."""
+    import glob
+    folder = tmp_path / "data"
+    shutil.copytree(Path(data).parent, folder)
+    shard = sorted(glob.glob(str(folder / "train-*.tfrecord")))[0]
+    shutil.copy(shard, folder / "train-more.tfrecord")            # one more file in the glob
+    logs = []
+    result = train(tiny_spec(), tiny_config(steps=3, checkpoint_every_steps=1), copy,
+                   data=str(folder / "train-*.tfrecord"), log=logs.append)
+    said = "\n".join(logs)
+    assert result.step == 3, said
+    assert "input starts over" in said and "ckpt-2" in said, said
+    assert "damaged" not in said and "repair" not in said, said
+
+
+@pytest.mark.slow   # trains the tiny model once more
+def test_a_glob_that_takes_the_labels_sidecar_trains_on_the_records_only(copy, data, tmp_path):
+    """``coco/train*`` also matches ``train.labels.json`` kept beside the records."""
+    folder = tmp_path / "data"
+    shutil.copytree(Path(data).parent, folder)
+    (folder / "train.labels.json").write_text('{"1": "a", "2": "b", "3": "c"}')
+    logs = []
+    result = train(tiny_spec(), tiny_config(steps=3), copy, data=str(folder / "train*"),
+                   log=logs.append)
+    assert result.step == 3
+    assert not any("labels.json" in line and "corrupt" in line for line in logs), logs
+
+
+def test_a_remote_model_dir_that_cannot_be_reached_is_one_line(monkeypatch):
+    def unreachable(path):
+        raise tf.errors.FailedPreconditionError(None, None, "Could not resolve host\nmore")
+    monkeypatch.setattr(tf.io.gfile, "exists", unreachable)
+    with pytest.raises(TrainError, match=r"^--model-dir gs://b/run: cannot reach it \(Could "
+                                         r"not resolve host\)$"):
+        train(tiny_spec(), tiny_config(steps=1), "gs://b/run", data="x", log=lambda m: None)

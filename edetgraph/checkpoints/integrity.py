@@ -55,7 +55,7 @@ def saved_spec(folder: str) -> dict | None:
             return None
         with open(path) as f:
             data = yaml.safe_load(f)
-    except (OSError, yaml.YAMLError, RecursionError):
+    except (OSError, yaml.YAMLError, RecursionError, ValueError):   # ValueError: not UTF-8
         return None
     return data if isinstance(data, dict) else None
 

@@ -83,6 +83,14 @@ RECORDS_SUFFIX = ".labels.json"       # beside a TFRecord set: PREFIX.labels.jso
 _SHARD = re.compile(r"-\d{5}-of-\d{5}(\.tfrecord)?$")
 
 
+def without_sidecars(files) -> list:
+    """``files`` less the project's own files a data glob can match: the class names kept
+    beside a record set (``PREFIX.labels.json``; ``coco/train*`` takes it) and hidden
+    temporaries (``.NAME.*.partial``), which are no records and would read as corrupt."""
+    return [f for f in files if not str(f).endswith(RECORDS_SUFFIX)
+            and not str(f).rstrip("/").rsplit("/", 1)[-1].startswith(".")]
+
+
 def records_labels_path(prefix: str) -> str:
     """Where ``coco_to_tfrecord`` keeps the class names of the set ``PREFIX-*``: beside it,
     named so that the ``PREFIX-*`` glob of the records never takes it."""

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from edetgraph.data.labels import without_sidecars
 from edetgraph.data.shards import check_shard_sets
 from edetgraph.data.tfexample import encode_example, parse_example, source_id_to_int
 
@@ -83,7 +84,7 @@ def list_files(file_pattern: str | Sequence[str]) -> list[str]:
     they hold two shard sets of one prefix (``train-*`` over ``-of-00002`` and
     ``-of-00003`` files)."""
     patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
-    files = sorted({f for p in patterns for f in tf.io.gfile.glob(p)})
+    files = sorted(without_sidecars({f for p in patterns for f in tf.io.gfile.glob(p)}))
     if not files:
         raise FileNotFoundError(f"no input files match {', '.join(patterns)}")
     check_shard_sets(files, ", ".join(patterns))

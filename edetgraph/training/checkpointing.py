@@ -33,6 +33,33 @@ class CheckpointMismatch(RuntimeError):
     of its checkpoints can be read."""
 
 
+def repair_state(model_dir: str) -> str | None:
+    """Rewrite the model dir's ``checkpoint`` index file when it does not parse (a crash, a
+    full disk or a hand edit): it only lists the ``ckpt-N`` prefixes, which are rebuilt
+    from the ``ckpt-N.index`` files present, newest last (each is then checked as usual).
+    Returns a line saying what was done, or None when the file was fine or absent."""
+    state = os.path.join(model_dir, "checkpoint")
+    if not tf.io.gfile.exists(state):
+        return None
+    try:
+        tf.train.get_checkpoint_state(model_dir)
+        return None
+    except (ValueError, UnicodeDecodeError, tf.errors.OpError) as e:
+        reason = first_line(e, 120)
+    found = []
+    for index in tf.io.gfile.glob(os.path.join(model_dir, "ckpt-*.index")):
+        number = os.path.basename(index)[len("ckpt-"):-len(".index")]
+        if number.isdigit():
+            found.append((int(number), index[:-len(".index")]))
+    prefixes = [p for _, p in sorted(found)]
+    if prefixes:
+        tf.compat.v1.train.update_checkpoint_state(model_dir, prefixes[-1], prefixes)
+    else:
+        tf.io.gfile.remove(state)
+    return (f"{state}: damaged ({reason}); rebuilt from the checkpoints present "
+            f"({', '.join(os.path.basename(p) for p in prefixes) or 'none'})")
+
+
 class Checkpointer:
     """Saves every `every_steps` steps or `every_minutes` minutes (whichever comes first),
     keeping the newest `keep`; restores the newest on start."""
@@ -46,6 +73,8 @@ class Checkpointer:
         self.directory = (self.model_dir if chief else
                           os.path.join(self.model_dir, f".worker-{worker_index}-tmp"))
         self.checkpoint = tf.train.Checkpoint(**self.objects)
+        self.repaired = repair_state(self.model_dir) if chief else None
+        self.input_changed = False   # set by the trainer: --data differs from the saved run
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory,
                                                   max_to_keep=keep if chief else 1,
                                                   step_counter=step_var)
@@ -70,37 +99,70 @@ class Checkpointer:
 
     def restore(self, log=None) -> str | None:
         """Restore the newest intact checkpoint of the model dir; None when there is none.
-        ``log`` hears of every damaged checkpoint passed over."""
+        ``log`` hears of every damaged checkpoint passed over, and of an input position
+        that no longer fits the data (another --data: its weights are resumed and the input
+        starts over). Only a checkpoint whose files do not read back whole is called
+        damaged: an intact one is never reported as one."""
         candidates = list(reversed(self.read_manager.checkpoints)) or (
             [self.latest] if self.latest else [])
         if not candidates:
             return None
-        damaged = []
+        damaged, failed = [], []
         for path in candidates:
             try:
                 check_readable(path)
-                self._restore(path)
             except (CheckpointError, tf.errors.OpError, IndexError) as e:
                 damaged.append(path)
                 if log:
                     log(f"{first_line(e, 300)}; passing over it")
                 continue
+            try:
+                self._restore_resuming_input(path, log)
+            except (tf.errors.OpError, IndexError) as e:
+                failed.append(f"{os.path.basename(path)}: {first_line(e, 200)}")
+                if log:
+                    log(f"{path}: cannot be restored ({first_line(e, 300)}); passing over it")
+                continue
             if damaged and log:
                 log(f"resuming from {path}, the newest intact checkpoint (newer: "
                     f"{', '.join(os.path.basename(d) for d in damaged)}, damaged)")
             return path
+        if failed:
+            raise CheckpointMismatch(f"{self.model_dir}: its checkpoints read back whole but "
+                                     f"cannot be restored into this run ({failed[0]}); they are "
+                                     "intact: keep them, and train into a new --model-dir")
         raise CheckpointMismatch(f"{self.model_dir}: none of its checkpoints can be read "
                                  f"({', '.join(os.path.basename(d) for d in damaged)}); use a "
                                  "new --model-dir or repair them")
 
-    def _restore(self, path: str) -> None:
+    def _restore_resuming_input(self, path: str, log) -> None:
+        """Restore everything; when only the input iterator does not fit (its dataset is
+        not the one saved: another --data, one more shard), restore the rest and let the
+        input start over on the data given now."""
+        if self.input_changed and "iterator" in self.objects:
+            reason = "the training files are not those it read"
+        else:
+            try:
+                self._restore(path)
+                return
+            except (tf.errors.OpError, IndexError) as e:
+                if "iterator" not in self.objects:
+                    raise
+                reason = first_line(e, 200)
+        self._restore(path, skip=("iterator",))   # raises when more than the input is wrong
+        if log:
+            log(f"resuming the weights of {os.path.basename(path)}; its input position does not"
+                f" fit the data given now ({reason}), so the input starts over on that data")
+
+    def _restore(self, path: str, skip=()) -> None:
         held = model_held(path)
         what = f"it holds {held}" if held else "another spec or num_classes?"
-        checkpoint = self.checkpoint
+        skip = set(skip)
         if "labels" in self.objects and not tf.train.load_checkpoint(path).has_tensor(
                 LABELS_KEY):   # written before checkpoints carried the class names
-            checkpoint = tf.train.Checkpoint(
-                **{k: v for k, v in self.objects.items() if k != "labels"})
+            skip.add("labels")
+        checkpoint = self.checkpoint if not skip else tf.train.Checkpoint(
+            **{k: v for k, v in self.objects.items() if k not in skip})
         try:
             status = checkpoint.restore(path)
             status.assert_existing_objects_matched()

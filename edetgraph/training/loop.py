@@ -130,6 +130,7 @@ class Loop:
     chief: bool = True
     skipped: int = 0
     metrics: dict | None = None
+    data_files: list = dataclasses.field(default_factory=list)   # what --data matched
 
 
 def _one_call(loop: Loop, step: int) -> int:

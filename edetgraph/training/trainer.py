@@ -13,6 +13,7 @@ progress.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 
@@ -21,8 +22,9 @@ import yaml
 
 from edetgraph.checkpoints.checkpoint import CheckpointError, load_checkpoint
 from edetgraph.checkpoints.integrity import describe, saved_spec, spec_differences
+from edetgraph.cli import first_line
 from edetgraph.data.labels import LABELS_FILE, labels_json
-from edetgraph.data.pipeline import UndecodableData
+from edetgraph.data.pipeline import UndecodableData, list_files
 from edetgraph.files import (FolderBusy, OutputRefused, disk_full_message, is_disk_full,
                              lock_folder, release_folder)
 from edetgraph.task.evaluation import Evaluator
@@ -38,6 +40,8 @@ from edetgraph.training.distribute import (
 from edetgraph.training.loop import Loop, TrainError, run_loop, write_file
 from edetgraph.training.progress import Progress
 from edetgraph.training.step import build_state, make_train_function
+
+DATA_FILES = "data_files.json"   # the training files the checkpoints' input position is of
 
 
 @dataclasses.dataclass
@@ -71,7 +75,8 @@ def check_model_dir(model_dir: str, spec) -> None:
                          f"of {spec.name} ({'; '.join(differs)}); use a new --model-dir")
 
 
-def _run_setup(config, model_dir: str, spec, chief: bool, labels: dict | None) -> None:
+def _run_setup(config, model_dir: str, spec, chief: bool, labels: dict | None,
+               data_files: list) -> None:
     if chief and labels:   # the names travel with the model: infer, eval, exports read them
         write_file(os.path.join(model_dir, LABELS_FILE), labels_json(labels))
     if chief:
@@ -79,6 +84,18 @@ def _run_setup(config, model_dir: str, spec, chief: bool, labels: dict | None) -
         settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "source"}
         write_file(os.path.join(model_dir, "train_config.yaml"),
                yaml.safe_dump(settings, sort_keys=False))
+        write_file(os.path.join(model_dir, DATA_FILES), json.dumps(data_files, indent=1))
+
+
+def _input_changed(model_dir: str, data_files: list) -> bool:
+    """Whether the training files differ from those the model dir's checkpoints read (a
+    saved input position is only valid for the same files: restoring it on another list
+    leaves the iterator cancelled). Unknown (an older or damaged record): changed."""
+    try:
+        with tf.io.gfile.GFile(os.path.join(model_dir, DATA_FILES)) as f:
+            return json.load(f) != data_files
+    except (tf.errors.OpError, ValueError):
+        return True
 
 
 def _initialise(ckpt_path, checkpointer: Checkpointer, state, log) -> None:
@@ -135,6 +152,10 @@ def _make_loop(spec, config, model_dir, paths, strategy, ckpt, log, inject_nan_a
     checkpointer = Checkpointer(objects, model_dir, config.keep_checkpoints, state.step,
                                 config.checkpoint_every_steps, config.checkpoint_every_minutes,
                                 chief, worker)
+    if checkpointer.repaired:
+        log(checkpointer.repaired)
+    data_files = list_files(paths.train)
+    checkpointer.input_changed = _input_changed(model_dir, data_files)
     _initialise(ckpt, checkpointer, state, log)
     names.assign(labels_json(paths.labels or {}))   # this run's data names them, not the last
     jit = is_tpu(strategy) if config.jit_compile is None else config.jit_compile
@@ -142,7 +163,7 @@ def _make_loop(spec, config, model_dir, paths, strategy, ckpt, log, inject_nan_a
     progress = Progress(total, config.batch_size, config.log_every_steps,
                         os.path.join(model_dir, "train") if chief else None)
     return Loop(strategy, state, config, train_fn, iterator, checkpointer, progress, total,
-                 model_dir, log, train_data=paths.train, chief=chief)
+                 model_dir, log, train_data=paths.train, chief=chief, data_files=data_files)
 
 
 def _attach_extras(loop: Loop, spec, paths) -> None:
@@ -167,6 +188,12 @@ def train(spec, config, model_dir, data=None, val_data=None, val_json=None, ckpt
     start = time.perf_counter()
     _check_precision(precision or config.precision)
     model_dir = os.fspath(model_dir)
+    if "://" in model_dir:   # a bucket: reachable at all? (offline, TF retries for ~90 s)
+        try:
+            tf.io.gfile.exists(model_dir)
+        except tf.errors.OpError as e:
+            raise TrainError(f"--model-dir {model_dir}: cannot reach it "
+                             f"({first_line(e, 200)})") from None
     check_model_dir(model_dir, spec)
     try:
         return _train(spec, config, model_dir, data, val_data, val_json, ckpt, strategy, tpu,
@@ -194,7 +221,7 @@ def _train(spec, config, model_dir, data, val_data, val_json, ckpt, strategy, tp
         raise TrainError(str(e)) from None
     except UndecodableData as e:
         raise TrainError(f"--data {data or paths.train}: {e}") from None
-    _run_setup(config, model_dir, spec, loop.chief, paths.labels)
+    _run_setup(config, model_dir, spec, loop.chief, paths.labels, loop.data_files)
     _attach_extras(loop, spec, paths)
     log(f"training {spec.name} for {loop.total} steps (batch {config.batch_size}, "
         f"{dist.num_replicas_in_sync} replica(s), peak lr {config.scaled_learning_rate():.4g})"

@@ -11,6 +11,8 @@ import glob
 import json
 import os
 
+from edetgraph.data.labels import without_sidecars
+
 
 class EvalDataError(ValueError):
     """Evaluation images or annotations that cannot be used; the message names the file."""
@@ -48,7 +50,7 @@ def check_eval_data(data: str, annotations: str) -> None:
     """Refuse a missing folder or glob, an unreadable or empty instances file, or listed
     images missing from the folder (EvalDataError naming the first)."""
     if not os.path.isdir(data):
-        if not glob.glob(data):
+        if not without_sidecars(glob.glob(data)):
             raise EvalDataError(f"{data}: no such folder or TFRecord file")
         listed_images(annotations)
         return

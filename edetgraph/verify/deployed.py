@@ -18,6 +18,7 @@ from edetgraph.task.preprocess import prepare_image, scaled_size
 from edetgraph.verify.accuracy import Postprocessor
 from edetgraph.verify.detections import in_pixels
 from edetgraph.verify.file_metadata import MetadataError, labels_of, read_metadata
+from edetgraph.verify.graph_facts import check_claims, check_graph
 from edetgraph.verify.runners import kind_for_path, make_runner
 
 KEYS = ("boxes", "scores", "classes", "num_detections")
@@ -35,10 +36,12 @@ class DeployedDetector:
         self.path, self.meta = str(path), read_metadata(path)
         facts = self.meta["facts"]
         try:
-            self.spec = from_dict(yaml.safe_load(facts["spec"]), f"{path} (its metadata)")
+            self.spec = from_dict(yaml.safe_load(facts.get("spec") or ""),
+                                  f"{path} (its metadata)")
         except (ValueError, yaml.YAMLError) as e:
             raise MetadataError(f"{path}: the spec in its metadata is unusable: "
                                 f"{str(e).splitlines()[0]}") from None
+        check_claims(path, facts, self.spec)       # bounded before anything is allocated
         self.kind = facts["input"]["kind"]
         self.outputs = facts["outputs"]
         self.labels = dict(labels) if labels is not None else labels_of(self.meta)
@@ -46,6 +49,7 @@ class DeployedDetector:
         self.method = f"in-graph {self.outputs['nms']}" if self.in_graph else method
         self.max_dets, self.score_thresh = max_dets, score_thresh
         self.runner = make_runner(kind_for_path(path), path, threads)
+        check_graph(path, facts, self.spec, self.runner)   # the graph is the truth
         self.load_report = None
         self._post = None
         h, w = self.spec.image_size

@@ -15,6 +15,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from edetgraph.data.labels import without_sidecars
 from edetgraph.resources import path as resource
 from edetgraph.task.coco import load_coco
 from edetgraph.task.preprocess import norm_constants, prepare_image, read_image, scaled_size
@@ -79,7 +80,7 @@ def eval_images(data: str, annotations: str, limit: int | None = None):
         return
     feature = {"image/encoded": tf.io.FixedLenFeature((), tf.string),
                "image/source_id": tf.io.FixedLenFeature((), tf.string)}
-    ds = tf.data.TFRecordDataset(sorted(glob.glob(data)))
+    ds = tf.data.TFRecordDataset(sorted(without_sidecars(glob.glob(data))))
     for count, record in enumerate(ds):
         if limit is not None and count >= limit:
             return
