@@ -64,7 +64,7 @@ class TrainConfig:
     steps: Optional[int] = None
     examples_per_epoch: Optional[int] = None   # None: count the training records
     momentum: float = 0.9
-    weight_decay: float = 4e-5
+    weight_decay: float = 4e-5             # L2 loss term; adamw: var -= lr * wd * var
     clip_norm: float = 10.0                # 0 disables clipping
     ema_decay: float = 0.9998              # 0 disables the moving average
     jitter_min: float = 0.1
@@ -87,7 +87,8 @@ class TrainConfig:
     second_lr_drop_step: Optional[int] = None     # 250 epochs, official)
     poly_lr_power: float = 0.9             # polynomial: lr = peak * (1 - progress)^power
     var_freeze_expr: Optional[str] = None  # regex, re.match'ed on variable names: not trained
-    positives_momentum: Optional[float] = None  # >0: loss normaliser is its moving average
+    positives_momentum: Optional[float] = None  # >0: normalise the loss by a moving
+    #   average of the positive count (debiased: edetgraph/training/normalizer.py)
     checkpoint_every_steps: Optional[int] = None
     checkpoint_every_minutes: Optional[float] = 10.0
     keep_checkpoints: int = 5
