@@ -196,8 +196,8 @@ def _check_recipe(c: TrainConfig) -> None:
         _fail("poly_lr_power", f"must be positive, got {c.poly_lr_power}")
     if c.positives_momentum is not None and not 0.0 <= c.positives_momentum < 1.0:
         _fail("positives_momentum", f"must be in [0, 1) (0 or null: off), got "
-              f"{c.positives_momentum}; a negative value (the official's per-replica mean) "
-              "is what edetgraph always does: the count over the global batch")
+              f"{c.positives_momentum}; the official's negative values (a cross-replica mean "
+              "of per-replica counts) are not offered: the count is the global batch's")
     if c.var_freeze_expr is not None:
         try:
             re.compile(c.var_freeze_expr)
