@@ -23,8 +23,16 @@ from edetgraph.task.losses import (
     global_normalizer,
     weight_decay_loss,
 )
-from edetgraph.training.optim import EMA, SGDMomentum, clip_gradients
-from edetgraph.training.schedule import WarmupCosine
+from edetgraph.training.normalizer import MovingNormalizer
+from edetgraph.training.optim import (
+    EMA,
+    Adam,
+    SGDMomentum,
+    clip_gradients,
+    frozen_names,
+    make_optimizer,
+)
+from edetgraph.training.schedule import WarmupSchedule, make_schedule
 
 SUMMED = ("loss", "cls_loss", "box_loss", "box_iou_loss", "reg_l2_loss")
 SAME = ("lr", "grad_norm", "ok")
@@ -35,33 +43,43 @@ class TrainState:
     spec: object
     model: object
     variables: dict          # name -> variable (official checkpoint names)
-    optimizer: SGDMomentum
+    optimizer: SGDMomentum | Adam
     ema: EMA | None
     step: tf.Variable        # int64, steps taken (skipped ones included)
-    schedule: WarmupCosine
+    schedule: WarmupSchedule
     loss_config: LossConfig
     anchors: np.ndarray
+    decayed: list = None     # variables in the L2 loss term (not frozen; none for AdamW)
+    normalizer: MovingNormalizer | None = None   # positives_momentum's average, when set
 
 
-def build_state(spec, config, total_steps: int, warmup_steps: int, seed: int = 0) -> TrainState:
-    """Create model, optimizer slots, EMA and step; call inside ``strategy.scope()``."""
+def build_state(spec, config, total_steps: int, warmup_steps: int, seed: int = 0,
+                examples_per_epoch: int | None = None) -> TrainState:
+    """Create model, optimizer slots, EMA and step; call inside ``strategy.scope()``.
+    `examples_per_epoch` turns stepwise lr drops given in epochs into steps."""
     model = build_model(spec, seed=seed)
     variables = model.variables_by_name()
-    optimizer = SGDMomentum(variables, config.momentum)
-    ema = EMA(variables, config.ema_decay) if config.ema_decay > 0 else None
+    # var_freeze_expr: frozen variables get no update, no decay and no EMA change.
+    frozen = frozen_names(variables, config.var_freeze_expr, config.source)
+    trained = {n: v for n, v in variables.items() if n not in frozen}
+    optimizer = make_optimizer(config, trained)
+    ema = EMA(variables, config.ema_decay, frozen) if config.ema_decay > 0 else None
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    schedule = WarmupCosine(config.scaled_learning_rate(), config.lr_warmup_init, warmup_steps,
-                            total_steps)
+    schedule = make_schedule(config, warmup_steps, total_steps, examples_per_epoch)
+    decayed = [] if config.optimizer == "adamw" else decayed_variables(trained)
+    normalizer = (MovingNormalizer(config.positives_momentum) if config.positives_momentum
+                  else None)
     loss_config = LossConfig(spec.num_classes, config.focal_alpha, config.focal_gamma,
                              config.label_smoothing, config.huber_delta, config.box_loss_weight,
                              config.iou_loss, config.iou_loss_weight)
     anchors = spec_anchors(spec)
-    return TrainState(spec, model, variables, optimizer, ema, step, schedule, loss_config, anchors)
+    return TrainState(spec, model, variables, optimizer, ema, step, schedule, loss_config, anchors,
+                      decayed, normalizer)
 
 
 def _make_compute(state: TrainState, config, replicas: int, jit_compile: bool):
     """Forward, loss and gradients of one replica's batch (the part XLA compiles)."""
-    decayed = decayed_variables(state.variables)
+    decayed = state.decayed
     levels = list(state.spec.levels)
     anchors = state.anchors if state.loss_config.iou_loss else None
 
@@ -80,8 +98,10 @@ def _make_compute(state: TrainState, config, replicas: int, jit_compile: bool):
 
 def _make_apply(state: TrainState, skip_bad: bool):
     @tf.autograph.experimental.do_not_convert
-    def apply(strategy, grads, lr, momentum, ema_rate, ok):
+    def apply(strategy, grads, lr, momentum, ema_rate, ok, biased=None):
         update = state.optimizer.apply(strategy, grads, lr, momentum, ok)
+        if state.normalizer is not None:
+            update = tf.group(update, state.normalizer.apply(strategy, biased, ok))
         with tf.control_dependencies([update]):
             ema = state.ema.apply(strategy, ema_rate) if state.ema else tf.no_op()
         with tf.control_dependencies([ema]):
@@ -102,6 +122,9 @@ def make_replica_step(state: TrainState, config, replicas: int, jit_compile: boo
     def replica_step(batch):
         ctx = tf.distribute.get_replica_context()
         normalizer = global_normalizer(batch["num_positives"])
+        extra = {}
+        if state.normalizer is not None:    # positives_momentum
+            normalizer, extra["biased"] = state.normalizer.average(normalizer)
         loss, parts, grads = compute(batch["image"], batch, normalizer)
         if inject_nan_at is not None:   # fault injection for tests: a NaN loss from that step
             bad = state.step + 1 >= inject_nan_at
@@ -115,7 +138,7 @@ def make_replica_step(state: TrainState, config, replicas: int, jit_compile: boo
         lr = state.schedule(state.step)
         gated_lr, momentum = state.optimizer.gates(lr, ok)
         ema_rate = state.ema.rate(state.step, ok) if state.ema else 0.0
-        ctx.merge_call(apply, args=(grads, gated_lr, momentum, ema_rate, ok))
+        ctx.merge_call(apply, args=(grads, gated_lr, momentum, ema_rate, ok), kwargs=extra)
         summed = {"loss": loss, **{k: parts[k] for k in SUMMED if k != "loss"}}
         return summed, {"lr": lr, "grad_norm": norm, "ok": tf.cast(ok, tf.float32)}
 

@@ -28,6 +28,7 @@ from edetgraph.files import (FolderBusy, OutputRefused, disk_full_message, is_di
 from edetgraph.task.evaluation import Evaluator
 from edetgraph.training import inputs as tdata
 from edetgraph.training.checkpointing import Checkpointer, CheckpointMismatch
+from edetgraph.training.config import TrainConfigError
 from edetgraph.training.distribute import (
     DistributeError,
     is_chief,
@@ -118,10 +119,12 @@ def _make_loop(spec, config, model_dir, paths, strategy, ckpt, log, inject_nan_a
     total, warmup = config.total_steps(n_train), config.warmup(n_train)
     seed = 0 if config.seed is None else config.seed
     with strategy.scope():
-        state = build_state(spec, config, total, warmup, seed=seed)
+        state = build_state(spec, config, total, warmup, seed=seed, examples_per_epoch=n_train)
     iterator = iter(tdata.distributed_input(strategy, paths.train, spec, config, config.seed))
-    objects = {"variables": state.variables, "momentum": state.optimizer.slots,
+    objects = {"variables": state.variables, state.optimizer.checkpoint_key: state.optimizer.slots,
                "global_step": state.step}
+    if state.normalizer is not None:      # positives_momentum's moving average
+        objects["moving_normalizer"] = state.normalizer.variables
     if state.ema is not None:
         objects["ema"] = state.ema.shadows
     if config.checkpoint_input:
@@ -190,7 +193,7 @@ def _train(spec, config, model_dir, data, val_data, val_json, ckpt, strategy, tp
         raise TrainError(str(e)) from None
     try:
         loop = _make_loop(spec, config, model_dir, paths, dist, ckpt, log, inject_nan_at)
-    except tdata.DataError as e:
+    except (tdata.DataError, TrainConfigError) as e:   # e.g. a var_freeze_expr matching nothing
         raise TrainError(str(e)) from None
     except UndecodableData as e:
         raise TrainError(f"--data {data or paths.train}: {e}") from None
