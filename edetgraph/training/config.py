@@ -22,6 +22,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 NAN_POLICIES = ("stop", "skip")
 IOU_LOSSES = ("iou", "giou", "diou", "ciou")
 NMS_METHODS = ("soft", "hard", "fast")
+REPLICA_REDUCTIONS = ("global", "per_replica", "per_replica_sum")
 
 
 class TrainConfigError(ValueError):
@@ -76,6 +77,18 @@ class TrainConfig:
     precision: str = "float32"
     jit_compile: Optional[bool] = None     # None: on for TPU, off on CPU/GPU
     bn_recalibration_batches: int = 0      # >0: precise BN over that many training batches
+    # How N replicas combine their losses and gradients (no official hparams key: the
+    # official trainers hard-code their rule; see edetgraph/training/step.py):
+    #   global           N replicas take exactly one device's step on the global batch
+    #                    (positives counted over all replicas, gradients summed, then
+    #                    clipped once);
+    #   per_replica      the official TPUEstimator trainer (det_model_fn.py, which trained
+    #                    the released checkpoints): each core normalises by its own
+    #                    positives, its loss (weight decay included) is divided by the
+    #                    number of cores, its gradient clipped alone, then summed;
+    #   per_replica_sum  the official Keras trainer (tf2/train_lib.py): likewise, without
+    #                    the division (the optimizer sums the cores' clipped gradients).
+    replica_reduction: str = "global"
     synthetic: SyntheticData = field(default_factory=SyntheticData)
     source: Optional[str] = None           # file it came from (set by the loader)
 
@@ -137,7 +150,9 @@ def _check(c: TrainConfig) -> None:
     for name, value, choices in (("nan_policy", c.nan_policy, NAN_POLICIES),
                                  ("precision", c.precision, PRECISIONS),
                                  ("eval_nms", c.eval_nms, NMS_METHODS),
-                                 ("iou_loss", c.iou_loss, IOU_LOSSES + (None,))):
+                                 ("iou_loss", c.iou_loss, IOU_LOSSES + (None,)),
+                                 ("replica_reduction", c.replica_reduction,
+                                  REPLICA_REDUCTIONS)):
         if value not in choices:
             _fail(name, f"{value!r} not one of {', '.join(str(x) for x in choices)}")
     if c.bn_recalibration_batches < 0:
