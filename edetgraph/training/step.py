@@ -127,7 +127,6 @@ def make_replica_step(state: TrainState, config, replicas: int, jit_compile: boo
     """The per-replica step: returns ({SUMMED: local share}, {SAME: value})."""
     compute = _make_compute(state, config, replicas, jit_compile)
     apply = _make_apply(state, config.nan_policy == "skip")
-
     per_core = config.replica_reduction != "global"
 
     # Straight-line TF code: autograph would only spend seconds converting the model.
@@ -142,15 +141,8 @@ def make_replica_step(state: TrainState, config, replicas: int, jit_compile: boo
         if inject_nan_at is not None:   # fault injection for tests: a NaN loss from that step
             bad = state.step + 1 >= inject_nan_at
             loss += tf.where(bad, float("nan"), 0.0)
-        if per_core:
-            grads, norm, ok = _clip_then_sum(ctx, grads, loss, config.clip_norm, replicas)
-        else:
-            total = loss
-            if replicas > 1:
-                grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-                total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
-            grads, norm = clip_gradients(grads, config.clip_norm)
-            ok = tf.math.is_finite(total) & tf.math.is_finite(norm)
+        reduce = _clip_then_sum if per_core else _sum_then_clip
+        grads, norm, ok = reduce(ctx, grads, loss, config.clip_norm, replicas)
         lr = state.schedule(state.step)
         gated_lr, momentum = state.optimizer.gates(lr, ok)
         ema_rate = state.ema.rate(state.step, ok) if state.ema else 0.0
@@ -159,6 +151,17 @@ def make_replica_step(state: TrainState, config, replicas: int, jit_compile: boo
         return summed, {"lr": lr, "grad_norm": norm, "ok": tf.cast(ok, tf.float32)}
 
     return replica_step
+
+
+def _sum_then_clip(ctx, grads, loss, clip_norm: float, replicas: int):
+    """One device's step: the replicas' gradients summed, then clipped once. Returns
+    (grads, norm before clipping, ok)."""
+    total = loss
+    if replicas > 1:
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+    grads, norm = clip_gradients(grads, clip_norm)
+    return grads, norm, tf.math.is_finite(total) & tf.math.is_finite(norm)
 
 
 def _clip_then_sum(ctx, grads, loss, clip_norm: float, replicas: int):

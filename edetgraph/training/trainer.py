@@ -125,6 +125,12 @@ def _ema_source(report) -> str:
     return f"ExponentialMovingAverage shadows ({len(report.loaded) - len(report.ema_fallback)}{raw})"
 
 
+def _reduction_note(config) -> str:
+    rule = {"per_replica": "the official TPU trainer's per-core rule",
+            "per_replica_sum": "the official Keras trainer's per-core rule"}
+    return f", {rule[config.replica_reduction]}" if config.replica_reduction in rule else ""
+
+
 def _can_checkpoint(obj) -> bool:
     # Single-device iterators are trackable; distributed ones (multi-worker, TPU) are not.
     try:
@@ -224,7 +230,8 @@ def _train(spec, config, model_dir, data, val_data, val_json, ckpt, strategy, tp
     _run_setup(config, model_dir, spec, loop.chief, paths.labels)
     _attach_extras(loop, spec, paths)
     log(f"training {spec.name} for {loop.total} steps (batch {config.batch_size}, "
-        f"{dist.num_replicas_in_sync} replica(s), peak lr {config.scaled_learning_rate():.4g})"
+        f"{dist.num_replicas_in_sync} replica(s){_reduction_note(config)}, peak lr "
+        f"{config.scaled_learning_rate():.4g})"
         f" -> {model_dir}")
     step = run_loop(loop)
     latest = loop.checkpointer.latest if loop.chief else None
