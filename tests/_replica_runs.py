@@ -130,26 +130,35 @@ def one_step(strategy, spec, cfg, batch) -> dict:
     return out
 
 
-def closed_form_per_replica(spec, cfg, batch, replicas=2) -> dict:
+def closed_forms(spec, cfg, batch, replicas=2) -> dict:
     """One device, full batch (so batch norm sees the global batch, as synced BN does):
-    the gradient of ``mean_r D_r / (P_r + 1) + L2``, what ``per_replica`` must apply
-    when nothing is clipped."""
+    what the official rules apply when nothing is clipped, with D_r the summed detection
+    loss of replica r's images and P_r their positives (P = sum_r P_r):
+    ``per_replica``: the gradient of ``mean_r D_r / (P_r + 1) + L2``;
+    ``per_replica_sum``: the gradient of ``sum_r D_r / (P / R + 1) + R * L2``."""
     state = step_module.build_state(spec, cfg, 4, 1, seed=0)
     n = len(BOXES) // replicas
-    with tf.GradientTape() as tape:
+    levels = list(spec.levels)
+    with tf.GradientTape(persistent=True) as tape:
         cls, box = state.model(batch["image"], training=True)
+        decay = weight_decay_loss(decayed_variables(state.variables), cfg.weight_decay)
         det = []
         for r in range(replicas):
             part = slice(r * n, (r + 1) * n)
             labels = {k: v[part] for k, v in batch.items()}
             positives = tf.reduce_sum(labels["num_positives"]) + 1.0
             det.append(detection_loss([c[part] for c in cls], [b[part] for b in box], labels,
-                                      state.loss_config, list(spec.levels), positives)["det_loss"])
-        loss = tf.add_n(det) / replicas + weight_decay_loss(
-            decayed_variables(state.variables), cfg.weight_decay)
-    grads = tape.gradient(loss, state.optimizer.vars)
-    out = {"metric/loss": loss.numpy()}
-    out.update({f"grad/{n}": g.numpy()[None] for n, g in zip(state.optimizer.names, grads)})
+                                      state.loss_config, levels, positives)["det_loss"])
+        per_core = tf.reduce_sum(batch["num_positives"]) / replicas + 1.0
+        losses = {"per_replica": tf.add_n(det) / replicas + decay,
+                  "per_replica_sum": detection_loss(cls, box, batch, state.loss_config, levels,
+                                                    per_core)["det_loss"] + replicas * decay}
+    out = {}
+    for rule, loss in losses.items():
+        grads = tape.gradient(loss, state.optimizer.vars)
+        out[rule] = {"metric/loss": loss.numpy()}
+        out[rule].update({f"grad/{n}": g.numpy()[None]
+                          for n, g in zip(state.optimizer.names, grads)})
     return out
 
 
@@ -190,8 +199,10 @@ def main(model: str, out_path: str) -> None:
     runs = {"one_global": one_step(one, spec, config(), batch),
             "two_global": one_step(two, spec, config(), batch),
             "two_per_replica_noclip": one_step(two, spec, config(replica_reduction="per_replica",
-                                                                 clip_norm=0), batch),
-            "closed_per_replica": closed_form_per_replica(spec, config(), batch)}
+                                                                 clip_norm=0), batch)}
+    closed = closed_forms(spec, config(), batch)
+    runs["closed_per_replica"] = closed["per_replica"]
+    runs["closed_per_replica_sum"] = closed["per_replica_sum"]
     if model == "hand":
         runs["one_per_replica"] = one_step(one, spec, config(replica_reduction="per_replica"),
                                            batch)

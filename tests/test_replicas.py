@@ -110,11 +110,12 @@ def test_per_replica_is_the_official_rule_in_closed_form(hand):
 
 
 def test_per_replica_sum_is_the_keras_rule(hand):
-    """The Keras trainer sums the cores' gradients: R times the TPUEstimator step."""
-    closed, run = hand["closed_per_replica"], hand["two_per_replica_sum_noclip"]
-    doubled = {k: 2 * v for k, v in closed.items()}
-    assert mismatches(doubled, run) == {}
-    assert mismatches(closed, run)                           # the check can see the factor
+    """The Keras trainer normalises each core by the global batch's positives per core and
+    sums the cores' gradients: about R times the step of one device."""
+    closed, run = hand["closed_per_replica_sum"], hand["two_per_replica_sum_noclip"]
+    assert mismatches(closed, run) == {}
+    doubled = {k: 2 * v for k, v in hand["closed_per_replica"].items()}
+    assert mismatches(doubled, run)          # not twice the TPUEstimator step: P/R, not P_r
 
 
 def test_per_replica_on_one_replica_is_the_global_step(hand):

@@ -86,8 +86,9 @@ class TrainConfig:
     #                    the released checkpoints): each core normalises by its own
     #                    positives, its loss (weight decay included) is divided by the
     #                    number of cores, its gradient clipped alone, then summed;
-    #   per_replica_sum  the official Keras trainer (tf2/train_lib.py): likewise, without
-    #                    the division (the optimizer sums the cores' clipped gradients).
+    #   per_replica_sum  the official Keras trainer (tf2/train_lib.py): each core
+    #                    normalises by the global batch's positives / cores, no division,
+    #                    its gradient clipped alone, then summed.
     replica_reduction: str = "global"
     synthetic: SyntheticData = field(default_factory=SyntheticData)
     source: Optional[str] = None           # file it came from (set by the loader)

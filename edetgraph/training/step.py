@@ -17,9 +17,11 @@ for R cores, core r holding P_r positives and D_r its images' summed detection l
   gradient alone (each tensor to norm c, then all to global norm c); the optimizer sums
   the cores' clipped gradients. Applied: ``sum_r clip_c(grad(loss_r) / R)``. (Edetgraph's
   ``per_replica``.)
-- Keras (tf2/train_lib.py): the same loss and per-core clipping, without the 1/R; the
-  Keras optimizer all-reduces with SUM. Applied: ``sum_r clip_c(grad(loss_r))``, about R
-  times the step of one device, with R weight decays. (``per_replica_sum``.)
+- Keras (tf2/train.py, train_lib.py): its input pipeline counts the positives of the
+  global batch before Keras splits it, so each core normalises by ``P / R + 1`` (P over
+  all cores): ``loss_r = D_r / (P / R + 1) + L2``; per-core clipping as above, no 1/R,
+  and the Keras optimizer all-reduces with SUM. Applied: ``sum_r clip_c(grad(loss_r))``,
+  about R times the step of one device, with R weight decays. (``per_replica_sum``.)
 
 Both keep batch norm synchronised across cores (their TPU batch norm), as here.
 """
@@ -133,10 +135,7 @@ def make_replica_step(state: TrainState, config, replicas: int, jit_compile: boo
     @tf.autograph.experimental.do_not_convert
     def replica_step(batch):
         ctx = tf.distribute.get_replica_context()
-        if per_core:    # the official trainers: this core's positives only
-            normalizer = tf.reduce_sum(tf.cast(batch["num_positives"], tf.float32)) + 1.0
-        else:
-            normalizer = global_normalizer(batch["num_positives"])
+        normalizer = _normalizer(config.replica_reduction, batch["num_positives"], replicas)
         loss, parts, grads = compute(batch["image"], batch, normalizer)
         if inject_nan_at is not None:   # fault injection for tests: a NaN loss from that step
             bad = state.step + 1 >= inject_nan_at
@@ -151,6 +150,16 @@ def make_replica_step(state: TrainState, config, replicas: int, jit_compile: boo
         return summed, {"lr": lr, "grad_norm": norm, "ok": tf.cast(ok, tf.float32)}
 
     return replica_step
+
+
+def _normalizer(reduction: str, num_positives, replicas: int):
+    """What one replica divides its detection loss by (see the module docstring)."""
+    if reduction == "per_replica":      # this core's positives only
+        return tf.reduce_sum(tf.cast(num_positives, tf.float32)) + 1.0
+    normalizer = global_normalizer(num_positives)
+    if reduction == "per_replica_sum":  # the global batch's positives per core
+        return (normalizer - 1.0) / replicas + 1.0
+    return normalizer
 
 
 def _sum_then_clip(ctx, grads, loss, clip_norm: float, replicas: int):
