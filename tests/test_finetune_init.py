@@ -94,3 +94,13 @@ def test_train_help_documents_init_weights(capsys):
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--init-weights {official,ema}" in text and "ExponentialMovingAverage shadows" in text
+
+
+def test_official_init_without_shadows_starts_the_ema_at_the_raw_values(released, tmp_path):
+    bare = {"prefix": write_released(released["raw"], tmp_path / "bare"), "raw": released["raw"]}
+    fresh, weights, shadows, log = _start(bare, tmp_path / "run", "official")
+    for k in fresh:
+        if k not in _skipped(fresh, bare):
+            np.testing.assert_array_equal(weights[k], released["raw"][k], err_msg=k)
+        np.testing.assert_array_equal(shadows[k], weights[k], err_msg=k)
+    assert "EMA starts from the checkpoint's raw values" in log

@@ -119,7 +119,7 @@ def _load(ckpt_path, variables: dict, use_ema):
 
 def _ema_source(report) -> str:
     if not report.used_ema:
-        return f"raw values (it has no ExponentialMovingAverage shadows; {len(report.loaded)})"
+        return f"raw values ({len(report.loaded)}; it has no ExponentialMovingAverage shadows)"
     raw = f", {len(report.ema_fallback)} without one from their raw values" if (
         report.ema_fallback) else ""
     return f"ExponentialMovingAverage shadows ({len(report.loaded) - len(report.ema_fallback)}{raw})"
