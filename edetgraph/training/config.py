@@ -38,6 +38,7 @@ LR_DECAY_METHODS = ("cosine", "stepwise", "polynomial", "constant")
 AUTOAUGMENT_POLICIES = ("v0", "v1", "v2", "v3", "randaug", "randaugment")
 # Official stepwise defaults (hparams_config.py), in epochs.
 FIRST_LR_DROP_EPOCH, SECOND_LR_DROP_EPOCH = 200.0, 250.0
+REPLICA_REDUCTIONS = ("global", "per_replica", "per_replica_sum")
 
 
 class TrainConfigError(ValueError):
@@ -103,6 +104,19 @@ class TrainConfig:
     precision: str = "float32"
     jit_compile: Optional[bool] = None     # None: on for TPU, off on CPU/GPU
     bn_recalibration_batches: int = 0      # >0: precise BN over that many training batches
+    # How N replicas combine their losses and gradients (no official hparams key: the
+    # official trainers hard-code their rule; see edetgraph/training/step.py):
+    #   global           N replicas take exactly one device's step on the global batch
+    #                    (positives counted over all replicas, gradients summed, then
+    #                    clipped once);
+    #   per_replica      the official TPUEstimator trainer (det_model_fn.py, which trained
+    #                    the released checkpoints): each core normalises by its own
+    #                    positives, its loss (weight decay included) is divided by the
+    #                    number of cores, its gradient clipped alone, then summed;
+    #   per_replica_sum  the official Keras trainer (tf2/train_lib.py): each core
+    #                    normalises by the global batch's positives / cores, no division,
+    #                    its gradient clipped alone, then summed.
+    replica_reduction: str = "global"
     synthetic: SyntheticData = field(default_factory=SyntheticData)
     source: Optional[str] = None           # file it came from (set by the loader)
     # augmentation (applied in edetgraph/data)
@@ -235,9 +249,15 @@ def _check(c: TrainConfig) -> None:
     for name, value, choices in (("nan_policy", c.nan_policy, NAN_POLICIES),
                                  ("precision", c.precision, PRECISIONS),
                                  ("eval_nms", c.eval_nms, NMS_METHODS),
-                                 ("iou_loss", c.iou_loss, IOU_LOSSES + (None,))):
+                                 ("iou_loss", c.iou_loss, IOU_LOSSES + (None,)),
+                                 ("replica_reduction", c.replica_reduction,
+                                  REPLICA_REDUCTIONS)):
         if value not in choices:
             _fail(name, f"{value!r} not one of {', '.join(str(x) for x in choices)}")
+    if c.positives_momentum and c.replica_reduction != "global":
+        # the moving count is one variable of the global batch; per-core rules count per core
+        _fail("positives_momentum", f"works with replica_reduction: global only, got "
+              f"{c.replica_reduction!r}")
     if c.bn_recalibration_batches < 0:
         _fail("bn_recalibration_batches", f"must be >= 0, got {c.bn_recalibration_batches}")
     if min(c.weight_decay, c.clip_norm, c.label_smoothing, c.lr_warmup_init) < 0:

@@ -5,7 +5,25 @@ One host call runs ``num_steps`` steps in a ``tf.range`` loop over the distribut
 count, gradients are summed over replicas, clipped, checked for NaN/Inf, then applied in
 cross-replica context together with the EMA and the step counter. A non-finite step is
 never applied: with ``nan_policy: stop`` the loop ends there and reports it, with ``skip``
-it goes on and counts it.
+it goes on and counts it. With batch norm synchronised across replicas (nn/layers.py),
+N replicas thus take the step one device takes on the global batch.
+
+``replica_reduction`` (settings) selects the official trainers' rule instead. What they do,
+for R cores, core r holding P_r positives and D_r its images' summed detection loss:
+
+- TPUEstimator (det_model_fn.py, the released checkpoints): the core's loss is
+  ``D_r / (P_r + 1) + L2`` (its own positives; the whole weight decay on every core);
+  CrossShardOptimizer multiplies it by 1/R before the gradient; the core clips that
+  gradient alone (each tensor to norm c, then all to global norm c); the optimizer sums
+  the cores' clipped gradients. Applied: ``sum_r clip_c(grad(loss_r) / R)``. (Edetgraph's
+  ``per_replica``.)
+- Keras (tf2/train.py, train_lib.py): its input pipeline counts the positives of the
+  global batch before Keras splits it, so each core normalises by ``P / R + 1`` (P over
+  all cores): ``loss_r = D_r / (P / R + 1) + L2``; per-core clipping as above, no 1/R,
+  and the Keras optimizer all-reduces with SUM. Applied: ``sum_r clip_c(grad(loss_r))``,
+  about R times the step of one device, with R weight decays. (``per_replica_sum``.)
+
+Both keep batch norm synchronised across cores (their TPU batch norm), as here.
 """
 from __future__ import annotations
 
@@ -77,19 +95,34 @@ def build_state(spec, config, total_steps: int, warmup_steps: int, seed: int = 0
                       decayed, normalizer)
 
 
+def replica_scales(reduction: str, replicas: int) -> tuple[float, float]:
+    """(detection-loss factor, weight-decay factor) of one replica's loss under
+    `reduction` (see the module docstring)."""
+    if reduction == "global":
+        # Each replica adds its share, so the replicas' sum is the decay term once.
+        return 1.0, 1.0 / replicas
+    if reduction == "per_replica":
+        return 1.0 / replicas, 1.0 / replicas
+    if reduction == "per_replica_sum":
+        return 1.0, 1.0
+    raise ValueError(f"unknown replica_reduction {reduction!r}")
+
+
 def _make_compute(state: TrainState, config, replicas: int, jit_compile: bool):
     """Forward, loss and gradients of one replica's batch (the part XLA compiles)."""
     decayed = state.decayed
     levels = list(state.spec.levels)
     anchors = state.anchors if state.loss_config.iou_loss else None
+    det_scale, decay_scale = replica_scales(config.replica_reduction, replicas)
 
     def compute(images, labels, normalizer):
         with tf.GradientTape() as tape:
             cls, box = state.model(images, training=True)
             parts = detection_loss(cls, box, labels, state.loss_config, levels, normalizer,
                                    anchors)
-            # Each replica adds its share, so the replicas' sum is the decay term once.
-            parts["reg_l2_loss"] = weight_decay_loss(decayed, config.weight_decay) / replicas
+            if det_scale != 1.0:   # per_replica: the parts are reported as the cores' mean
+                parts = {k: v * det_scale for k, v in parts.items()}
+            parts["reg_l2_loss"] = weight_decay_loss(decayed, config.weight_decay) * decay_scale
             loss = parts["det_loss"] + parts["reg_l2_loss"]
         return loss, parts, tape.gradient(loss, state.optimizer.vars)
 
@@ -116,25 +149,22 @@ def make_replica_step(state: TrainState, config, replicas: int, jit_compile: boo
     """The per-replica step: returns ({SUMMED: local share}, {SAME: value})."""
     compute = _make_compute(state, config, replicas, jit_compile)
     apply = _make_apply(state, config.nan_policy == "skip")
+    per_core = config.replica_reduction != "global"
 
     # Straight-line TF code: autograph would only spend seconds converting the model.
     @tf.autograph.experimental.do_not_convert
     def replica_step(batch):
         ctx = tf.distribute.get_replica_context()
-        normalizer = global_normalizer(batch["num_positives"])
+        normalizer = _normalizer(config.replica_reduction, batch["num_positives"], replicas)
         extra = {}
-        if state.normalizer is not None:    # positives_momentum
+        if state.normalizer is not None:    # positives_momentum (global reduction only)
             normalizer, extra["biased"] = state.normalizer.average(normalizer)
         loss, parts, grads = compute(batch["image"], batch, normalizer)
         if inject_nan_at is not None:   # fault injection for tests: a NaN loss from that step
             bad = state.step + 1 >= inject_nan_at
             loss += tf.where(bad, float("nan"), 0.0)
-        total = loss
-        if replicas > 1:
-            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-            total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
-        grads, norm = clip_gradients(grads, config.clip_norm)
-        ok = tf.math.is_finite(total) & tf.math.is_finite(norm)
+        reduce = _clip_then_sum if per_core else _sum_then_clip
+        grads, norm, ok = reduce(ctx, grads, loss, config.clip_norm, replicas)
         lr = state.schedule(state.step)
         gated_lr, momentum = state.optimizer.gates(lr, ok)
         ema_rate = state.ema.rate(state.step, ok) if state.ema else 0.0
@@ -143,6 +173,39 @@ def make_replica_step(state: TrainState, config, replicas: int, jit_compile: boo
         return summed, {"lr": lr, "grad_norm": norm, "ok": tf.cast(ok, tf.float32)}
 
     return replica_step
+
+
+def _normalizer(reduction: str, num_positives, replicas: int):
+    """What one replica divides its detection loss by (see the module docstring)."""
+    if reduction == "per_replica":      # this core's positives only
+        return tf.reduce_sum(tf.cast(num_positives, tf.float32)) + 1.0
+    normalizer = global_normalizer(num_positives)
+    if reduction == "per_replica_sum":  # the global batch's positives per core
+        return (normalizer - 1.0) / replicas + 1.0
+    return normalizer
+
+
+def _sum_then_clip(ctx, grads, loss, clip_norm: float, replicas: int):
+    """One device's step: the replicas' gradients summed, then clipped once. Returns
+    (grads, norm before clipping, ok)."""
+    total = loss
+    if replicas > 1:
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+    grads, norm = clip_gradients(grads, clip_norm)
+    return grads, norm, tf.math.is_finite(total) & tf.math.is_finite(norm)
+
+
+def _clip_then_sum(ctx, grads, loss, clip_norm: float, replicas: int):
+    """The official trainers' order: this replica's gradients clipped alone, then summed
+    over replicas. Returns (grads, this replica's norm before clipping, ok), ok the same
+    on every replica (so that all of them apply or skip the step together)."""
+    grads, norm = clip_gradients(grads, clip_norm)
+    health = tf.stack([loss, norm])
+    if replicas > 1:
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        health = ctx.all_reduce(tf.distribute.ReduceOp.SUM, health)
+    return grads, norm, tf.reduce_all(tf.math.is_finite(health))
 
 
 def make_train_function(strategy, state: TrainState, config, jit_compile: bool = False,

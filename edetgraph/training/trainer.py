@@ -82,8 +82,19 @@ def _run_setup(config, model_dir: str, spec, chief: bool, labels: dict | None) -
                yaml.safe_dump(settings, sort_keys=False))
 
 
-def _initialise(ckpt_path, checkpointer: Checkpointer, state, log) -> None:
-    """Resume from the model dir, else load --ckpt weights (finetune), then seed the EMA."""
+INIT_WEIGHTS = ("official", "ema")
+
+
+def _initialise(ckpt_path, checkpointer: Checkpointer, state, log,
+                init_weights: str = "official") -> None:
+    """Resume from the model dir, else load --ckpt (finetune), then seed the EMA.
+
+    ``init_weights`` for --ckpt: ``official`` (what the official trainer's restore does)
+    loads the checkpoint's raw values into the weights and its ExponentialMovingAverage
+    shadows into the EMA (a variable without a shadow starts its EMA at its raw value);
+    ``ema`` loads the shadows into the weights and starts the EMA there. Heads of another
+    shape keep their fresh values (and their EMA starts at them) either way.
+    """
     try:
         resumed = checkpointer.restore(log)
     except CheckpointMismatch as e:
@@ -91,14 +102,36 @@ def _initialise(ckpt_path, checkpointer: Checkpointer, state, log) -> None:
     if resumed:
         log(f"resumed from {resumed} at step {int(state.step.numpy())}")
         return
+    official = init_weights == "official"
     if ckpt_path:
-        try:
-            report = load_checkpoint(ckpt_path, state.variables, mode="finetune")
-        except CheckpointError as e:
-            raise TrainError(str(e).splitlines()[0]) from None
+        report = _load(ckpt_path, state.variables, use_ema=False if official else "auto")
         log(report.summary(limit=5).replace("\n", "\n[train]   "))
     if state.ema is not None:
         state.ema.reset()
+        if ckpt_path and official:
+            report = _load(ckpt_path, state.ema.shadows, use_ema="auto")
+            log(f"EMA starts from the checkpoint's {_ema_source(report)}")
+
+
+def _load(ckpt_path, variables: dict, use_ema):
+    try:
+        return load_checkpoint(ckpt_path, variables, mode="finetune", use_ema=use_ema)
+    except CheckpointError as e:
+        raise TrainError(str(e).splitlines()[0]) from None
+
+
+def _ema_source(report) -> str:
+    if not report.used_ema:
+        return f"raw values ({len(report.loaded)}; it has no ExponentialMovingAverage shadows)"
+    raw = f", {len(report.ema_fallback)} without one from their raw values" if (
+        report.ema_fallback) else ""
+    return f"ExponentialMovingAverage shadows ({len(report.loaded) - len(report.ema_fallback)}{raw})"
+
+
+def _reduction_note(config) -> str:
+    rule = {"per_replica": "the official TPU trainer's per-core rule",
+            "per_replica_sum": "the official Keras trainer's per-core rule"}
+    return f", {rule[config.replica_reduction]}" if config.replica_reduction in rule else ""
 
 
 def _can_checkpoint(obj) -> bool:
@@ -110,7 +143,8 @@ def _can_checkpoint(obj) -> bool:
     return True
 
 
-def _make_loop(spec, config, model_dir, paths, strategy, ckpt, log, inject_nan_at) -> Loop:
+def _make_loop(spec, config, model_dir, paths, strategy, ckpt, log, inject_nan_at,
+               init_weights: str = "official") -> Loop:
     worker, _ = worker_info(strategy)
     chief = worker == 0
     n_train = paths.num_train
@@ -138,7 +172,7 @@ def _make_loop(spec, config, model_dir, paths, strategy, ckpt, log, inject_nan_a
     checkpointer = Checkpointer(objects, model_dir, config.keep_checkpoints, state.step,
                                 config.checkpoint_every_steps, config.checkpoint_every_minutes,
                                 chief, worker)
-    _initialise(ckpt, checkpointer, state, log)
+    _initialise(ckpt, checkpointer, state, log, init_weights)
     names.assign(labels_json(paths.labels or {}))   # this run's data names them, not the last
     jit = is_tpu(strategy) if config.jit_compile is None else config.jit_compile
     train_fn = make_train_function(strategy, state, config, jit, inject_nan_at)
@@ -163,17 +197,21 @@ def _attach_extras(loop: Loop, spec, paths) -> None:
 
 def train(spec, config, model_dir, data=None, val_data=None, val_json=None, ckpt=None,
           strategy: str = "default", tpu: str | None = None, precision: str | None = None,
-          log=tdata.log_to_stderr, inject_nan_at: int | None = None) -> TrainResult:
+          log=tdata.log_to_stderr, inject_nan_at: int | None = None,
+          init_weights: str = "official") -> TrainResult:
     """Train `spec` with the settings `config`; resumes from `model_dir` when it holds a
-    checkpoint. Raises TrainError (with an exit code) for anything the user must fix, a
-    NaN/Inf stop (code 3) or SIGTERM after saving (code 143)."""
+    checkpoint, else starts from `ckpt` if given (`init_weights`: see `_initialise`).
+    Raises TrainError (with an exit code) for anything the user must fix, a NaN/Inf stop
+    (code 3) or SIGTERM after saving (code 143)."""
     start = time.perf_counter()
     _check_precision(precision or config.precision)
+    if init_weights not in INIT_WEIGHTS:
+        raise TrainError(f"--init-weights {init_weights}: choose one of {', '.join(INIT_WEIGHTS)}")
     model_dir = os.fspath(model_dir)
     check_model_dir(model_dir, spec)
     try:
         return _train(spec, config, model_dir, data, val_data, val_json, ckpt, strategy, tpu,
-                      log, inject_nan_at, start)
+                      log, inject_nan_at, start, init_weights)
     except (OSError, tf.errors.OpError) as e:
         if is_disk_full(e):
             raise TrainError(disk_full_message(model_dir)) from None
@@ -183,7 +221,7 @@ def train(spec, config, model_dir, data=None, val_data=None, val_json=None, ckpt
 
 
 def _train(spec, config, model_dir, data, val_data, val_json, ckpt, strategy, tpu, log,
-           inject_nan_at, start) -> TrainResult:
+           inject_nan_at, start, init_weights="official") -> TrainResult:
     try:
         dist = make_strategy(strategy, tpu)
         if "://" not in model_dir and is_chief(dist):   # one writer per model dir
@@ -192,7 +230,8 @@ def _train(spec, config, model_dir, data, val_data, val_json, ckpt, strategy, tp
     except (DistributeError, tdata.DataError, FolderBusy, OutputRefused) as e:
         raise TrainError(str(e)) from None
     try:
-        loop = _make_loop(spec, config, model_dir, paths, dist, ckpt, log, inject_nan_at)
+        loop = _make_loop(spec, config, model_dir, paths, dist, ckpt, log, inject_nan_at,
+                          init_weights)
     except (tdata.DataError, TrainConfigError) as e:   # e.g. a var_freeze_expr matching nothing
         raise TrainError(str(e)) from None
     except UndecodableData as e:
@@ -200,7 +239,8 @@ def _train(spec, config, model_dir, data, val_data, val_json, ckpt, strategy, tp
     _run_setup(config, model_dir, spec, loop.chief, paths.labels)
     _attach_extras(loop, spec, paths)
     log(f"training {spec.name} for {loop.total} steps (batch {config.batch_size}, "
-        f"{dist.num_replicas_in_sync} replica(s), peak lr {config.scaled_learning_rate():.4g})"
+        f"{dist.num_replicas_in_sync} replica(s){_reduction_note(config)}, peak lr "
+        f"{config.scaled_learning_rate():.4g})"
         f" -> {model_dir}")
     step = run_loop(loop)
     latest = loop.checkpointer.latest if loop.chief else None
