@@ -22,6 +22,9 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 NAN_POLICIES = ("stop", "skip")
 IOU_LOSSES = ("iou", "giou", "diou", "ciou")
 NMS_METHODS = ("soft", "hard", "fast")
+# edetgraph.data.augment.AUTOAUGMENT_POLICIES (kept equal by tests/test_augment.py; that
+# module imports TensorFlow). "randaug" is the official's spelling of "randaugment".
+AUTOAUGMENT_POLICIES = ("v0", "v1", "v2", "v3", "randaugment", "randaug")
 
 
 class TrainConfigError(ValueError):
@@ -78,6 +81,9 @@ class TrainConfig:
     bn_recalibration_batches: int = 0      # >0: precise BN over that many training batches
     synthetic: SyntheticData = field(default_factory=SyntheticData)
     source: Optional[str] = None           # file it came from (set by the loader)
+    # augmentation (applied in edetgraph/data)
+    autoaugment_policy: Optional[str] = None
+    grid_mask: bool = False
 
     def scaled_learning_rate(self) -> float:
         """The peak learning rate for this batch size (linear scaling from 64 images)."""
@@ -137,7 +143,9 @@ def _check(c: TrainConfig) -> None:
     for name, value, choices in (("nan_policy", c.nan_policy, NAN_POLICIES),
                                  ("precision", c.precision, PRECISIONS),
                                  ("eval_nms", c.eval_nms, NMS_METHODS),
-                                 ("iou_loss", c.iou_loss, IOU_LOSSES + (None,))):
+                                 ("iou_loss", c.iou_loss, IOU_LOSSES + (None,)),
+                                 ("autoaugment_policy", c.autoaugment_policy,
+                                  AUTOAUGMENT_POLICIES + (None,))):
         if value not in choices:
             _fail(name, f"{value!r} not one of {', '.join(str(x) for x in choices)}")
     if c.bn_recalibration_batches < 0:
