@@ -39,6 +39,9 @@ class Augmentation:
         return self.autoaugment_policy is not None or self.grid_mask
 
 
+# Written with explicit tf.cond / tf.while_loop: autograph (which tf.data would run over
+# every op of every policy) only costs tracing time here.
+@tf.autograph.experimental.do_not_convert
 def augment(image, boxes, options: Augmentation, seed):
     """GridMask and the AutoAugment policy of `options` on one example.
 

@@ -81,39 +81,34 @@ def solarize_add(image, addition: int = 0, threshold: int = 128):
     return tf.where(tf.cast(image, tf.int32) < threshold, tf.cast(added, tf.uint8), image)
 
 
-def _scale_channel(channel):
-    lo = tf.cast(tf.reduce_min(channel), tf.float32)
-    hi = tf.cast(tf.reduce_max(channel), tf.float32)
-
-    def stretch():
-        scale = 255.0 / (hi - lo)
-        out = tf.cast(channel, tf.float32) * scale - lo * scale
-        return tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8)
-    return tf.cond(hi > lo, stretch, lambda: channel)
-
-
 def autocontrast(image):
-    """Stretch each channel so its lowest value becomes 0 and its highest 255."""
-    return tf.stack([_scale_channel(image[:, :, c]) for c in range(3)], axis=2)
-
-
-def _equalize_channel(channel):
-    values = tf.cast(channel, tf.int32)
-    histogram = tf.math.bincount(tf.reshape(values, [-1]), minlength=256, maxlength=256)
-    used = tf.boolean_mask(histogram, histogram > 0)
-    # PIL's step: pixels outside the last used level, spread over 255 levels.
-    step = (tf.reduce_sum(used) - used[-1]) // 255
-
-    def remap():
-        lut = (tf.cumsum(histogram) + step // 2) // step
-        lut = tf.clip_by_value(tf.concat([[0], lut[:-1]], 0), 0, 255)
-        return tf.gather(lut, values)
-    return tf.cast(tf.cond(step > 0, remap, lambda: values), tf.uint8)
+    """Stretch each channel so its lowest value becomes 0 and its highest 255 (a flat
+    channel stays as it is)."""
+    lo = tf.cast(tf.reduce_min(image, axis=[0, 1]), tf.float32)
+    hi = tf.cast(tf.reduce_max(image, axis=[0, 1]), tf.float32)
+    flat = hi <= lo
+    scale = 255.0 / tf.where(flat, 1.0, hi - lo)
+    out = tf.cast(image, tf.float32) * scale - lo * scale
+    out = tf.cast(tf.clip_by_value(out, 0.0, 255.0), tf.uint8)
+    return tf.where(flat, image, out)
 
 
 def equalize(image):
     """PIL Equalize: per channel, map the values through their cumulative histogram."""
-    return tf.stack([_equalize_channel(image[:, :, c]) for c in range(3)], axis=2)
+    values = tf.cast(image, tf.int32)
+    # One bincount for the three channels: channel c counts in bins [256 c, 256 c + 256).
+    offsets = tf.reshape(values + tf.constant([0, 256, 512]), [-1])
+    histogram = tf.reshape(tf.math.bincount(offsets, minlength=768, maxlength=768), [3, 256])
+    # PIL's step: the pixels outside the last used level, spread over 255 levels.
+    last_used = tf.reduce_max(tf.where(histogram > 0, tf.range(256), -1), axis=1)
+    last_count = tf.gather(histogram, last_used, batch_dims=1)
+    step = (tf.reduce_sum(histogram, axis=1) - last_count) // 255
+    safe = tf.maximum(step, 1)[:, None]
+    lut = (tf.cumsum(histogram, axis=1) + safe // 2) // safe
+    lut = tf.clip_by_value(tf.concat([tf.zeros([3, 1], tf.int32), lut[:, :-1]], 1), 0, 255)
+    mapped = tf.gather(lut, tf.transpose(values, [2, 0, 1]), batch_dims=1)
+    mapped = tf.transpose(mapped, [1, 2, 0])
+    return tf.cast(tf.where(step > 0, mapped, values), tf.uint8)
 
 
 def fill_window(image, center, half, value=GREY):
