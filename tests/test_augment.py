@@ -232,3 +232,19 @@ def test_settings_accept_the_policies_and_refuse_others_in_one_line():
         from_dict({"steps": 1, "grid_mask": "yes"})
     with pytest.raises(ValueError, match="autoaugment_policy"):
         aug.Augmentation("v9")
+
+
+def test_training_input_passes_the_settings_to_the_pipeline(records, monkeypatch):
+    from edetgraph.training import inputs
+    from tests.test_train import tiny_config, tiny_spec
+
+    class Built(Exception):
+        pass
+
+    def capture(*args, **kwargs):
+        raise Built(kwargs.get("augmentation"))
+    monkeypatch.setattr(inputs, "make_dataset", capture)
+    config = tiny_config(autoaugment_policy="v2", grid_mask=True)
+    with pytest.raises(Built) as e:
+        inputs.distributed_input(tf.distribute.get_strategy(), records, tiny_spec(), config, 1)
+    assert e.value.args[0] == aug.Augmentation("v2", grid_mask=True)
