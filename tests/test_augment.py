@@ -139,6 +139,14 @@ def test_grid_pattern_masks_the_squares_between_the_lines():
     assert abs((1 - mask.mean()) - gm.expected_masked_fraction(period, length)) < 0.05
 
 
+def test_grid_pattern_is_the_official_mask(golden):
+    data, cases = golden
+    period, length, starts, degrees = cases["grid"]
+    mask = gm.grid_pattern(32, 32, period, length, tf.constant(starts), degrees).numpy()
+    assert 0.05 < 1 - data["grid_mask"].mean() < 0.5          # a turned grid, not all kept
+    np.testing.assert_array_equal(mask, data["grid_mask"])
+
+
 def test_grid_mask_blacks_out_the_expected_share_and_keeps_the_boxes():
     picture = tf.fill([64, 64, 3], tf.constant(200, tf.uint8))
     boxes = tf.constant([[0.1, 0.2, 0.5, 0.6]])

@@ -34,6 +34,7 @@ PIXEL_CASES = [("autocontrast", None), ("equalize", None), ("posterize", 2),
                ("posterize", 0), ("solarize", 128), ("solarize_add", 44),
                ("color", 1.18), ("color", 0.1), ("contrast", 1.9), ("contrast", 0.46),
                ("brightness", 1.9), ("sharpness", 1.54), ("sharpness", 0.46)]
+GRID = (14, 8, (3, 5), -17.0)      # period, line width, row/column offsets, degrees
 BOX_CASES = [("rotate", 24.0), ("rotate", -30.0), ("translate_x", 20.0),
              ("translate_y", -13.5), ("shear_x", 0.18), ("shear_y", -0.3)]
 
@@ -63,6 +64,25 @@ def import_official(root: str, addons: str, tf_keras: str | None):
     return autoaugment
 
 
+def official_grid(aa, h, w, period, length, starts, degrees):
+    """The official GridMask's mask for given draws (its class draws them itself)."""
+    import tensorflow as tf
+    side = int(1.5 * max(h, w))
+    grid = np.zeros((side, side), np.int32)
+    for axis, start in enumerate(starts):      # rows, then columns (its two passes)
+        for i in range(side // period):
+            lo = period * i + start
+            index = slice(lo, min(lo + length, side))
+            if axis == 0:
+                grid[index, :] = 1
+            else:
+                grid[:, index] = 1
+    radians = np.pi * tf.constant(degrees, tf.float32) / 180     # float32, as it computes it
+    turned = aa.image_ops.rotate(tf.constant(grid), radians, interpolation="BILINEAR").numpy()
+    top, left = (side - h) // 2, (side - w) // 2
+    return turned[top:top + h, left:left + w].astype(np.uint8)
+
+
 def golden(aa) -> dict:
     import tensorflow as tf  # already imported by import_official
     image = tf.constant(picture())
@@ -81,9 +101,12 @@ def golden(aa) -> dict:
         else:
             img, bxs = aa.shear_with_bboxes(image, boxes, value, grey, name.endswith("x"))
         out[f"geo_{i}"], out[f"geo_boxes_{i}"] = img.numpy(), bxs.numpy()
+    # GridMask's grid for fixed draws: lines as the official's loop sets them (numpy below),
+    # turned by the official's image library (bilinear) and cropped as the official crops.
+    out["grid_mask"] = official_grid(aa, SIZE, SIZE, *GRID)
     # Equalize inside the first box only (the in-box ops' paste-back).
     out["in_box_equalize"] = aa._apply_bbox_augmentation(image, boxes[0], aa.equalize).numpy()
-    out["cases"] = np.array(json.dumps({"pixel": PIXEL_CASES, "geo": BOX_CASES}))
+    out["cases"] = np.array(json.dumps({"pixel": PIXEL_CASES, "geo": BOX_CASES, "grid": GRID}))
     return out
 
 

@@ -17,7 +17,7 @@ import math
 
 import tensorflow as tf
 
-from edetgraph.data.augment.geometry import project, rotation
+from edetgraph.data.augment.geometry import rotation
 
 RATIO = 0.6           # line width / period
 ROTATE = 10.0         # degrees, times the normal draw
@@ -38,9 +38,11 @@ def grid_pattern(height, width, period, length, starts, degrees):
     side = tf.cast((1.0 + SIZE_RATIO) * tf.maximum(h, w), tf.int32)
     rows = _stripes(side, period, length, starts[0])
     cols = _stripes(side, period, length, starts[1])
-    grid = tf.cast(rows[:, None] | cols[None, :], tf.int32)[:, :, None]
-    # Bilinear, as the official turns it; the corners turned in from outside are 0.
-    grid = project(grid, rotation(degrees, side, side), "BILINEAR", fill=0)[:, :, 0]
+    grid = tf.cast(rows[:, None] | cols[None, :], tf.int32)[None, :, :, None]
+    # Bilinear on the int mask, as the official turns it; what comes from outside is 0.
+    grid = tf.raw_ops.ImageProjectiveTransformV3(
+        images=grid, transforms=rotation(degrees, side, side)[None], output_shape=[side, side],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0, :, :, 0]
     top, left = (side - height) // 2, (side - width) // 2
     return tf.cast(grid[top:top + height, left:left + width], tf.uint8)
 
