@@ -34,8 +34,9 @@ IOU_LOSSES = ("iou", "giou", "diou", "ciou")
 NMS_METHODS = ("soft", "hard", "fast")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_DECAY_METHODS = ("cosine", "stepwise", "polynomial", "constant")
-# 'randaug' is the official value (dataloader.py); 'randaugment' is accepted as the same.
-AUTOAUGMENT_POLICIES = ("v0", "v1", "v2", "v3", "randaug", "randaugment")
+# edetgraph.data.augment.AUTOAUGMENT_POLICIES (kept equal by tests/test_augment.py; that
+# module imports TensorFlow). "randaug" is the official's spelling of "randaugment".
+AUTOAUGMENT_POLICIES = ("v0", "v1", "v2", "v3", "randaugment", "randaug")
 # Official stepwise defaults (hparams_config.py), in epochs.
 FIRST_LR_DROP_EPOCH, SECOND_LR_DROP_EPOCH = 200.0, 250.0
 REPLICA_REDUCTIONS = ("global", "per_replica", "per_replica_sum")
