@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -30,14 +31,12 @@ def _rss_mib() -> float:
 
 def child(spec_name: str, batch: int, steps: int, precision: str, grad_checkpoint: bool) -> dict:
     """One setting, in this process: the figures as a dict."""
-    import resource
+    import tensorflow as tf  # deferred: only the child processes load TensorFlow
 
-    import tensorflow as tf
-
-    from edetgraph.graph.spec import load_spec
-    from edetgraph.training.benchmark import _fixed_batch
-    from edetgraph.training.config import from_dict
-    from edetgraph.training.step import build_state, make_train_function
+    from edetgraph.graph.spec import load_spec  # deferred: as TensorFlow
+    from edetgraph.training.benchmark import _fixed_batch  # deferred: as TensorFlow
+    from edetgraph.training.config import from_dict  # deferred: as TensorFlow
+    from edetgraph.training.step import build_state, make_train_function  # deferred: as TF
 
     spec = load_spec(spec_name)
     config = from_dict({"batch_size": batch, "steps": steps + 1, "warmup_steps": 1,
