@@ -7,8 +7,10 @@ each precision: every setting runs in its own fresh process, so each peak is its
 A child builds the training state, runs ``--steps`` steps of the real train function (the
 first one traces it) on a fixed random batch, and reports its peak resident set size
 (``resource.getrusage``), the resident size before the first step (TensorFlow, the model,
-optimizer slots and EMA), and the seconds per step after the first. The figures depend on
-the CPU (name it when quoting them) and on what else the machine runs.
+optimizer slots and EMA), and the wall and CPU seconds per step after the first. The
+figures depend on the CPU (name it when quoting them) and on what else the machine runs
+(CPU seconds suffer less from a busy machine). Where the spec has drop-connect (D1 up) the
+children's losses differ: its masks are random.
 """
 from __future__ import annotations
 
@@ -49,16 +51,18 @@ def child(spec_name: str, batch: int, steps: int, precision: str, grad_checkpoin
     start = time.perf_counter()
     out = fn(it, tf.constant(1))
     first = time.perf_counter() - start
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if steps > 1:
         out = fn(it, tf.constant(steps - 1))
     rest = (time.perf_counter() - start) / max(steps - 1, 1)
+    cpu = (time.process_time() - cpu) / max(steps - 1, 1)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # KiB on Linux
     return {"spec": spec.name, "batch": batch, "precision": precision,
             "grad_checkpoint": grad_checkpoint, "loss": float(out[0]["loss"]),
             "rss_before_step_mib": round(before), "peak_rss_mib": round(peak),
             "step_peak_mib": round(peak - before), "first_step_s": round(first, 1),
-            "seconds_per_step": round(rest, 2) if steps > 1 else None}
+            "seconds_per_step": round(rest, 2) if steps > 1 else None,
+            "cpu_seconds_per_step": round(cpu, 2) if steps > 1 else None}
 
 
 def _run_child(args, precision: str, grad_checkpoint: bool) -> dict:
@@ -102,8 +106,9 @@ def main(argv=None) -> int:
     base = rows[0]
     for r in rows[1:]:
         if args.speed:
-            print(f"{r['precision']}: {r['seconds_per_step'] / base['seconds_per_step']:.2f}x "
-                  f"the float32 step time")
+            wall = r["seconds_per_step"] / base["seconds_per_step"]
+            cpu = r["cpu_seconds_per_step"] / base["cpu_seconds_per_step"]
+            print(f"{r['precision']}: {wall:.2f}x the float32 step time, {cpu:.2f}x its CPU time")
         else:
             print(f"grad_checkpoint: peak RSS {base['peak_rss_mib']} -> {r['peak_rss_mib']} MiB "
                   f"({1 - r['peak_rss_mib'] / base['peak_rss_mib']:.0%} less); step's own "
