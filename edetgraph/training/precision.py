@@ -83,9 +83,10 @@ def cpu_has_fp16(flags: set[str] | None = None) -> bool:
     return bool(flags & {"avx512_fp16", "amx_fp16"})
 
 
-# Measured on an AMD EPYC (AVX2, no bf16/fp16 instructions), 2 cores: one training step of
-# the demo model at 256 px, batch 4 (tools/train_memory.py --speed). Shown to the user.
-EMULATED_SLOWDOWN = {"bfloat16": "~2.5x", "float16": "~3x"}
+# Measured on an AMD EPYC (AVX2, no bf16/fp16 instructions), 2 cores, a busy machine: CPU
+# seconds of a training step of the demo model at 256 px, batch 4, against float32 (0.34 s):
+# bfloat16 1.20 s, float16 0.59 s (tools/train_memory.py --speed). Shown to the user.
+EMULATED_SLOWDOWN = {"bfloat16": "~3.5x", "float16": "~1.7x"}
 
 
 def precision_notice(precision: str, on_accelerator: bool, flags: set[str] | None = None):
