@@ -153,8 +153,7 @@ def test_recompute_replays_drop_connect_masks_and_gives_their_gradient():
 # ---------------------------------------------------------------- one train step
 
 def test_bfloat16_step_matches_float32_and_keeps_float32_state(batch, float32_step):
-    if AVX2_ONLY:   # it runs here, emulated: the comparison is still the point of the test
-        print("bfloat16 emulated on this CPU (no avx512_bf16/amx_bf16)")
+    # Runs on any CPU: without avx512_bf16/amx_bf16 TensorFlow emulates bfloat16 (slower).
     before32, out32, after32 = float32_step
     state, run = _step("mixed_bfloat16", batch)
     for k, v in state.variables.items():
