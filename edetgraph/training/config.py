@@ -102,7 +102,8 @@ class TrainConfig:
     steps_per_call: int = 1                # train steps per host call (TPU: 100 or more)
     nan_policy: str = "stop"
     seed: Optional[int] = None
-    precision: str = "float32"
+    precision: str = "float32"            # float32 | mixed_bfloat16 | mixed_float16
+    grad_checkpoint: bool = False          # recompute backbone/BiFPN activations in backward
     jit_compile: Optional[bool] = None     # None: on for TPU, off on CPU/GPU
     bn_recalibration_batches: int = 0      # >0: precise BN over that many training batches
     # How N replicas combine their losses and gradients (no official hparams key: the

@@ -24,6 +24,11 @@ for R cores, core r holding P_r positives and D_r its images' summed detection l
   about R times the step of one device, with R weight decays. (``per_replica_sum``.)
 
 Both keep batch norm synchronised across cores (their TPU batch norm), as here.
+
+Mixed precision (``edetgraph.training.precision``): the model computes in the settings'
+dtype, everything here stays float32; ``mixed_float16`` scales the loss and unscales the
+gradients, and a step whose gradients overflowed (with a finite loss, scale above 1) is
+skipped and halves the scale, without counting as a NaN/Inf step.
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ from edetgraph.training.optim import (
     frozen_names,
     make_optimizer,
 )
+from edetgraph.training.precision import LossScale, compute_for
 from edetgraph.training.schedule import WarmupSchedule, make_schedule
 
 SUMMED = ("loss", "cls_loss", "box_loss", "box_iou_loss", "reg_l2_loss")
@@ -69,13 +75,15 @@ class TrainState:
     anchors: np.ndarray
     decayed: list = None     # variables in the L2 loss term (not frozen; none for AdamW)
     normalizer: MovingNormalizer | None = None   # positives_momentum's average, when set
+    loss_scale: LossScale | None = None    # mixed_float16 only
 
 
 def build_state(spec, config, total_steps: int, warmup_steps: int, seed: int = 0,
                 examples_per_epoch: int | None = None) -> TrainState:
     """Create model, optimizer slots, EMA and step; call inside ``strategy.scope()``.
     `examples_per_epoch` turns stepwise lr drops given in epochs into steps."""
-    model = build_model(spec, seed=seed)
+    compute = compute_for(config)
+    model = build_model(spec, seed=seed, compute=compute)
     variables = model.variables_by_name()
     # var_freeze_expr: frozen variables get no update, no decay and no EMA change.
     frozen = frozen_names(variables, config.var_freeze_expr, config.source)
@@ -91,8 +99,9 @@ def build_state(spec, config, total_steps: int, warmup_steps: int, seed: int = 0
                              config.label_smoothing, config.huber_delta, config.box_loss_weight,
                              config.iou_loss, config.iou_loss_weight)
     anchors = spec_anchors(spec)
+    loss_scale = LossScale() if compute.dtype == "float16" else None
     return TrainState(spec, model, variables, optimizer, ema, step, schedule, loss_config, anchors,
-                      decayed, normalizer)
+                      decayed, normalizer, loss_scale)
 
 
 def replica_scales(reduction: str, replicas: int) -> tuple[float, float]:
@@ -124,6 +133,10 @@ def _make_compute(state: TrainState, config, replicas: int, jit_compile: bool):
                 parts = {k: v * det_scale for k, v in parts.items()}
             parts["reg_l2_loss"] = weight_decay_loss(decayed, config.weight_decay) * decay_scale
             loss = parts["det_loss"] + parts["reg_l2_loss"]
+            if state.loss_scale is not None:   # float16: small gradients kept from underflow
+                parts["loss_scale"] = scale = tf.convert_to_tensor(state.loss_scale.scale)
+                grads = tape.gradient(loss * scale, state.optimizer.vars)
+                return loss, parts, [g / scale for g in grads]
         return loss, parts, tape.gradient(loss, state.optimizer.vars)
 
     return tf.function(compute, jit_compile=True) if jit_compile else compute
@@ -131,14 +144,18 @@ def _make_compute(state: TrainState, config, replicas: int, jit_compile: bool):
 
 def _make_apply(state: TrainState, skip_bad: bool):
     @tf.autograph.experimental.do_not_convert
-    def apply(strategy, grads, lr, momentum, ema_rate, ok, biased=None):
+    def apply(strategy, grads, lr, momentum, ema_rate, ok, overflow, biased=None):
         update = state.optimizer.apply(strategy, grads, lr, momentum, ok)
         if state.normalizer is not None:
             update = tf.group(update, state.normalizer.apply(strategy, biased, ok))
         with tf.control_dependencies([update]):
             ema = state.ema.apply(strategy, ema_rate) if state.ema else tf.no_op()
+            if state.loss_scale is not None:
+                ema = tf.group(ema, state.loss_scale.update(strategy, ok))
         with tf.control_dependencies([ema]):
             local_ok = strategy.experimental_local_results(ok)[0]
+            if overflow is not None:    # an overflowed float16 step counts, as in Keras
+                local_ok |= strategy.experimental_local_results(overflow)[0]
             counted = tf.logical_or(local_ok, skip_bad)
             return state.step.assign_add(tf.cast(counted, tf.int64))
     return apply
@@ -164,13 +181,19 @@ def make_replica_step(state: TrainState, config, replicas: int, jit_compile: boo
             bad = state.step + 1 >= inject_nan_at
             loss += tf.where(bad, float("nan"), 0.0)
         reduce = _clip_then_sum if per_core else _sum_then_clip
-        grads, norm, ok = reduce(ctx, grads, loss, config.clip_norm, replicas)
+        grads, norm, ok, loss_ok = reduce(ctx, grads, loss, config.clip_norm, replicas)
+        overflow = _overflow(parts, loss_ok, ok)
         lr = state.schedule(state.step)
         gated_lr, momentum = state.optimizer.gates(lr, ok)
         ema_rate = state.ema.rate(state.step, ok) if state.ema else 0.0
-        ctx.merge_call(apply, args=(grads, gated_lr, momentum, ema_rate, ok), kwargs=extra)
+        ctx.merge_call(apply, args=(grads, gated_lr, momentum, ema_rate, ok, overflow),
+                       kwargs=extra)
         summed = {"loss": loss, **{k: parts[k] for k in SUMMED if k != "loss"}}
-        return summed, {"lr": lr, "grad_norm": norm, "ok": tf.cast(ok, tf.float32)}
+        counts = ok if overflow is None else ok | overflow   # for the NaN/Inf policy
+        same = {"lr": lr, "grad_norm": norm, "ok": tf.cast(counts, tf.float32)}
+        if overflow is not None:
+            same["loss_scale"] = parts["loss_scale"]
+        return summed, same
 
     return replica_step
 
@@ -187,25 +210,37 @@ def _normalizer(reduction: str, num_positives, replicas: int):
 
 def _sum_then_clip(ctx, grads, loss, clip_norm: float, replicas: int):
     """One device's step: the replicas' gradients summed, then clipped once. Returns
-    (grads, norm before clipping, ok)."""
+    (grads, norm before clipping, ok, whether the loss is finite)."""
     total = loss
     if replicas > 1:
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         total = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
     grads, norm = clip_gradients(grads, clip_norm)
-    return grads, norm, tf.math.is_finite(total) & tf.math.is_finite(norm)
+    loss_ok = tf.math.is_finite(total)
+    return grads, norm, loss_ok & tf.math.is_finite(norm), loss_ok
 
 
 def _clip_then_sum(ctx, grads, loss, clip_norm: float, replicas: int):
     """The official trainers' order: this replica's gradients clipped alone, then summed
-    over replicas. Returns (grads, this replica's norm before clipping, ok), ok the same
-    on every replica (so that all of them apply or skip the step together)."""
+    over replicas. Returns (grads, this replica's norm before clipping, ok, whether the
+    loss is finite), the flags the same on every replica (so that all of them apply or skip
+    the step together)."""
     grads, norm = clip_gradients(grads, clip_norm)
     health = tf.stack([loss, norm])
     if replicas > 1:
         grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         health = ctx.all_reduce(tf.distribute.ReduceOp.SUM, health)
-    return grads, norm, tf.reduce_all(tf.math.is_finite(health))
+    return (grads, norm, tf.reduce_all(tf.math.is_finite(health)),
+            tf.math.is_finite(health[0]))
+
+
+def _overflow(parts: dict, loss_ok, ok):
+    """Whether a float16 step's gradients overflowed: finite loss, non-finite gradients,
+    loss scale above 1 (None without loss scaling). Skipped (the scale halves) without
+    counting as a NaN/Inf step; at scale 1 there is nothing left to lower, and it is one."""
+    if "loss_scale" not in parts:
+        return None
+    return ~ok & loss_ok & (parts["loss_scale"] > 1.0)
 
 
 def make_train_function(strategy, state: TrainState, config, jit_compile: bool = False,
@@ -220,6 +255,8 @@ def make_train_function(strategy, state: TrainState, config, jit_compile: bool =
     @tf.function
     def train_steps(iterator, num_steps):
         metrics = {k: tf.constant(0.0) for k in SUMMED + SAME}
+        if state.loss_scale is not None:
+            metrics["loss_scale"] = tf.constant(0.0)
         metrics["ok"] = tf.constant(1.0)
         done, skipped = tf.constant(0), tf.constant(0)
         for _ in tf.range(num_steps):

@@ -28,7 +28,7 @@ from edetgraph.files import (FolderBusy, OutputRefused, disk_full_message, is_di
 from edetgraph.task.evaluation import Evaluator
 from edetgraph.training import inputs as tdata
 from edetgraph.training.checkpointing import Checkpointer, CheckpointMismatch
-from edetgraph.training.config import TrainConfigError
+from edetgraph.training.config import PRECISIONS, TrainConfigError
 from edetgraph.training.distribute import (
     DistributeError,
     is_chief,
@@ -37,6 +37,7 @@ from edetgraph.training.distribute import (
     worker_info,
 )
 from edetgraph.training.loop import Loop, TrainError, run_loop, write_file
+from edetgraph.training.precision import precision_notice
 from edetgraph.training.progress import Progress
 from edetgraph.training.step import build_state, make_train_function
 
@@ -52,10 +53,13 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _check_precision(precision: str) -> None:
-    if precision != "float32":
-        raise TrainError(f"--precision {precision}: not supported yet (the lowered model keeps "
-                         "float32 variables and has no casting compute path); use float32")
+def _with_precision(config, precision: str | None):
+    """The settings with ``--precision`` (when given) in place of the file's."""
+    if precision is None or precision == config.precision:
+        return config
+    if precision not in PRECISIONS:
+        raise TrainError(f"--precision {precision!r}: not one of {', '.join(PRECISIONS)}")
+    return dataclasses.replace(config, precision=precision)
 
 
 def check_model_dir(model_dir: str, spec) -> None:
@@ -161,6 +165,8 @@ def _make_loop(spec, config, model_dir, paths, strategy, ckpt, log, inject_nan_a
         objects["moving_normalizer"] = state.normalizer.variables
     if state.ema is not None:
         objects["ema"] = state.ema.shadows
+    if state.loss_scale is not None:    # mixed_float16: the dynamic loss scale goes on
+        objects["loss_scale"] = state.loss_scale.variables
     if config.checkpoint_input:
         if _can_checkpoint(iterator):
             objects["iterator"] = iterator
@@ -204,7 +210,7 @@ def train(spec, config, model_dir, data=None, val_data=None, val_json=None, ckpt
     Raises TrainError (with an exit code) for anything the user must fix, a NaN/Inf stop
     (code 3) or SIGTERM after saving (code 143)."""
     start = time.perf_counter()
-    _check_precision(precision or config.precision)
+    config = _with_precision(config, precision)
     if init_weights not in INIT_WEIGHTS:
         raise TrainError(f"--init-weights {init_weights}: choose one of {', '.join(INIT_WEIGHTS)}")
     model_dir = os.fspath(model_dir)
@@ -237,6 +243,10 @@ def _train(spec, config, model_dir, data, val_data, val_json, ckpt, strategy, tp
     except UndecodableData as e:
         raise TrainError(f"--data {data or paths.train}: {e}") from None
     _run_setup(config, model_dir, spec, loop.chief, paths.labels)
+    notice = precision_notice(config.precision, is_tpu(dist) or bool(
+        tf.config.list_physical_devices("GPU")))
+    if notice:
+        log(notice)
     _attach_extras(loop, spec, paths)
     log(f"training {spec.name} for {loop.total} steps (batch {config.batch_size}, "
         f"{dist.num_replicas_in_sync} replica(s){_reduction_note(config)}, peak lr "
