@@ -81,7 +81,7 @@ def folder_probe(*args, name, words=("existing folder",)):
 
 def coco_set(p: Probe, n: int = 2) -> tuple[Path, Path]:
     """``n`` small pictures and their COCO instances.json, one box each."""
-    from PIL import Image
+    from PIL import Image  # deferred: only the probes that need pictures load it
     images = p.dir / "images"
     images.mkdir(exist_ok=True)
     coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
@@ -203,7 +203,7 @@ def busy_model_dir(p: Probe):
 
 
 def latency_escapes(p: Probe):
-    from edetgraph.graph.latency_model import SCHEMA
+    from edetgraph.graph.latency_model import SCHEMA  # deferred: this probe's alone
     model = p.dir / "latency.json"
     model.write_text(json.dumps({"schema": SCHEMA, "backend": "onnxruntime", "threads": 2,
                                  "machine": "box\x1b[2J\x1b[Hfake line", "fitted": "2026",
@@ -223,28 +223,17 @@ def train_nan(p: Probe):
     return why or (f"it wrote {leftovers}" if leftovers else None)
 
 
-def quiet_to_onnx(p: Probe):
-    r = p.run("exporters/to_onnx.py", *DEMO, "--out", p.dir / "m.onnx")
-    stray = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("[to_onnx]")]
+def own_lines_only(r, prefix: str) -> str | None:
+    """None when ``r`` succeeded with nothing on stderr but lines starting with ``prefix``."""
+    stray = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith(prefix)]
     if r.returncode:
         return f"exit {r.returncode}: {r.stderr[-200:]}"
     return f"stray stderr lines: {stray[:3]}" if stray else None
 
 
-def quiet_device_runner(p: Probe):
-    r = p.run(ROOT / "bench" / "device_runner.py", tiny_tflite(p), "--runs", "1", "--warmup", "0")
-    stray = [ln for ln in r.stderr.splitlines() if ln.strip() and
-             not ln.startswith("[device_runner]")]
-    return (f"exit {r.returncode}" if r.returncode else None) or \
-        (f"stray stderr lines: {stray[:3]}" if stray else None)
-
-
-def _cmd(script):
-    return [ROOT / script] if script.endswith(".py") else ["-m", script]
-
-
 def exporter(tool, out, name, *extra):
-    return folder_probe(*_cmd(f"exporters/{tool}.py"), *DEMO, "--out", out, *extra, name=name)
+    return folder_probe(ROOT / "exporters" / f"{tool}.py", *DEMO, "--out", out, *extra,
+                        name=name)
 
 
 # (class, what it checks, check, needs: a module that must be importable, or None, slow)
@@ -289,9 +278,12 @@ PROBES = [
      lambda p: refused(p.run("-m", "edetgraph.search", "--latency", "m.json", "--budget-ms",
                              "nan", "--out", "s"), "--budget-ms"), None, False),
     ("noise", "to_onnx: a successful export prints only its own [to_onnx] lines on stderr",
-     quiet_to_onnx, None, True),
+     lambda p: own_lines_only(p.run(ROOT / "exporters" / "to_onnx.py", *DEMO, "--out", "m.onnx"),
+                              "[to_onnx] "), None, True),
     ("noise", "device_runner.py: only its own [device_runner] lines on stderr",
-     quiet_device_runner, "ai_edge_litert", True),
+     lambda p: own_lines_only(p.run(ROOT / "bench" / "device_runner.py", tiny_tflite(p), "--runs",
+                                    "1", "--warmup", "0"), "[device_runner] "),
+     "ai_edge_litert", True),
 ]
 
 
