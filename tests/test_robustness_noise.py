@@ -175,3 +175,27 @@ def test_to_onnx_stderr_has_only_its_own_lines(tmp_path):
     r = _cli("exporters/to_onnx.py", "--spec", "demo", *sets, "--out", tmp_path / "m.onnx")
     assert r.returncode == 0, r.stderr[-3000:]
     assert not _stray(r.stderr, "[to_onnx] "), r.stderr
+
+
+# ------------------------------- "accuracy UNVERIFIED" only when nothing measures the AP
+
+def test_bench_exports_warn_unverified_only_without_data(monkeypatch, tmp_path):
+    """bench.run with --data (the demo's stage 4) measures every row's AP a minute after its
+    exports: they say so instead of warning; without --data the warning stays."""
+    from bench import exports
+    from bench.config import BenchConfig
+    from edetgraph.graph.spec import load_spec
+    from exporters.pipeline import unverified
+    seen = []
+    monkeypatch.setattr(exports, "export", lambda spec, path, fmt, opts: seen.append(opts) or {})
+    monkeypatch.setattr(exports, "write_text", lambda *a: None)
+    for data in (None, str(tmp_path)):
+        cfg = BenchConfig(spec=load_spec("demo"), out=str(tmp_path / "b"), data=data,
+                          backends=("tflite-fp16",))
+        exports.ensure_export(cfg, "tflite-fp16", {}, lambda m: None)
+    assert [o.ap_measured_by for o in seen] == [None, "bench.run on --data"]
+    parity = {"heads": {"cls": {"nrmse": 0.01}, "box": {"nrmse": 0.02}}}
+    assert unverified(parity)["why"].startswith("accuracy UNVERIFIED")
+    measured = unverified(parity, "bench.run on --data")
+    assert "UNVERIFIED" not in measured["why"] and measured["verified"] is False
+    assert measured["measured_by"] == "bench.run on --data" and measured["sqnr_db"]["cls"] == 40
