@@ -96,7 +96,6 @@ def tflite_interpreter(path=None, *, no_delegates: bool = False, **kw):
     if no_delegates:
         resolver = getattr(module, "OpResolverType", None) or module.experimental.OpResolverType
         kw["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    if no_delegates:
         return module.Interpreter(model_path=os.fspath(path), **kw) if path else \
             module.Interpreter(**kw)
     with quiet_native():
