@@ -97,8 +97,8 @@ def coco_set(p: Probe, n: int = 2) -> tuple[Path, Path]:
 def plant_links(p: Probe, final: Path) -> Path:
     """Links to a victim at ``final`` and the fixed temporary names writers once used."""
     victim = p.victim()
-    for name in (final.name, final.name + ".partial", f".{final.name}.tmp"):
-        (final.parent / name).symlink_to(victim)
+    for form in ("{}", "{}.partial", ".{}.tmp"):
+        (final.parent / form.format(final.name)).symlink_to(victim)
     return victim
 
 
