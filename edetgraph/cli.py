@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 
 # Lines native libraries write straight to file descriptor 2 on every run, though nothing is
 # wrong; no log level reaches them (they are written before, or outside, any logging set-up):
@@ -26,6 +27,11 @@ _NATIVE_NOISE = re.compile(
     r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"
     r"|fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, "
     r"output_inference_type: \w+$")
+
+
+# File descriptor 2 is the process's: two threads swapping it at once would leave it pointing
+# at a closed capture file, so one block at a time (re-entrant: blocks may nest).
+_FD2 = threading.RLock()
 
 
 def printable(text) -> str:
@@ -82,6 +88,11 @@ def quiet_native():
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() == "0":
         yield
         return
+    with _FD2:
+        yield from _captured_fd2()
+
+
+def _captured_fd2():
     sys.stderr.flush()
     saved, python_stderr = os.dup(2), sys.stderr
     with tempfile.TemporaryFile() as captured, \
