@@ -7,6 +7,7 @@ onnxruntime, run it, and bring the JSON back for the report (bench.device merges
 It never imports TensorFlow or anything from edetgraph.
 """
 import argparse
+import contextlib
 import datetime
 import hashlib
 import importlib
@@ -59,6 +60,33 @@ def write_whole(path, data):
         raise
 
 
+# LiteRT's C++ logs this to file descriptor 2 when an interpreter first applies XNNPACK; no
+# Python setting reaches it. A copy of edetgraph.cli.quiet_native's filter, for this line
+# only: this file imports nothing from edetgraph.
+_DELEGATE_NOTICE = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+
+
+@contextlib.contextmanager
+def quiet_delegate_notice():
+    """Run the block with file descriptor 2 captured; then replay every line but LiteRT's
+    delegate notice on stderr (a real error still shows)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines()
+                    if line.strip() != _DELEGATE_NOTICE]
+            if kept:
+                print("\n".join(kept), file=sys.stderr, flush=True)
+
+
 def _line(exc):
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:300]
@@ -106,9 +134,10 @@ class TFLiteModel:
         self.accelerator = {"delegate": delegate}
         try:
             delegates = [module.load_delegate(delegate)] if delegate else None
-            self.interp = module.Interpreter(model_path=path, num_threads=threads,
-                                             experimental_delegates=delegates)
-            self.interp.allocate_tensors()
+            with quiet_delegate_notice():
+                self.interp = module.Interpreter(model_path=path, num_threads=threads,
+                                                 experimental_delegates=delegates)
+                self.interp.allocate_tensors()
         except Exception as exc:
             raise Failure(f"{path}: {self.runtime} cannot load it: {_line(exc)}") from None
         self.ins, self.outs = self.interp.get_input_details(), self.interp.get_output_details()

@@ -6,20 +6,32 @@ all use it)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
 import tempfile
+import threading
 
-# What TensorFlow writes to stderr while it loads, every time, though nothing is wrong:
-# absl's notice that logging is not initialised yet, oneDNN being on (its default on x86),
-# and the CPU features this build does not use. TF_CPP_MIN_LOG_LEVEL does not reach them
-# (absl logs them before it reads any setting), so they are filtered line by line.
-_STARTUP_NOISE = re.compile(
+# Lines native libraries write straight to file descriptor 2 on every run, though nothing is
+# wrong; no log level reaches them (they are written before, or outside, any logging set-up):
+# - while TensorFlow loads: absl's notice that logging is not initialised yet, oneDNN being on
+#   (its default on x86), and the CPU features this build does not use;
+# - LiteRT / tf.lite, when an interpreter first applies its default delegate;
+# - TF's int8 quantizer, once per quantizing conversion (a bare fprintf of its settings).
+_NATIVE_NOISE = re.compile(
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|I\d{4} [\d:.]+ +\d+ port\.cc:\d+\] oneDNN custom operations are on\."
     r"|I\d{4} [\d:.]+ +\d+ cpu_feature_guard\.cc:\d+\] This TensorFlow binary is optimized"
-    r"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler")
+    r"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler"
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"
+    r"|fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, "
+    r"output_inference_type: \w+$")
+
+
+# File descriptor 2 is the process's: two threads swapping it at once would leave it pointing
+# at a closed capture file, so one block at a time (re-entrant: blocks may nest).
+_FD2 = threading.RLock()
 
 
 def printable(text) -> str:
@@ -57,18 +69,54 @@ def quiet_tensorflow() -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"].strip() == "0":
         return
+    with quiet_native():
+        import tensorflow  # noqa: F401  # deferred: only commands that need TensorFlow load it
+
+
+@contextlib.contextmanager
+def quiet_native():
+    """Run the block with what native code writes to file descriptor 2 captured, then replay
+    on stderr every line of it except the known notices of native libraries
+    (``_NATIVE_NOISE``): a real error or warning from C++ still reaches the user, once the
+    block ends. Python's own writes to ``sys.stderr`` (progress lines, warnings) are not
+    captured: they show as they are written.
+
+    For native calls that print such a notice: TensorFlow's import, an interpreter's first
+    allocation, a TFLite conversion. ``TF_CPP_MIN_LOG_LEVEL=0`` (asking for TensorFlow's own
+    lines) turns the filter off.
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() == "0":
+        yield
+        return
+    with _FD2:
+        yield from _captured_fd2()
+
+
+def _captured_fd2():
     sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
+    saved, python_stderr = os.dup(2), sys.stderr
+    with tempfile.TemporaryFile() as captured, \
+            open(saved, "w", buffering=1, closefd=False, errors="backslashreplace") as live:
         os.dup2(captured.fileno(), 2)   # the notices come from C++, below sys.stderr
+        if _writes_to_fd2(python_stderr):
+            sys.stderr = live
         try:
-            import tensorflow  # noqa: F401  # deferred: only commands that need TensorFlow load it
+            yield
         finally:
-            sys.stderr.flush()
+            sys.stderr = python_stderr
+            live.flush()
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
             kept = [line for line in captured.read().decode(errors="replace").splitlines()
-                    if not _STARTUP_NOISE.match(line)]
+                    if not _NATIVE_NOISE.match(line)]
             if kept:
-                print("\n".join(kept), file=sys.stderr)
+                print("\n".join(kept), file=sys.stderr, flush=True)
+
+
+def _writes_to_fd2(stream) -> bool:
+    """Whether ``stream`` writes to file descriptor 2 (not, e.g., a test's capture buffer)."""
+    try:
+        return stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):   # io.UnsupportedOperation is an OSError
+        return False

@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-json", help="COCO instances JSON of --val-data")
     p.add_argument("--ckpt", help="initialise from this checkpoint (released archive/folder or "
                    "own); heads whose shape differs are skipped")
+    p.add_argument("--init-weights", choices=("official", "ema"), default="official",
+                   help="what --ckpt gives: 'official' (default, as the official trainer "
+                   "restores): its raw values become the weights and its "
+                   "ExponentialMovingAverage shadows the EMA's start (a variable without a "
+                   "shadow: its raw value); 'ema': the shadows become the weights and the "
+                   "EMA starts from them (edetgraph before this option)")
     p.add_argument("--tpu", help="TPU name (or grpc:// address): use TPUStrategy")
     p.add_argument("--strategy", default="default", choices=("default", "mirrored", "multiworker"),
                    help="distribution strategy without --tpu (multiworker reads TF_CONFIG)")
@@ -57,7 +63,8 @@ def main(argv=None) -> int:
     from edetgraph.training import trainer  # deferred: --help and bad settings skip TensorFlow
     try:
         result = trainer.train(spec, config, args.model_dir, args.data, args.val_data, args.val_json,
-                       args.ckpt, args.strategy, args.tpu, args.precision)
+                       args.ckpt, args.strategy, args.tpu, args.precision,
+                       init_weights=args.init_weights)
     except trainer.TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.code

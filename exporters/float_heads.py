@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from edetgraph.cli import quiet_native
 from edetgraph.verify.runners import tflite_interpreter
 from exporters.options import ExportFailed
 
@@ -72,7 +73,7 @@ def convert_keeping_float(converter, calibration, nodes) -> bytes:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                            tf.lite.OpsSet.TFLITE_BUILTINS]
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=list(nodes))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_native():   # the quantizer's settings line
         warnings.simplefilter("ignore")
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=calibration, debug_options=options)

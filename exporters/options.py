@@ -80,6 +80,8 @@ class ExportOptions:
     eval: EvalOptions | None = None
     verbose: bool = True
     card: ModelCard = field(default_factory=ModelCard)
+    ap_measured_by: str | None = None   # who measures the file's AP instead (bench.run with
+                                        # --data): then no "accuracy UNVERIFIED" warning
 
 
 @dataclass(frozen=True)

@@ -179,8 +179,9 @@ def _stage_gate_keep(job: _Job, out: str, converted, timings: dict, start: float
         check_accuracy(summary, spec, job.serve, runner.run, fmt.kind(), opts, job.say,
                        fmt.box_scale(spec, opts))
         if fmt.kind() != "fp32" and opts.eval is None:
-            summary["accuracy_unverified"] = unverified(parity)
-            log(fmt.prog, f"WARNING: {summary['accuracy_unverified']['why']}")
+            summary["accuracy_unverified"] = unverified(parity, opts.ap_measured_by)
+            if not opts.ap_measured_by:
+                log(fmt.prog, f"WARNING: {summary['accuracy_unverified']['why']}")
         staged.companions = fmt.companions(staged.path)
         if summary["parity"]["passed"]:
             fmt.finish(staged.path, summary)
@@ -252,12 +253,17 @@ def check_accuracy(summary: dict, spec, serve, run_file, kind: str, opts: Export
     summary["timings"]["ap_check_s"] = time.perf_counter() - t0
 
 
-def unverified(parity: dict) -> dict:
+def unverified(parity: dict, measured_by: str | None = None) -> dict:
     """What a quantised file without --eval-data can say of its accuracy: nothing measured,
-    and the SQNR of each head on the parity pictures."""
+    and the SQNR of each head on the parity pictures; ``measured_by``: who measures its AP
+    after the export (not a warning then)."""
     sqnr = {h: (None if not f["nrmse"] else round(float(-20 * np.log10(f["nrmse"])), 2))
             for h, f in parity["heads"].items()}
     text = ", ".join(f"{h} {v} dB" for h, v in sqnr.items() if v is not None)
+    if measured_by:
+        return {"verified": False, "sqnr_db": sqnr, "measured_by": measured_by,
+                "why": f"AP not measured by the export: {measured_by} measures it (SQNR per "
+                       f"head on the parity pictures: {text or 'n/a'})"}
     return {"verified": False, "sqnr_db": sqnr,
             "why": f"accuracy UNVERIFIED: no --eval-data, so the AP this file loses is not "
                    f"measured (SQNR per head on the parity pictures: {text or 'n/a'})"}

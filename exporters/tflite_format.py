@@ -15,6 +15,7 @@ from collections import Counter
 import numpy as np
 import tensorflow as tf
 
+from edetgraph.cli import quiet_native
 from edetgraph.graph import outputs
 from edetgraph.nn import targets
 from edetgraph.task.anchors import spec_anchors
@@ -139,7 +140,8 @@ class TFLiteFormat(Format):
                 return flatbuffer, None, report
             if tail:
                 return convert_keeping_float(converter(), calibration, tail), None, None
-            return converter().convert(), None, None
+            with quiet_native():    # the int8 quantizer's settings line
+                return converter().convert(), None, None
         except ExportFailed:
             raise
         except Exception as e:  # ConverterError and friends

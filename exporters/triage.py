@@ -31,6 +31,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from edetgraph.cli import quiet_native
 from edetgraph.verify.accuracy import measure
 from edetgraph.verify.runners import make_runner
 from exporters.float_heads import convert_keeping_float
@@ -94,7 +95,7 @@ def layer_statistics(converter, calibration, limit: int = STAT_IMAGES) -> dict:
 
     options = tf.lite.experimental.QuantizationDebugOptions(
         layer_direct_compare_metrics=METRICS)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_native():   # the quantizer's settings line
         warnings.simplefilter("ignore")
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=first_batches, debug_options=options)
@@ -182,7 +183,8 @@ class Triage:
     def _convert(self, float_layers: list) -> bytes:
         nodes = list(dict.fromkeys(self.base + list(float_layers) + self.always_float))
         if not nodes:
-            return self.make_converter().convert()
+            with quiet_native():    # the quantizer's settings line
+                return self.make_converter().convert()
         return convert_keeping_float(self.make_converter(), self.calibration, nodes)
 
     def _search(self, ranked: list):

@@ -10,6 +10,8 @@ mean/std, then when training drop crowd boxes, flip left-right with p=0.5, pick 
 scale s in [jitter_min, jitter_max] of the output size and a random crop offset; resize
 (bilinear), crop, pad bottom/right to the output size; boxes follow, are clipped to
 [0, size-1] and dropped when nothing is left of them. Eval: aspect-preserving resize + pad.
+With `augmentation` (training only), GridMask and an AutoAugment policy first change the
+decoded uint8 image and its boxes (edetgraph.data.augment), as the official does.
 
 Bad input never stops the stream: a record that fails to decode is skipped, a truncated or
 corrupt file yields the records before the damage, an image with more than max_instances
@@ -27,6 +29,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from edetgraph.data.augment import Augmentation, augment
 from edetgraph.data.labels import without_sidecars
 from edetgraph.data.shards import check_shard_sets
 from edetgraph.data.tfexample import encode_example, parse_example, source_id_to_int
@@ -34,6 +37,7 @@ from edetgraph.data.tfexample import encode_example, parse_example, source_id_to
 MEAN_RGB = (123.675, 116.28, 103.53)
 STDDEV_RGB = (58.395, 57.12, 57.375)
 _RECORD_OVERHEAD = 16    # TFRecord framing: length (8) + its CRC (4) + data CRC (4)
+_AUGMENT_STREAM = 0x0A06  # folded into an example's seed: the augmentations' own draws
 
 
 class UndecodableData(ValueError):
@@ -169,14 +173,19 @@ def _pad(values, length: int, fill):
     return out
 
 
-def _parse_and_augment(record, seed, out_hw, training, max_instances, labeler, norm, jitter):
+def _parse_and_augment(record, seed, out_hw, training, max_instances, labeler, norm, jitter,
+                       augmentation: Augmentation | None = None):
     """One record -> the output dict plus the count of boxes beyond max_instances."""
     data = parse_example(record)
-    boxes, classes = data["boxes"], tf.cast(data["classes"], tf.int32)
+    image, boxes, classes = data["image"], data["boxes"], tf.cast(data["classes"], tf.int32)
     if training:   # the official default skip_crowd_during_training
         keep = tf.logical_not(data["is_crowd"])
         boxes, classes = tf.boolean_mask(boxes, keep), tf.boolean_mask(classes, keep)
-    image, boxes, classes, image_scale = transform(data["image"], boxes, classes, out_hw,
+    if training and augmentation is not None and augmentation.active:
+        # A stream of its own: flip and jitter draw what they draw without augmentation.
+        own = tf.random.experimental.stateless_fold_in(seed, _AUGMENT_STREAM)
+        image, boxes = augment(image, boxes, augmentation, own)
+    image, boxes, classes, image_scale = transform(image, boxes, classes, out_hw,
                                                    training, jitter, seed, *norm)
     num = tf.shape(boxes)[0]
     out = {"image": image, "boxes": _pad(boxes, max_instances, -1.0),
@@ -261,7 +270,8 @@ def make_dataset(file_pattern, image_size, batch_size: int, training: bool,
                  mean_rgb=MEAN_RGB, stddev_rgb=STDDEV_RGB, shuffle_buffer: int = 64,
                  labeler=None, num_parallel_calls=tf.data.AUTOTUNE, repeat: bool | None = None,
                  drop_remainder: bool | None = None, stats: PipelineStats | None = None,
-                 input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+                 input_context: tf.distribute.InputContext | None = None,
+                 augmentation: Augmentation | None = None) -> tf.data.Dataset:
     """Batched dicts: image [B,H,W,3] float32, boxes [B,max,4] yxyx output pixels (-1 pads),
     classes [B,max] int32 (-1 pads), num_boxes, image_scale (output -> original pixels),
     source_id int64, plus the labeler's targets when given.
@@ -269,7 +279,8 @@ def make_dataset(file_pattern, image_size, batch_size: int, training: bool,
     training: shuffle files and records, augment, repeat (unless repeat=False) and drop the
     last partial batch (unless drop_remainder=False). With `seed`, the batches are the same
     on every run. `input_context` (from distribute_datasets_from_function) shards the files
-    between hosts. The returned dataset has a `.stats` PipelineStats (or the one passed in).
+    between hosts. `augmentation` (training only) adds GridMask / AutoAugment. The returned
+    dataset has a `.stats` PipelineStats (or the one passed in).
     """
     out_hw = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     repeat = training if repeat is None else repeat
@@ -285,7 +296,8 @@ def make_dataset(file_pattern, image_size, batch_size: int, training: bool,
     def process(indexed, rand):
         index, (record, is_sentinel) = indexed
         result = _parse_and_augment(record, tf.stack([rand, index]), out_hw, training,
-                                    max_instances, labeler, (mean_rgb, stddev_rgb), jitter)
+                                    max_instances, labeler, (mean_rgb, stddev_rgb), jitter,
+                                    augmentation)
         return index, is_sentinel, result
 
     _check_decodable(files, lambda r: process((tf.constant(0, tf.int64), (r, False)),

@@ -44,10 +44,11 @@ def _sum_ops(k, w, elems):
 
 def _fast_normalised(tf, xs, weights):
     # ReLU keeps each weight >= 0; dividing by their sum (plus eps) is the paper's cheap
-    # stand-in for a softmax, with the same sum-to-one effect.
+    # stand-in for a softmax, with the same sum-to-one effect. The weights are normalised in
+    # float32 and only then cast to the activations' dtype (no cast at all in float32).
     w = [tf.nn.relu(v) for v in weights]
     total = tf.add_n(w) + FAST_EPS
-    return tf.add_n([x * (wi / total) for x, wi in zip(xs, w)])
+    return tf.add_n([x * tf.cast(wi / total, x.dtype) for x, wi in zip(xs, w)])
 
 
 def _fast_ops(k, w, elems):
@@ -57,7 +58,7 @@ def _fast_ops(k, w, elems):
 
 def _softmax(tf, xs, weights):
     w = tf.nn.softmax(tf.stack(weights, -1), axis=-1)
-    return tf.reduce_sum(tf.stack(xs, -1) * w, -1)
+    return tf.reduce_sum(tf.stack(xs, -1) * tf.cast(w, xs[0].dtype), -1)
 
 
 def _softmax_ops(k, w, elems):

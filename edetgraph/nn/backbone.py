@@ -10,6 +10,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from edetgraph.graph import blocks as bk
+from edetgraph.nn.compute import recompute as checkpointed
 from edetgraph.nn.layers import (
     BatchNorm,
     Conv,
@@ -98,13 +99,18 @@ class EfficientNet(tf.Module):
                               1.0 - cfg.drop_connect * b.index / n, seed=seed)
                        for b in blist[: last + 1]]
 
-    def __call__(self, images, training: bool = False,
-                 target: Target = DEFAULT) -> dict[int, tf.Tensor]:
+    def __call__(self, images, training: bool = False, target: Target = DEFAULT,
+                 recompute: bool = False) -> dict[int, tf.Tensor]:
+        """``recompute``: gradient checkpointing, each block's activations recomputed in
+        the backward pass (training only)."""
         x = activation(conv_bn(self.stem, self.stem_bn, images, training), self.cfg.act)
         feats = {}
         wanted = {i: lvl for lvl, i in self.feature_at.items()}
         for blk in self.blocks:
-            x = blk(x, training, target)
+            if recompute and training:
+                x = checkpointed(lambda xs, blk=blk: [blk(xs[0], True, target)])([x])[0]
+            else:
+                x = blk(x, training, target)
             if blk.b.index in wanted:
                 feats[wanted[blk.b.index]] = x
         return feats

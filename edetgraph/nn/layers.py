@@ -11,6 +11,8 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from edetgraph.nn.compute import random_mask, replaying, weight
+
 _ON_READ = tf.VariableSynchronization.ON_READ
 _MEAN = tf.VariableAggregation.MEAN
 
@@ -70,16 +72,16 @@ class Conv(tf.Module):
         self.stride = stride
 
     def __call__(self, x):
-        y = tf.nn.conv2d(x, self.kernel, self.stride, "SAME")
-        return tf.nn.bias_add(y, self.bias) if self.bias is not None else y
+        y = tf.nn.conv2d(x, weight(self.kernel, x), self.stride, "SAME")
+        return tf.nn.bias_add(y, weight(self.bias, y)) if self.bias is not None else y
 
     def folded(self, x, scale, offset, channels: slice = slice(None)):
         """``bn(self(x))`` with the BN's scale/offset folded into kernel and bias; only the
         output ``channels`` when given."""
         scale, offset = scale[channels], offset[channels]
         bias = offset if self.bias is None else self.bias[channels] * scale + offset
-        y = tf.nn.conv2d(x, self.kernel[..., channels] * scale, self.stride, "SAME")
-        return tf.nn.bias_add(y, bias)
+        y = tf.nn.conv2d(x, weight(self.kernel[..., channels] * scale, x), self.stride, "SAME")
+        return tf.nn.bias_add(y, weight(bias, y))
 
 
 class DepthwiseConv(tf.Module):
@@ -91,13 +93,14 @@ class DepthwiseConv(tf.Module):
         self.stride = stride
 
     def __call__(self, x):
-        return tf.nn.depthwise_conv2d(x, self.kernel, [1, self.stride, self.stride, 1], "SAME")
+        return tf.nn.depthwise_conv2d(x, weight(self.kernel, x), [1, self.stride, self.stride, 1],
+                                      "SAME")
 
     def folded(self, x, scale, offset, channels: slice = slice(None)):
         """``bn(self(x))`` folded; ``x`` holds only the ``channels`` when given."""
         k = self.kernel[:, :, channels] * tf.reshape(scale[channels], [1, 1, -1, 1])
-        y = tf.nn.depthwise_conv2d(x, k, [1, self.stride, self.stride, 1], "SAME")
-        return tf.nn.bias_add(y, offset[channels])
+        y = tf.nn.depthwise_conv2d(x, weight(k, x), [1, self.stride, self.stride, 1], "SAME")
+        return tf.nn.bias_add(y, weight(offset[channels], y))
 
 
 class SeparableConv(tf.Module):
@@ -144,9 +147,12 @@ class BatchNorm(tf.Module):
                 x, self.gamma, self.beta, self.moving_mean, self.moving_variance,
                 epsilon=self.epsilon, is_training=False)
             return y
-        mean, var = self._batch_moments(x)
-        for moving, value in ((self.moving_mean, mean), (self.moving_variance, var)):
-            moving.assign(moving * self.momentum + value * (1.0 - self.momentum))
+        mean, var = self._batch_moments(x)      # float32 whatever the compute dtype
+        if not replaying():     # a checkpointed segment's re-run: the first run updated them
+            for moving, value in ((self.moving_mean, mean), (self.moving_variance, var)):
+                moving.assign(moving * self.momentum + value * (1.0 - self.momentum))
+        # Scale and offset are worked out in float32, then cast to x's dtype (TF's own
+        # batch_normalization does so): no rsqrt of a bfloat16 variance.
         return tf.nn.batch_normalization(x, mean, var, self.beta, self.gamma, self.epsilon)
 
     def fold(self):
@@ -169,7 +175,7 @@ class BatchNorm(tf.Module):
             n = total[-1]
             mean = total[:ch] / n
             var = tf.maximum(total[ch:2 * ch] / n - mean * mean, 0.0)
-        return tf.cast(mean, x.dtype), tf.cast(var, x.dtype)
+        return mean, var
 
 
 def conv_bn(conv, bn, x, training: bool):
@@ -187,8 +193,9 @@ def drop_connect(x, survival: float, training: bool):
     if not training or survival >= 1.0:
         return x
     shape = [tf.shape(x)[0], 1, 1, 1]
-    keep = tf.floor(survival + tf.random.uniform(shape, dtype=x.dtype))
-    return x / survival * keep
+    # Drawn in float32 (survival + u in bfloat16 would round), replayed when recomputed.
+    keep = random_mask(lambda: tf.floor(survival + tf.random.uniform(shape)))
+    return x / survival * weight(keep, x)
 
 
 def max_pool(x, in_hw, out_hw):

@@ -13,6 +13,7 @@ import networkx as nx
 import tensorflow as tf
 
 from edetgraph.graph import fusion, ir
+from edetgraph.nn.compute import recompute as checkpointed
 from edetgraph.nn.layers import (
     BatchNorm,
     Conv,
@@ -152,9 +153,15 @@ class FeatureNetwork(tf.Module):
         self.nodes = {n: step for n, _, step in self.steps if isinstance(step, tf.Module)}
         self.outputs = {g.nodes[n]["level"]: n for n in ir.ordered_outputs(g)}
 
-    def __call__(self, feats: dict[int, tf.Tensor], training=False,
-                 target: Target = DEFAULT) -> dict[int, tf.Tensor]:
+    def __call__(self, feats: dict[int, tf.Tensor], training=False, target: Target = DEFAULT,
+                 recompute: bool = False) -> dict[int, tf.Tensor]:
+        """``recompute``: gradient checkpointing, each node's activations (fusion, conv,
+        BN) recomputed in the backward pass (training only)."""
         vals = {("feature", level): x for level, x in feats.items()}
         for name, srcs, step in self.steps:
-            vals[name] = step([vals[s] for s in srcs], training, target)
+            xs = [vals[s] for s in srcs]
+            if recompute and training and isinstance(step, tf.Module):
+                vals[name] = checkpointed(lambda xs, step=step: [step(xs, True, target)])(xs)[0]
+            else:
+                vals[name] = step(xs, training, target)
         return {level: vals[n] for level, n in self.outputs.items()}

@@ -13,6 +13,7 @@ from edetgraph.graph.budget import check_budget
 from edetgraph.graph.build import build_ir
 from edetgraph.nn import targets
 from edetgraph.nn.backbone import EfficientNet
+from edetgraph.nn.compute import FLOAT32, Compute
 from edetgraph.nn.heads import box_head, class_head
 from edetgraph.nn.lowering import FeatureNetwork
 
@@ -25,11 +26,17 @@ class DetectionModel(tf.Module):
     ``(class_outputs, box_outputs)``: lists over levels min..max of ``[B, H, W, A*C]`` and
     ``[B, H, W, A*4]``. A spec whose parameters or activation memory pass the limits
     (``edetgraph.graph.budget``) is a SpecError before any variable exists.
+
+    ``compute`` (``edetgraph.nn.compute``) is how it runs, not what it is: the activations'
+    dtype (the images are cast to it, the head outputs come back float32) and gradient
+    checkpointing in training. Variables are float32 whatever it says.
     """
 
-    def __init__(self, spec, graph: nx.DiGraph | None = None, seed: int = 0):
+    def __init__(self, spec, graph: nx.DiGraph | None = None, seed: int = 0,
+                 compute: Compute = FLOAT32):
         super().__init__(name=None)
         self.spec = spec
+        self.compute = compute
         self.graph = graph if graph is not None else build_ir(spec)
         check_budget(spec, self.graph)  # SpecError before the first variable is allocated
         bn_kw = {"momentum": spec.bn.momentum, "epsilon": spec.bn.epsilon}
@@ -53,9 +60,16 @@ class DetectionModel(tf.Module):
 
     def __call__(self, images, training: bool = False, target: str | None = None):
         forms = targets.get(target)
-        feats = self.backbone(images, training, forms)
-        feats = self.fpn(feats, training, forms)
-        return self.class_net(feats, training), self.box_net(feats, training)
+        recompute = self.compute.recompute and training
+        mixed = self.compute.dtype != "float32"     # float32: the graph exactly as it was
+        if mixed:
+            images = tf.cast(images, self.compute.tf_dtype)
+        feats = self.backbone(images, training, forms, recompute)
+        feats = self.fpn(feats, training, forms, recompute)
+        cls, box = self.class_net(feats, training), self.box_net(feats, training)
+        if mixed:   # the losses (and any caller) get float32 outputs
+            cls, box = [tf.cast(c, tf.float32) for c in cls], [tf.cast(b, tf.float32) for b in box]
+        return cls, box
 
     def raw_outputs(self, images, training: bool = False,
                     target: str | None = None) -> dict[str, tf.Tensor]:
@@ -75,6 +89,7 @@ class DetectionModel(tf.Module):
         return out
 
 
-def build_model(spec, seed: int = 0) -> DetectionModel:
-    """Build (and create every variable of) the detector described by ``spec``."""
-    return DetectionModel(spec, seed=seed)
+def build_model(spec, seed: int = 0, compute: Compute = FLOAT32) -> DetectionModel:
+    """Build (and create every variable of) the detector described by ``spec``; ``compute``
+    is how it runs (``edetgraph.nn.compute``)."""
+    return DetectionModel(spec, seed=seed, compute=compute)

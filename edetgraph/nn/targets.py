@@ -99,8 +99,9 @@ class _ResizeTarget(Target):
         f = -(-oh // ih)
         if f != -(-ow // iw) or not (_crop_matches(ih, oh, f) and _crop_matches(iw, ow, f)):
             return super().upsample(x, in_hw, out_hw)
-        y = tf.compat.v1.image.resize_nearest_neighbor(x, (ih * f, iw * f), align_corners=False,
-                                                       half_pixel_centers=False)
+        # The op itself: its tf.compat.v1.image wrapper adds only a deprecation warning.
+        y = tf.raw_ops.ResizeNearestNeighbor(images=x, size=(ih * f, iw * f),
+                                             align_corners=False, half_pixel_centers=False)
         return y if (oh, ow) == (ih * f, iw * f) else y[:, :oh, :ow, :]
 
 

@@ -28,6 +28,9 @@ from edetgraph.checkpoints.integrity import model_held
 from edetgraph.cli import first_line
 
 
+LOSS_SCALE_KEY = "loss_scale/scale/.ATTRIBUTES/VARIABLE_VALUE"
+
+
 class CheckpointMismatch(RuntimeError):
     """The model directory holds checkpoints of another model or other settings, or none
     of its checkpoints can be read."""
@@ -158,9 +161,11 @@ class Checkpointer:
         held = model_held(path)
         what = f"it holds {held}" if held else "another spec or num_classes?"
         skip = set(skip)
-        if "labels" in self.objects and not tf.train.load_checkpoint(path).has_tensor(
-                LABELS_KEY):   # written before checkpoints carried the class names
-            skip.add("labels")
+        # Left out when the file lacks them: the class names (checkpoints written before
+        # they carried them), the loss scale (a float32 or bfloat16 run resumed in float16).
+        reader = tf.train.load_checkpoint(path)
+        skip |= {k for k, key in (("labels", LABELS_KEY), ("loss_scale", LOSS_SCALE_KEY))
+                 if k in self.objects and not reader.has_tensor(key)}
         checkpoint = self.checkpoint if not skip else tf.train.Checkpoint(
             **{k: v for k, v in self.objects.items() if k not in skip})
         try:

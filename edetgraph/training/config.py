@@ -4,12 +4,22 @@ Like model specs, loading checks every key against the dataclass: an unknown key
 type or an impossible value is a :class:`TrainConfigError` naming the file, the key path
 and the value. ``key=value`` overrides (``--train-set steps=100``) are applied before
 validation; overriding ``steps`` drops the file's ``epochs`` (and the other way round,
-likewise ``warmup_steps`` / ``warmup_epochs``). No TensorFlow here.
+likewise ``warmup_steps`` / ``warmup_epochs`` and the stepwise drops). No TensorFlow here.
+
+Keys are named as the official ``hparams_config.py`` names them, so a recipe translates key by
+key; the departures: ``clip_norm`` (official ``clip_gradients_norm``), ``ema_decay``
+(``moving_average_decay``), ``warmup_epochs`` (``lr_warmup_epoch``), ``epochs``
+(``num_epochs``), ``focal_alpha``/``focal_gamma``/``huber_delta`` (``alpha``/``gamma``/
+``delta``), ``iou_loss`` (``iou_loss_type``), ``max_instances`` (``max_instances_per_image``);
+and lengths in steps are accepted wherever the official takes epochs (``steps``,
+``warmup_steps``, ``first_lr_drop_step``, ``second_lr_drop_step``: the official's own derived
+names). ``optimizer: adamw`` is not in the official (see `edetgraph.training.optim.Adam`).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -22,6 +32,14 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 NAN_POLICIES = ("stop", "skip")
 IOU_LOSSES = ("iou", "giou", "diou", "ciou")
 NMS_METHODS = ("soft", "hard", "fast")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_DECAY_METHODS = ("cosine", "stepwise", "polynomial", "constant")
+# edetgraph.data.augment.AUTOAUGMENT_POLICIES (kept equal by tests/test_augment.py; that
+# module imports TensorFlow). "randaug" is the official's spelling of "randaugment".
+AUTOAUGMENT_POLICIES = ("v0", "v1", "v2", "v3", "randaugment", "randaug")
+# Official stepwise defaults (hparams_config.py), in epochs.
+FIRST_LR_DROP_EPOCH, SECOND_LR_DROP_EPOCH = 200.0, 250.0
+REPLICA_REDUCTIONS = ("global", "per_replica", "per_replica_sum")
 
 
 class TrainConfigError(ValueError):
@@ -48,7 +66,7 @@ class TrainConfig:
     steps: Optional[int] = None
     examples_per_epoch: Optional[int] = None   # None: count the training records
     momentum: float = 0.9
-    weight_decay: float = 4e-5
+    weight_decay: float = 4e-5             # L2 loss term; adamw: var -= lr * wd * var
     clip_norm: float = 10.0                # 0 disables clipping
     ema_decay: float = 0.9998              # 0 disables the moving average
     jitter_min: float = 0.1
@@ -62,6 +80,17 @@ class TrainConfig:
     box_loss_weight: float = 50.0
     iou_loss: Optional[str] = None         # iou | giou | diou | ciou: added to the Huber term
     iou_loss_weight: float = 1.0
+    # The official recipe's options (hparams_config.py names; see the module docstring).
+    optimizer: str = "sgd"                 # sgd | adam | adamw; adam's beta_1 is `momentum`
+    lr_decay_method: str = "cosine"        # cosine | stepwise | polynomial | constant
+    first_lr_drop_epoch: Optional[float] = None   # stepwise: lr x0.1 from here (one of the
+    first_lr_drop_step: Optional[int] = None      # two; neither: 200 epochs, official)
+    second_lr_drop_epoch: Optional[float] = None  # stepwise: lr x0.01 from here (neither:
+    second_lr_drop_step: Optional[int] = None     # 250 epochs, official)
+    poly_lr_power: float = 0.9             # polynomial: lr = peak * (1 - progress)^power
+    var_freeze_expr: Optional[str] = None  # regex, re.match'ed on variable names: not trained
+    positives_momentum: Optional[float] = None  # >0: normalise the loss by a moving
+    #   average of the positive count (debiased: edetgraph/training/normalizer.py)
     checkpoint_every_steps: Optional[int] = None
     checkpoint_every_minutes: Optional[float] = 10.0
     keep_checkpoints: int = 5
@@ -73,11 +102,28 @@ class TrainConfig:
     steps_per_call: int = 1                # train steps per host call (TPU: 100 or more)
     nan_policy: str = "stop"
     seed: Optional[int] = None
-    precision: str = "float32"
+    precision: str = "float32"            # float32 | mixed_bfloat16 | mixed_float16
+    grad_checkpoint: bool = False          # recompute backbone/BiFPN activations in backward
     jit_compile: Optional[bool] = None     # None: on for TPU, off on CPU/GPU
     bn_recalibration_batches: int = 0      # >0: precise BN over that many training batches
+    # How N replicas combine their losses and gradients (no official hparams key: the
+    # official trainers hard-code their rule; see edetgraph/training/step.py):
+    #   global           N replicas take exactly one device's step on the global batch
+    #                    (positives counted over all replicas, gradients summed, then
+    #                    clipped once);
+    #   per_replica      the official TPUEstimator trainer (det_model_fn.py, which trained
+    #                    the released checkpoints): each core normalises by its own
+    #                    positives, its loss (weight decay included) is divided by the
+    #                    number of cores, its gradient clipped alone, then summed;
+    #   per_replica_sum  the official Keras trainer (tf2/train_lib.py): each core
+    #                    normalises by the global batch's positives / cores, no division,
+    #                    its gradient clipped alone, then summed.
+    replica_reduction: str = "global"
     synthetic: SyntheticData = field(default_factory=SyntheticData)
     source: Optional[str] = None           # file it came from (set by the loader)
+    # augmentation (applied in edetgraph/data)
+    autoaugment_policy: Optional[str] = None   # v0 | v1 | v2 | v3 | randaug (official names)
+    grid_mask: bool = False
 
     def scaled_learning_rate(self) -> float:
         """The peak learning rate for this batch size (linear scaling from 64 images)."""
@@ -101,17 +147,85 @@ class TrainConfig:
         epochs = 1.0 if self.warmup_epochs is None else self.warmup_epochs
         return int(epochs * self.steps_per_epoch(examples_per_epoch)) if epochs else 0
 
+    def lr_drop_steps(self, examples_per_epoch: int | None = None) -> tuple[int, int]:
+        """The steps of the stepwise schedule's two drops (x0.1, then x0.01)."""
+        drops = []
+        for step, epoch, default in ((self.first_lr_drop_step, self.first_lr_drop_epoch,
+                                      FIRST_LR_DROP_EPOCH),
+                                     (self.second_lr_drop_step, self.second_lr_drop_epoch,
+                                      SECOND_LR_DROP_EPOCH)):
+            if step is None:   # int() as the official turns epochs into steps
+                epochs = default if epoch is None else epoch
+                step = int(epochs * self.steps_per_epoch(examples_per_epoch))
+            drops.append(step)
+        if drops[0] > drops[1]:
+            raise TrainConfigError(f"{self.source or '<train config>'}: first_lr_drop_*: the "
+                                   f"first drop (step {drops[0]}) comes after the second "
+                                   f"(step {drops[1]})")
+        return drops[0], drops[1]
+
     def needs_epoch_size(self) -> bool:
         """True when turning epochs into steps needs a count of the training records."""
+        stepwise = self.lr_decay_method == "stepwise" and (
+            self.first_lr_drop_step is None or self.second_lr_drop_step is None)
         return self.examples_per_epoch is None and (
-            self.steps is None or (self.warmup_steps is None and self.warmup_epochs != 0))
+            self.steps is None or (self.warmup_steps is None and self.warmup_epochs != 0)
+            or stepwise)
 
 
 def _fail(path: str, msg: str):
     raise TrainConfigError(f"{path or '<root>'}: {msg}")
 
 
+def _check_finite(obj, prefix: str = "") -> None:
+    """Every number a setting takes is finite (NaN passes any ``x <= 0`` test)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            _fail(prefix + f.name, f"must be a finite number, got {value}")
+
+
+def _check_recipe(c: TrainConfig) -> None:
+    """The official recipe's options: choices, ranges, one length unit per drop."""
+    for name, value, choices in (("optimizer", c.optimizer, OPTIMIZERS),
+                                 ("lr_decay_method", c.lr_decay_method, LR_DECAY_METHODS),
+                                 ("autoaugment_policy", c.autoaugment_policy,
+                                  AUTOAUGMENT_POLICIES + (None,))):
+        if value not in choices:
+            _fail(name, f"{value!r} not one of {', '.join(str(x) for x in choices)}")
+    for which in ("first", "second"):
+        epoch, step = getattr(c, f"{which}_lr_drop_epoch"), getattr(c, f"{which}_lr_drop_step")
+        if epoch is not None and step is not None:
+            _fail(f"{which}_lr_drop_epoch", f"give at most one of '{which}_lr_drop_epoch' "
+                  f"and '{which}_lr_drop_step'")
+        for name, value in ((f"{which}_lr_drop_epoch", epoch), (f"{which}_lr_drop_step", step)):
+            if value is not None and value < 0:
+                _fail(name, f"must be >= 0, got {value}")
+    for unit in ("epoch", "step"):
+        first, second = getattr(c, f"first_lr_drop_{unit}"), getattr(c, f"second_lr_drop_{unit}")
+        if first is not None and second is not None and first > second:
+            _fail(f"first_lr_drop_{unit}", f"must be <= second_lr_drop_{unit}, got {first} > "
+                  f"{second}")
+    if not c.poly_lr_power > 0:
+        _fail("poly_lr_power", f"must be positive, got {c.poly_lr_power}")
+    if c.positives_momentum is not None and not 0.0 <= c.positives_momentum < 1.0:
+        _fail("positives_momentum", f"must be in [0, 1) (0 or null: off), got "
+              f"{c.positives_momentum}; the official's negative values (a cross-replica mean "
+              "of per-replica counts) are not offered: the count is the global batch's")
+    if c.var_freeze_expr is not None:
+        try:
+            re.compile(c.var_freeze_expr)
+        except re.error as e:
+            _fail("var_freeze_expr", f"{c.var_freeze_expr!r} is not a regular expression ({e})")
+        if not c.var_freeze_expr:
+            _fail("var_freeze_expr", "empty; use null to train every variable")
+
+
 def _check(c: TrainConfig) -> None:
+    _check_finite(c)
+    _check_recipe(c)
     positive = ("batch_size", "learning_rate", "keep_checkpoints", "log_every_steps",
                 "steps_per_call", "max_instances", "eval_batch_size", "shuffle_buffer")
     for name in positive:
@@ -137,9 +251,15 @@ def _check(c: TrainConfig) -> None:
     for name, value, choices in (("nan_policy", c.nan_policy, NAN_POLICIES),
                                  ("precision", c.precision, PRECISIONS),
                                  ("eval_nms", c.eval_nms, NMS_METHODS),
-                                 ("iou_loss", c.iou_loss, IOU_LOSSES + (None,))):
+                                 ("iou_loss", c.iou_loss, IOU_LOSSES + (None,)),
+                                 ("replica_reduction", c.replica_reduction,
+                                  REPLICA_REDUCTIONS)):
         if value not in choices:
             _fail(name, f"{value!r} not one of {', '.join(str(x) for x in choices)}")
+    if c.positives_momentum and c.replica_reduction != "global":
+        # the moving count is one variable of the global batch; per-core rules count per core
+        _fail("positives_momentum", f"works with replica_reduction: global only, got "
+              f"{c.replica_reduction!r}")
     if c.bn_recalibration_batches < 0:
         _fail("bn_recalibration_batches", f"must be >= 0, got {c.bn_recalibration_batches}")
     if min(c.weight_decay, c.clip_norm, c.label_smoothing, c.lr_warmup_init) < 0:
@@ -150,7 +270,11 @@ def _check(c: TrainConfig) -> None:
 
 
 _ALTERNATIVES = {"steps": "epochs", "epochs": "steps", "warmup_steps": "warmup_epochs",
-                 "warmup_epochs": "warmup_steps"}
+                 "warmup_epochs": "warmup_steps",
+                 "first_lr_drop_step": "first_lr_drop_epoch",
+                 "first_lr_drop_epoch": "first_lr_drop_step",
+                 "second_lr_drop_step": "second_lr_drop_epoch",
+                 "second_lr_drop_epoch": "second_lr_drop_step"}
 
 
 def _drop_alternatives(data: dict, overrides) -> dict:

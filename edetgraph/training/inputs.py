@@ -18,6 +18,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from edetgraph.data import synthetic as synth
+from edetgraph.data.augment import Augmentation
 from edetgraph.data.labels import check_labels, labels_beside_records
 from edetgraph.data.pipeline import list_files, make_dataset
 from edetgraph.files import cache_dir
@@ -104,7 +105,9 @@ def distributed_input(strategy, pattern: str, spec, config, seed: int | None):
                           max_instances=config.max_instances,
                           jitter=(config.jitter_min, config.jitter_max), seed=seed_,
                           mean_rgb=spec.preprocess.mean_rgb, stddev_rgb=spec.preprocess.stddev_rgb,
-                          shuffle_buffer=config.shuffle_buffer, labeler=labeler)
+                          shuffle_buffer=config.shuffle_buffer, labeler=labeler,
+                          augmentation=Augmentation(config.autoaugment_policy,
+                                                    config.grid_mask))
         return ds.map(lambda b: {k: b[k] for k in keys})
 
     def dataset_fn(ctx: tf.distribute.InputContext):

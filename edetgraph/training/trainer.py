@@ -30,6 +30,7 @@ from edetgraph.files import (FolderBusy, OutputRefused, disk_full_message, is_di
 from edetgraph.task.evaluation import Evaluator
 from edetgraph.training import inputs as tdata
 from edetgraph.training.checkpointing import Checkpointer, CheckpointMismatch
+from edetgraph.training.config import PRECISIONS, TrainConfigError
 from edetgraph.training.distribute import (
     DistributeError,
     is_chief,
@@ -38,6 +39,7 @@ from edetgraph.training.distribute import (
     worker_info,
 )
 from edetgraph.training.loop import Loop, TrainError, run_loop, write_file
+from edetgraph.training.precision import precision_notice
 from edetgraph.training.progress import Progress
 from edetgraph.training.step import build_state, make_train_function
 
@@ -55,10 +57,13 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _check_precision(precision: str) -> None:
-    if precision != "float32":
-        raise TrainError(f"--precision {precision}: not supported yet (the lowered model keeps "
-                         "float32 variables and has no casting compute path); use float32")
+def _with_precision(config, precision: str | None):
+    """The settings with ``--precision`` (when given) in place of the file's."""
+    if precision is None or precision == config.precision:
+        return config
+    if precision not in PRECISIONS:
+        raise TrainError(f"--precision {precision!r}: not one of {', '.join(PRECISIONS)}")
+    return dataclasses.replace(config, precision=precision)
 
 
 def check_model_dir(model_dir: str, spec) -> None:
@@ -98,8 +103,19 @@ def _input_changed(model_dir: str, data_files: list) -> bool:
         return True
 
 
-def _initialise(ckpt_path, checkpointer: Checkpointer, state, log) -> None:
-    """Resume from the model dir, else load --ckpt weights (finetune), then seed the EMA."""
+INIT_WEIGHTS = ("official", "ema")
+
+
+def _initialise(ckpt_path, checkpointer: Checkpointer, state, log,
+                init_weights: str = "official") -> None:
+    """Resume from the model dir, else load --ckpt (finetune), then seed the EMA.
+
+    ``init_weights`` for --ckpt: ``official`` (what the official trainer's restore does)
+    loads the checkpoint's raw values into the weights and its ExponentialMovingAverage
+    shadows into the EMA (a variable without a shadow starts its EMA at its raw value);
+    ``ema`` loads the shadows into the weights and starts the EMA there. Heads of another
+    shape keep their fresh values (and their EMA starts at them) either way.
+    """
     try:
         resumed = checkpointer.restore(log)
     except CheckpointMismatch as e:
@@ -107,14 +123,36 @@ def _initialise(ckpt_path, checkpointer: Checkpointer, state, log) -> None:
     if resumed:
         log(f"resumed from {resumed} at step {int(state.step.numpy())}")
         return
+    official = init_weights == "official"
     if ckpt_path:
-        try:
-            report = load_checkpoint(ckpt_path, state.variables, mode="finetune")
-        except CheckpointError as e:
-            raise TrainError(str(e).splitlines()[0]) from None
+        report = _load(ckpt_path, state.variables, use_ema=False if official else "auto")
         log(report.summary(limit=5).replace("\n", "\n[train]   "))
     if state.ema is not None:
         state.ema.reset()
+        if ckpt_path and official:
+            report = _load(ckpt_path, state.ema.shadows, use_ema="auto")
+            log(f"EMA starts from the checkpoint's {_ema_source(report)}")
+
+
+def _load(ckpt_path, variables: dict, use_ema):
+    try:
+        return load_checkpoint(ckpt_path, variables, mode="finetune", use_ema=use_ema)
+    except CheckpointError as e:
+        raise TrainError(str(e).splitlines()[0]) from None
+
+
+def _ema_source(report) -> str:
+    if not report.used_ema:
+        return f"raw values ({len(report.loaded)}; it has no ExponentialMovingAverage shadows)"
+    raw = f", {len(report.ema_fallback)} without one from their raw values" if (
+        report.ema_fallback) else ""
+    return f"ExponentialMovingAverage shadows ({len(report.loaded) - len(report.ema_fallback)}{raw})"
+
+
+def _reduction_note(config) -> str:
+    rule = {"per_replica": "the official TPU trainer's per-core rule",
+            "per_replica_sum": "the official Keras trainer's per-core rule"}
+    return f", {rule[config.replica_reduction]}" if config.replica_reduction in rule else ""
 
 
 def _can_checkpoint(obj) -> bool:
@@ -126,7 +164,8 @@ def _can_checkpoint(obj) -> bool:
     return True
 
 
-def _make_loop(spec, config, model_dir, paths, strategy, ckpt, log, inject_nan_at) -> Loop:
+def _make_loop(spec, config, model_dir, paths, strategy, ckpt, log, inject_nan_at,
+               init_weights: str = "official") -> Loop:
     worker, _ = worker_info(strategy)
     chief = worker == 0
     n_train = paths.num_train
@@ -135,12 +174,16 @@ def _make_loop(spec, config, model_dir, paths, strategy, ckpt, log, inject_nan_a
     total, warmup = config.total_steps(n_train), config.warmup(n_train)
     seed = 0 if config.seed is None else config.seed
     with strategy.scope():
-        state = build_state(spec, config, total, warmup, seed=seed)
+        state = build_state(spec, config, total, warmup, seed=seed, examples_per_epoch=n_train)
     iterator = iter(tdata.distributed_input(strategy, paths.train, spec, config, config.seed))
-    objects = {"variables": state.variables, "momentum": state.optimizer.slots,
+    objects = {"variables": state.variables, state.optimizer.checkpoint_key: state.optimizer.slots,
                "global_step": state.step}
+    if state.normalizer is not None:      # positives_momentum's moving average
+        objects["moving_normalizer"] = state.normalizer.variables
     if state.ema is not None:
         objects["ema"] = state.ema.shadows
+    if state.loss_scale is not None:    # mixed_float16: the dynamic loss scale goes on
+        objects["loss_scale"] = state.loss_scale.variables
     if config.checkpoint_input:
         if _can_checkpoint(iterator):
             objects["iterator"] = iterator
@@ -156,7 +199,7 @@ def _make_loop(spec, config, model_dir, paths, strategy, ckpt, log, inject_nan_a
         log(checkpointer.repaired)
     data_files = list_files(paths.train)
     checkpointer.input_changed = _input_changed(model_dir, data_files)
-    _initialise(ckpt, checkpointer, state, log)
+    _initialise(ckpt, checkpointer, state, log, init_weights)
     names.assign(labels_json(paths.labels or {}))   # this run's data names them, not the last
     jit = is_tpu(strategy) if config.jit_compile is None else config.jit_compile
     train_fn = make_train_function(strategy, state, config, jit, inject_nan_at)
@@ -181,12 +224,16 @@ def _attach_extras(loop: Loop, spec, paths) -> None:
 
 def train(spec, config, model_dir, data=None, val_data=None, val_json=None, ckpt=None,
           strategy: str = "default", tpu: str | None = None, precision: str | None = None,
-          log=tdata.log_to_stderr, inject_nan_at: int | None = None) -> TrainResult:
+          log=tdata.log_to_stderr, inject_nan_at: int | None = None,
+          init_weights: str = "official") -> TrainResult:
     """Train `spec` with the settings `config`; resumes from `model_dir` when it holds a
-    checkpoint. Raises TrainError (with an exit code) for anything the user must fix, a
-    NaN/Inf stop (code 3) or SIGTERM after saving (code 143)."""
+    checkpoint, else starts from `ckpt` if given (`init_weights`: see `_initialise`).
+    Raises TrainError (with an exit code) for anything the user must fix, a NaN/Inf stop
+    (code 3) or SIGTERM after saving (code 143)."""
     start = time.perf_counter()
-    _check_precision(precision or config.precision)
+    config = _with_precision(config, precision)
+    if init_weights not in INIT_WEIGHTS:
+        raise TrainError(f"--init-weights {init_weights}: choose one of {', '.join(INIT_WEIGHTS)}")
     model_dir = os.fspath(model_dir)
     if "://" in model_dir:   # a bucket: reachable at all? (offline, TF retries for ~90 s)
         try:
@@ -197,7 +244,7 @@ def train(spec, config, model_dir, data=None, val_data=None, val_json=None, ckpt
     check_model_dir(model_dir, spec)
     try:
         return _train(spec, config, model_dir, data, val_data, val_json, ckpt, strategy, tpu,
-                      log, inject_nan_at, start)
+                      log, inject_nan_at, start, init_weights)
     except (OSError, tf.errors.OpError) as e:
         if is_disk_full(e):
             raise TrainError(disk_full_message(model_dir)) from None
@@ -207,7 +254,7 @@ def train(spec, config, model_dir, data=None, val_data=None, val_json=None, ckpt
 
 
 def _train(spec, config, model_dir, data, val_data, val_json, ckpt, strategy, tpu, log,
-           inject_nan_at, start) -> TrainResult:
+           inject_nan_at, start, init_weights="official") -> TrainResult:
     try:
         dist = make_strategy(strategy, tpu)
         if "://" not in model_dir and is_chief(dist):   # one writer per model dir
@@ -216,15 +263,21 @@ def _train(spec, config, model_dir, data, val_data, val_json, ckpt, strategy, tp
     except (DistributeError, tdata.DataError, FolderBusy, OutputRefused) as e:
         raise TrainError(str(e)) from None
     try:
-        loop = _make_loop(spec, config, model_dir, paths, dist, ckpt, log, inject_nan_at)
-    except tdata.DataError as e:
+        loop = _make_loop(spec, config, model_dir, paths, dist, ckpt, log, inject_nan_at,
+                          init_weights)
+    except (tdata.DataError, TrainConfigError) as e:   # e.g. a var_freeze_expr matching nothing
         raise TrainError(str(e)) from None
     except UndecodableData as e:
         raise TrainError(f"--data {data or paths.train}: {e}") from None
     _run_setup(config, model_dir, spec, loop.chief, paths.labels, loop.data_files)
+    notice = precision_notice(config.precision, is_tpu(dist) or bool(
+        tf.config.list_physical_devices("GPU")))
+    if notice:
+        log(notice)
     _attach_extras(loop, spec, paths)
     log(f"training {spec.name} for {loop.total} steps (batch {config.batch_size}, "
-        f"{dist.num_replicas_in_sync} replica(s), peak lr {config.scaled_learning_rate():.4g})"
+        f"{dist.num_replicas_in_sync} replica(s){_reduction_note(config)}, peak lr "
+        f"{config.scaled_learning_rate():.4g})"
         f" -> {model_dir}")
     step = run_loop(loop)
     latest = loop.checkpointer.latest if loop.chief else None

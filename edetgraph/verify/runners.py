@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from edetgraph.cli import quiet_native
 from edetgraph.verify.ov_runner import OpenVinoRunner
 from edetgraph.verify.runner_base import (SUFFIX, Runner, RunnerError, TensorInfo,  # noqa: F401
                                           check_file, first_line, version)
@@ -86,7 +87,8 @@ def _load_tflite_module():
 def tflite_interpreter(path=None, *, no_delegates: bool = False, **kw):
     """An interpreter of the first TFLite runtime installed (``TFLITE_MODULES`` order) for
     the file ``path`` (or ``model_content=`` bytes); ``no_delegates`` leaves out the default
-    delegates (XNNPACK), so the op list is the file's own."""
+    delegates (XNNPACK), so the op list is the file's own. With them, it comes allocated:
+    XNNPACK is applied then, and its "Created ... delegate" notice kept off stderr."""
     name, module = _load_tflite_module()
     if name is None:
         raise RunnerError(f"{path}: no TFLite runtime installed (tried "
@@ -94,8 +96,13 @@ def tflite_interpreter(path=None, *, no_delegates: bool = False, **kw):
     if no_delegates:
         resolver = getattr(module, "OpResolverType", None) or module.experimental.OpResolverType
         kw["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    return module.Interpreter(model_path=os.fspath(path), **kw) if path else \
-        module.Interpreter(**kw)
+        return module.Interpreter(model_path=os.fspath(path), **kw) if path else \
+            module.Interpreter(**kw)
+    with quiet_native():
+        interp = module.Interpreter(model_path=os.fspath(path), **kw) if path else \
+            module.Interpreter(**kw)
+        interp.allocate_tensors()
+    return interp
 
 
 class TFLiteRunner(Runner):
@@ -117,9 +124,10 @@ class TFLiteRunner(Runner):
             if delegate:
                 load = getattr(module, "load_delegate", None) or module.experimental.load_delegate
                 delegates = [load(os.fspath(delegate))]
-            self.interp = module.Interpreter(model_path=self.path, num_threads=threads,
-                                             experimental_delegates=delegates)
-            self.interp.allocate_tensors()
+            with quiet_native():    # XNNPACK's "Created ... delegate" notice
+                self.interp = module.Interpreter(model_path=self.path, num_threads=threads,
+                                                 experimental_delegates=delegates)
+                self.interp.allocate_tensors()
         except Exception as exc:  # ValueError/RuntimeError for bad files and delegates
             raise RunnerError(f"{self.path}: {self.runtime} cannot load it: "
                               f"{first_line(exc)}") from None
