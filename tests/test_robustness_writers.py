@@ -316,3 +316,36 @@ def test_device_runner_saves_outputs_whole_and_through_no_link(tmp_path):
     runner.write_whole(str(tmp_path / "o.npz"), buffer.getvalue())
     assert victim.read_bytes() == b"precious"
     assert list(np.load(tmp_path / "o.npz")["a"]) == [0, 1, 2]
+
+
+# ------------------------------------------------------------- hostile model files
+
+def _tflite_like(tail: bytes) -> bytes:
+    return b"\x18\x00\x00\x00TFL3" + b"\x00" * 16 + tail
+
+
+def test_a_truncated_or_hostile_tflite_is_one_line_for_the_metadata_reader(tmp_path):
+    import zipfile
+
+    from edetgraph.verify.file_metadata import MetadataError, read_metadata
+    cases = {}
+    cases["truncated"] = _tflite_like(os.urandom(40))
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("edetgraph.json", b"\0" * (20 << 20))            # 20 MB in ~20 KB
+    cases["bomb"] = _tflite_like(bomb.getvalue())
+    many = io.BytesIO()
+    with zipfile.ZipFile(many, "w") as zf:
+        for i in range(100):
+            zf.writestr(f"f{i}", b"x")
+    cases["many"] = _tflite_like(many.getvalue())
+    deep = io.BytesIO()
+    with zipfile.ZipFile(deep, "w") as zf:
+        zf.writestr("edetgraph.json", "[" * 100_000 + "]" * 100_000)
+    cases["deep"] = _tflite_like(deep.getvalue())
+    for name, data in cases.items():
+        path = tmp_path / f"{name}.tflite"
+        path.write_bytes(data)
+        with pytest.raises(MetadataError) as e:
+            read_metadata(path)
+        assert "\n" not in str(e.value) and str(path) in str(e.value), (name, e.value)

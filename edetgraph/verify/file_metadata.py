@@ -55,6 +55,8 @@ def _facts(path: str, text: str | None) -> dict:
         facts = json.loads(text)
     except json.JSONDecodeError as e:
         raise MetadataError(f"{path}: its edetgraph metadata is not JSON ({e.msg})") from None
+    except RecursionError:   # valid JSON nested thousands deep
+        raise MetadataError(f"{path}: its edetgraph metadata is nested too deeply") from None
     if not isinstance(facts, dict) or facts.get("schema") != FACTS_SCHEMA:
         raise MetadataError(f"{path}: its edetgraph metadata has schema "
                             f"{facts.get('schema') if isinstance(facts, dict) else None!r}, "
@@ -62,13 +64,33 @@ def _facts(path: str, text: str | None) -> dict:
     return facts
 
 
-def _zipped(data: bytes) -> dict:
-    """The associated files packed after a TFLite flatbuffer (name -> bytes)."""
+MAX_MEMBERS, MAX_MEMBER_BYTES = 64, 16 << 20   # ours: 2 small text files (facts, labels)
+
+
+def _zipped(path: str, data: bytes) -> dict:
+    """The associated files packed after a TFLite flatbuffer (name -> bytes). They are
+    someone else's bytes: the member count and each member's size are bounded before
+    anything is inflated (a zip bomb names a small file that inflates to gigabytes), and a
+    member that cannot be read is one line."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            return {n: zf.read(n) for n in zf.namelist()}
+            members = zf.infolist()
+            if len(members) > MAX_MEMBERS:
+                raise MetadataError(f"{path}: {len(members)} associated files (at most "
+                                    f"{MAX_MEMBERS} are read); not an edetgraph export")
+            big = [m for m in members if m.file_size > MAX_MEMBER_BYTES]
+            if big:
+                raise MetadataError(f"{path}: associated file {printable(big[0].filename)[:80]}"
+                                    f" claims {big[0].file_size} bytes (at most "
+                                    f"{MAX_MEMBER_BYTES} are read)")
+            return {m.filename: zf.read(m)[:MAX_MEMBER_BYTES] for m in members}
     except zipfile.BadZipFile:
         return {}
+    except MetadataError:
+        raise
+    except Exception as e:   # zlib.error, NotImplementedError (a method), RuntimeError (a password)
+        raise MetadataError(f"{path}: its associated files cannot be read "
+                            f"({type(e).__name__}: {printable(str(e))[:100]})") from None
 
 
 def _model_schema():
@@ -85,10 +107,18 @@ def _tflite(path: str) -> dict:
         data = f.read()
     if data[4:8] != b"TFL3":
         raise MetadataError(f"{path}: not a TFLite flatbuffer")
-    files = _zipped(data)
-    fields = _tflite_fields(data)
+    files = _zipped(path, data)
+    try:
+        fields = _tflite_fields(data)
+    except Exception as e:   # flatbuffers reads offsets the file gives: struct.error, ...
+        raise MetadataError(f"{path}: its TFLite model or metadata is truncated or damaged "
+                            f"({type(e).__name__})") from None
     text = files.get(FACTS_FILE)
-    facts = _facts(path, text.decode("utf-8") if text is not None else None)
+    try:
+        text = text.decode("utf-8") if text is not None else None
+    except UnicodeDecodeError:
+        raise MetadataError(f"{path}: its edetgraph metadata is not UTF-8 text") from None
+    facts = _facts(path, text)
     return {"format": "tflite", "fields": fields, "facts": facts,
             "files": sorted(files)}
 

@@ -22,6 +22,12 @@ def check_claims(path, facts: dict, spec) -> None:
     """What the metadata says, checked against itself and bounded, before any runtime
     loads the file: its spec within the limits, and its input size and class count the
     spec's."""
+    for key in ("input", "outputs"):
+        if not isinstance(facts.get(key), dict):
+            _refuse(path, f"'{key}' is {type(facts.get(key)).__name__}, not a mapping")
+    labels = facts.get("labels") or {}
+    if not isinstance(labels, dict) or not all(str(k).isdigit() for k in labels):
+        _refuse(path, "its labels are not a mapping of class ids to names")
     try:
         check_budget(spec)
     except ValueError as e:
