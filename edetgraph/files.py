@@ -41,6 +41,8 @@ def read_json(path, error: type[Exception]):
         raise error(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
     except UnicodeDecodeError:
         raise error(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except RecursionError:   # valid JSON nested thousands deep
+        raise error(f"{path}: JSON nested too deeply to be one of ours") from None
 
 
 def json_text(value, **dump_options) -> str:

@@ -349,3 +349,11 @@ def test_a_truncated_or_hostile_tflite_is_one_line_for_the_metadata_reader(tmp_p
         with pytest.raises(MetadataError) as e:
             read_metadata(path)
         assert "\n" not in str(e.value) and str(path) in str(e.value), (name, e.value)
+
+
+def test_valid_but_pathological_json_is_one_line(tmp_path):
+    from edetgraph.graph import latency_model
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 200_000 + "]" * 200_000)          # valid JSON, 200k levels deep
+    with pytest.raises(latency_model.LatencyModelError, match="nested too deeply"):
+        latency_model.load(path)
