@@ -96,10 +96,8 @@ class Setup:
     grad_checkpoint: bool = False
 
 
-def official_model(off, setup: Setup, prefix: str, workdir: Path):
-    """``EfficientDetNetTrain`` built and compiled as tf2/train.py does, weights from ``prefix``."""
-    tf.keras.backend.clear_session()
-    off.utils.set_precision_policy(setup.precision)
+def official_config(off, setup: Setup, workdir: Path):
+    """The official model config for ``setup``, completed as tf2/train.py's main does."""
     name = load_spec(setup.spec).name
     cfg = off.hparams_config.get_efficientdet_config(name)
     cfg.image_size = off.utils.parse_image_size(cfg.image_size)
@@ -112,9 +110,19 @@ def official_model(off, setup: Setup, prefix: str, workdir: Path):
     cfg.iou_loss_type = setup.iou_loss
     cfg.grad_checkpoint = setup.grad_checkpoint
     cfg.mixed_precision = setup.precision != "float32"
+    return cfg
+
+
+def official_model(off, setup: Setup, prefix: str | None, workdir: Path):
+    """``EfficientDetNetTrain`` built and compiled as tf2/train.py does; weights from
+    ``prefix`` (None: its own initial values)."""
+    tf.keras.backend.clear_session()
+    off.utils.set_precision_policy(setup.precision)
+    cfg = official_config(off, setup, workdir)
     model = off.train.setup_model(off.train_lib.EfficientDetNetTrain(config=cfg), cfg)
     model.jit_compile = setup.jit_compile
-    off.util_keras.restore_ckpt(model, prefix, 0, skip_mismatch=False)
+    if prefix:
+        off.util_keras.restore_ckpt(model, prefix, 0, skip_mismatch=False)
     return model
 
 
@@ -135,10 +143,12 @@ def our_config(setup: Setup, clip: bool = True):
     return from_dict(settings)
 
 
-def our_state(setup: Setup, prefix: str):
+def our_state(setup: Setup, prefix: str | None):
+    """edetgraph's train state for ``setup``; weights from ``prefix`` (None: its own)."""
     config = our_config(setup)
     state = build_state(load_spec(setup.spec), config, STEPS, WARMUP)
-    load_checkpoint(prefix, state.variables)
+    if prefix:
+        load_checkpoint(prefix, state.variables)
     if state.ema:
         state.ema.reset()
     return state, config
