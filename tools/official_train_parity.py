@@ -446,7 +446,8 @@ def print_table(fig: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--official", required=True, help="official efficientdet folder (or its parent)")
+    ap.add_argument("--official", required=True,
+                    help="official efficientdet folder (or its parent)")
     ap.add_argument("--tf-keras", help="folder holding the tf_keras package (Keras 2)")
     ap.add_argument("--spec", default="d0", help="d0 (D1+ train with random drop-connect)")
     ap.add_argument("--precision", choices=PRECISIONS, default="float32")

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from official_train_parity import (  # sibling script; it sets TF_USE_LEGACY_KERAS first
+    KeepGradients,
     Setup,
     batches,
     check_our_precision,
@@ -48,7 +49,7 @@ import tensorflow as tf  # noqa: E402 (after the environment the sibling sets)
 from train_measures import cpu_bf16, rates, ratio  # noqa: E402
 
 from edetgraph.graph.spec import load_spec
-from edetgraph.training.step import make_train_function
+from edetgraph.training.step import make_replica_step, make_train_function
 
 
 def low_precision_support(device: str) -> dict:
@@ -67,12 +68,16 @@ def low_precision_support(device: str) -> dict:
 
 
 def step_functions(off, setup: Setup, workdir: Path, sides=("official", "ours"),
-                   xla=(False, True)) -> dict:
-    """{name: callable running one train step and returning when it is done}."""
+                   xla=(False, True), built=None) -> dict:
+    """{name: callable running one train step and returning when it is done}; ``built``:
+    (official model, our state, our config) already made."""
     spec = load_spec(setup.spec)
     fns = {}
-    model = official_model(off, setup, None, workdir) if "official" in sides else None
-    state, config = our_state(setup, None) if "ours" in sides else (None, None)
+    if built:
+        model, state, config = built
+    else:
+        model = official_model(off, setup, None, workdir) if "official" in sides else None
+        state, config = our_state(setup, None) if "ours" in sides else (None, None)
     cfg = model.config if model is not None else official_config(off, setup, workdir)
     data, batch, _ = batches(off, spec, cfg, setup)
     if model is not None:
@@ -90,6 +95,48 @@ def step_functions(off, setup: Setup, workdir: Path, sides=("official", "ours"),
             fn = make_train_function(tf.distribute.get_strategy(), state, config, jit)
             fns[f"ours{'_xla' if jit else ''}"] = (
                 lambda fn=fn: float(fn(it2, one)[0]["loss"]))
+    return fns
+
+
+def part_functions(off, setup: Setup, workdir: Path) -> dict:
+    """Where the step's time goes, both sides: the training-mode forward alone, the step
+    without the optimizer's apply (forward, loss, backward, clipping), the whole step."""
+    spec = load_spec(setup.spec)
+    model = official_model(off, setup, None, workdir)
+    state, config = our_state(setup, None)
+    data, batch, _ = batches(off, spec, model.config, setup)
+    keep = KeepGradients()
+    o_fwd = tf.function(lambda x: model(x, training=True))
+    o_grad = tf.function(lambda d: (model.train_step(d), keep.grads))
+    m_fwd = tf.function(lambda x: state.model(x, training=True))
+    kept = {}
+
+    def keep_ours(strategy, grads, lr, momentum, ok):
+        kept["grads"] = list(grads)
+        return tf.no_op()
+
+    step = make_replica_step(state, config, 1)
+    m_grad = tf.function(lambda b: (step(b)[0], kept["grads"]))
+    real = model.optimizer
+
+    def official_no_apply():
+        model.optimizer = keep
+        try:
+            return float(o_grad(data)[0]["loss"])
+        finally:
+            model.optimizer = real
+
+    def ours_no_apply():
+        state.optimizer.apply = keep_ours
+        try:
+            return float(m_grad(batch)[0]["loss"])
+        finally:
+            del state.optimizer.apply
+
+    fns = {"official_forward": lambda: o_fwd(data[0])[0][0].numpy(),
+           "ours_forward": lambda: m_fwd(batch["image"])[0][0].numpy(),
+           "official_no_apply": official_no_apply, "ours_no_apply": ours_no_apply}
+    fns.update(step_functions(off, setup, workdir, xla=(False,), built=(model, state, config)))
     return fns
 
 
@@ -133,7 +180,8 @@ def speed(off, args, workdir: Path) -> dict:
         load = os.getloadavg()
         with tf.device(dev):
             try:
-                fns = step_functions(off, setup, workdir, xla=(False, True) if args.xla else (False,))
+                xla = (False, True) if args.xla else (False,)
+                fns = step_functions(off, setup, workdir, xla=xla)
             except SystemExit as e:       # edetgraph refused the precision: say so, go on
                 out["skipped"][precision] = str(e)
                 continue
@@ -219,7 +267,8 @@ def print_speed(res: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--official", required=True, help="official efficientdet folder (or its parent)")
+    ap.add_argument("--official", required=True,
+                    help="official efficientdet folder (or its parent)")
     ap.add_argument("--tf-keras", help="folder holding the tf_keras package (Keras 2)")
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--spec", default="d0")
@@ -234,7 +283,9 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-xla", action="store_true", help="memory setups with XLA too")
     ap.add_argument("--memory-runs", type=int, default=2)
     ap.add_argument("--child-timeout", type=float, default=1800)
-    ap.add_argument("--skip-speed", action="store_true", help="only the memory setups")
+    ap.add_argument("--skip-speed", action="store_true", help="skip the interleaved speed runs")
+    ap.add_argument("--parts", action="store_true",
+                    help="also time the parts of each step (forward, all but apply, all)")
     ap.add_argument("--child", help=argparse.SUPPRESS)   # internal: one setup, JSON
     ap.add_argument("--json", help="write all figures to this file")
     args = ap.parse_args(argv)
@@ -246,6 +297,14 @@ def main(argv=None) -> int:
         print(json.dumps(child(off, json.loads(args.child), args.device, args.runs, args.warmup)))
         return 0
     out = {"cpu_count": os.cpu_count()}
+    if args.parts:
+        with tempfile.TemporaryDirectory() as tmp, tf.device(device_name(args.device)):
+            fns = part_functions(off, Setup(args.spec, args.batch_size), Path(tmp))
+            times, failed = interleaved(fns, args.runs, args.warmup)
+        out["parts"] = {"rates": rates(times, args.batch_size), "failed": failed,
+                        "load_average": [round(x, 2) for x in os.getloadavg()]}
+        for k, r in out["parts"]["rates"].items():
+            print(f"  {k:<20}median {r['median_s']:.3f} s  min {r['min_s']:.3f} s")
     if not args.skip_speed:
         with tempfile.TemporaryDirectory() as tmp:
             out["speed"] = speed(off, args, Path(tmp))
