@@ -18,11 +18,19 @@ centres fall between anchor centres. The script then compares:
 - every gradient (unclipped: both sides run their real train step with clipping off and
   an optimizer stand-in that keeps the gradients instead of applying them): per variable,
   max |ours - official| over max |official| of that gradient, the scale floored at
-  ``train_measures.SCALE_FLOOR`` times the largest gradient's (a bias before batch norm has
-  a zero gradient up to noise on both sides);
-- one real step (clipping at the default norm, SGD with momentum, batch-norm statistics):
-  per variable, the difference of the weights after the step over the size of the
-  official update of that variable, floored likewise.
+  ``train_measures.SCALE_FLOOR`` times the largest gradient's (a bias or beta whose next op
+  is a 1x1 conv + batch norm has a zero gradient up to noise on both sides). Over the
+  limit, a gradient still passes within twice the official's disagreement with itself on
+  the same batch in reverse order (same sums, another order: its own float32 noise);
+- one real step (first learning rate 0.5 on both sides, so that updates stand above the
+  float32 rounding of the weights; clipping at norm 10, SGD with momentum): per variable,
+  the difference of the updates over the official update's size, floored likewise; over
+  the limit it passes only within float32 rounding (2 steps of the weight's largest value)
+  plus the gradient noise the update carries (lr x clip scale x the noise above);
+- batch-norm statistics after that step: moving means as the step; moving variances after
+  applying to ours Bessel's n/(n-1) (Keras' fused batch norm, the official's on CPU/GPU,
+  updates them with the unbiased batch variance; ours, like the official TPU batch norm,
+  with the biased one), n = batch x h x w of the nearest pyramid level.
 
 ``--precision mixed_bfloat16|mixed_float16`` runs both in that precision: the official
 through its Keras mixed policy (``utils.set_precision_policy``), edetgraph through the
