@@ -85,8 +85,11 @@ def step_functions(off, setup: Setup, workdir: Path, sides=("official", "ours"),
         for jit in xla:
             model.jit_compile = jit
             fn = model.make_train_function(force=True)
-            fns[f"official{'_xla' if jit else ''}"] = (
-                lambda fn=fn: float(fn(it)["loss"]))
+
+            def run(fn=fn, jit=jit):
+                model.jit_compile = jit    # Keras reads it when the function is traced
+                return float(fn(it)["loss"])
+            fns[f"official{'_xla' if jit else ''}"] = run
     if state is not None:
         check_our_precision(state, setup.precision, batch["image"])
         it2 = iter(tf.data.Dataset.from_tensors(batch).repeat())
@@ -140,6 +143,13 @@ def part_functions(off, setup: Setup, workdir: Path) -> dict:
     return fns
 
 
+def error_line(e: BaseException) -> str:
+    """The informative line of a TF error ("Graph execution error:" says nothing)."""
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()] or [type(e).__name__]
+    keys = ("No registered", "not supported", "Unimplemented", "UNIMPLEMENTED", "Detected")
+    return next((x for x in lines if any(k in x for k in keys)), lines[-1])[:200]
+
+
 def interleaved(fns: dict, runs: int, warmup: int) -> tuple[dict, dict]:
     """(seconds per call by name, {name: error line} for setups that failed to run)."""
     failed = {}
@@ -148,7 +158,7 @@ def interleaved(fns: dict, runs: int, warmup: int) -> tuple[dict, dict]:
             for _ in range(warmup):
                 fn()
         except Exception as e:  # an XLA kernel missing on this device: report, go on
-            failed[name] = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            failed[name] = error_line(e)
             del fns[name]
     times = {k: [] for k in fns}
     for _ in range(runs):
