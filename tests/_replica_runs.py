@@ -192,7 +192,7 @@ def local_moments(self, x):
 def main(model: str, out_path: str) -> None:
     spec = load_spec("d0", SPEC)
     if model == "hand":
-        step_module.build_model = lambda spec_, seed=0: HandModel(spec_, seed)
+        step_module.build_model = lambda spec_, seed=0, **_: HandModel(spec_, seed)
     batch = make_batch(spec)
     one = tf.distribute.get_strategy()
     two = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")[:2]])

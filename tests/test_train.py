@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ISOLATED, run_py
 
 from edetgraph.graph.spec import load_spec
 from edetgraph.training.config import TrainConfigError, from_dict, load_train_config
@@ -176,6 +177,16 @@ def test_xla_compiled_train_step_runs_on_cpu():
 
 @pytest.mark.slow
 def test_two_replicas_of_a_mirrored_strategy_match_one_device(tiny_data):
+    """In a fresh interpreter with two logical CPUs: a worker process that already ran other
+    MirroredStrategy collectives (pytest-xdist puts several test files in one process) can
+    abort this one with a collective shape mismatch."""
+    args = [json.dumps(tiny_data)]
+    r = run_py(ISOLATED.format(module="test_train", check="check_two_replicas_of_a_mirrored_strategy_match_one_device"), *args,
+               timeout=1500)
+    assert r.returncode == 0 and "ISOLATED OK" in r.stdout, (r.stdout + r.stderr)[-3000:]
+
+
+def check_two_replicas_of_a_mirrored_strategy_match_one_device(tiny_data):
     from edetgraph.training.inputs import distributed_input
     from edetgraph.training.step import build_state, make_train_function
     cpus = tf.config.list_logical_devices("CPU")

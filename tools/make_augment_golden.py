@@ -66,7 +66,7 @@ def import_official(root: str, addons: str, tf_keras: str | None):
 
 def official_grid(aa, h, w, period, length, starts, degrees):
     """The official GridMask's mask for given draws (its class draws them itself)."""
-    import tensorflow as tf
+    import tensorflow as tf  # deferred: the official code must be set up (import_official) first
     side = int(1.5 * max(h, w))
     grid = np.zeros((side, side), np.int32)
     for axis, start in enumerate(starts):      # rows, then columns (its two passes)
