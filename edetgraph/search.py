@@ -190,14 +190,13 @@ def _check_settings(out: Path, settings: dict) -> None:
         write_json(path, settings)
 
 
-def _lock(out: Path):
+def _lock(out: Path) -> None:
     """Refuse a second search into the same folder while one runs (a kernel lock: a killed
     search never leaves it stuck)."""
     try:
         lock_folder(out, "search")
     except (FolderBusy, OutputRefused) as e:
         raise SearchError(str(e)) from None
-    return out / ".lock"
 
 
 def _dataset(out: Path, args, space) -> dict:
@@ -272,7 +271,7 @@ def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, _settings(args, space))
-    lock = _lock(out)
+    _lock(out)
     try:
         t0 = time.perf_counter()
         data = _dataset(out, args, space)
@@ -312,7 +311,7 @@ def run(args) -> dict:
         write_json(out / "summary.json", summary)
         return summary
     finally:
-        release_folder(lock.parent)
+        release_folder(out)
 
 
 def main(argv=None) -> int:
