@@ -297,10 +297,15 @@ def op_profile(fn, x, threads: int, runs: int = 10) -> dict:
             "sum_of_ops_ms": round(sum(totals.values()), 2), "by_op": ranked}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_official_args(ap: argparse.ArgumentParser) -> None:
+    """--official and --tf-keras, which every script that runs the official code takes."""
     ap.add_argument("--official", required=True, help="official efficientdet folder (or its parent)")
     ap.add_argument("--tf-keras", help="folder holding the tf_keras package (Keras 2)")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_official_args(ap)
     ap.add_argument("--specs", nargs="*", default=["d0", "d1"],
                     help="specs to compare (default d0 d1; none: latency only)")
     ap.add_argument("--image", help="picture (default: edetgraph's street.jpg)")

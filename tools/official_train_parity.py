@@ -49,7 +49,7 @@ import types
 from pathlib import Path
 
 # TF_USE_LEGACY_KERAS is set by official_parity before TensorFlow loads (sibling script).
-from official_parity import import_official, random_weights
+from official_parity import add_official_args, import_official, random_weights
 
 import numpy as np  # noqa: E402 (after the environment official_parity sets)
 import tensorflow as tf  # noqa: E402
@@ -469,9 +469,7 @@ def print_table(fig: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--official", required=True,
-                    help="official efficientdet folder (or its parent)")
-    ap.add_argument("--tf-keras", help="folder holding the tf_keras package (Keras 2)")
+    add_official_args(ap)
     ap.add_argument("--spec", default="d0", help="d0 (D1+ train with random drop-connect)")
     ap.add_argument("--precision", choices=PRECISIONS, default="float32")
     ap.add_argument("--iou-loss", choices=["iou", "giou", "diou", "ciou"],

@@ -44,6 +44,7 @@ from official_train_parity import (  # sibling script; it sets TF_USE_LEGACY_KER
     official_model,
     our_state,
 )
+from official_parity import add_official_args  # noqa: E402 (imported by the sibling above)
 
 import tensorflow as tf  # noqa: E402 (after the environment the sibling sets)
 from train_measures import cpu_bf16, rates, ratio  # noqa: E402
@@ -277,9 +278,7 @@ def print_speed(res: dict) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--official", required=True,
-                    help="official efficientdet folder (or its parent)")
-    ap.add_argument("--tf-keras", help="folder holding the tf_keras package (Keras 2)")
+    add_official_args(ap)
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
     ap.add_argument("--spec", default="d0")
     ap.add_argument("--batch-size", type=int, default=2)
