@@ -127,8 +127,9 @@ class BatchNorm(tf.Module):
 
     Under a distribution strategy with several replicas (TPU, multi-GPU, multi-worker), the
     batch mean and variance are all-reduced, so every replica normalises with the statistics
-    of the global batch (the official TPU "sync BN"). Inference uses the fused op, which
-    grappler folds into the preceding convolution on CPU.
+    of the global batch (the official TPU "sync BN"). With one replica, training uses the
+    fused op (as the official's Keras layer does off TPU); inference uses it too, and
+    grappler folds it into the preceding convolution on CPU.
     """
 
     def __init__(self, scope: str, ch: int, momentum: float = 0.99, epsilon: float = 1e-3):
@@ -147,13 +148,29 @@ class BatchNorm(tf.Module):
                 x, self.gamma, self.beta, self.moving_mean, self.moving_variance,
                 epsilon=self.epsilon, is_training=False)
             return y
+        if _replicas() == 1:
+            # One replica: the fused kernel (statistics, normalisation and, in the backward
+            # pass, FusedBatchNormGrad in one pass each; the official's Keras layer uses it
+            # too). It accumulates in float32 whatever x's dtype, and returns the variance
+            # with Bessel's correction, n/(n-1), which is taken back out: the moving
+            # variance follows the biased batch variance whatever the replica count.
+            y, mean, var = tf.compat.v1.nn.fused_batch_norm(
+                x, self.gamma, self.beta, epsilon=self.epsilon, is_training=True)
+            n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+            var = var * ((n - 1.0) / tf.maximum(n, 1.0))
+            self._update_moving(mean, var)
+            return y
         mean, var = self._batch_moments(x)      # float32 whatever the compute dtype
-        if not replaying():     # a checkpointed segment's re-run: the first run updated them
-            for moving, value in ((self.moving_mean, mean), (self.moving_variance, var)):
-                moving.assign(moving * self.momentum + value * (1.0 - self.momentum))
+        self._update_moving(mean, var)
         # Scale and offset are worked out in float32, then cast to x's dtype (TF's own
         # batch_normalization does so): no rsqrt of a bfloat16 variance.
         return tf.nn.batch_normalization(x, mean, var, self.beta, self.gamma, self.epsilon)
+
+    def _update_moving(self, mean, var):
+        if replaying():     # a checkpointed segment's re-run: the first run updated them
+            return
+        for moving, value in ((self.moving_mean, mean), (self.moving_variance, var)):
+            moving.assign(moving * self.momentum + value * (1.0 - self.momentum))
 
     def fold(self):
         """(scale, offset) with bn(y) == y * scale + offset at inference."""
@@ -161,10 +178,10 @@ class BatchNorm(tf.Module):
         return scale, self.beta - self.moving_mean * scale
 
     def _batch_moments(self, x):
+        """Mean and biased variance over batch and space, all-reduced across replicas."""
         x32 = tf.cast(x, tf.float32)
         ctx = tf.distribute.get_replica_context()
-        n_rep = ctx.num_replicas_in_sync if ctx is not None else 1
-        if n_rep == 1:
+        if _replicas() == 1:
             mean, var = tf.nn.moments(x32, [0, 1, 2])
         else:
             count = tf.cast(tf.reduce_prod(tf.shape(x32)[:3]), tf.float32)
@@ -176,6 +193,11 @@ class BatchNorm(tf.Module):
             mean = total[:ch] / n
             var = tf.maximum(total[ch:2 * ch] / n - mean * mean, 0.0)
         return mean, var
+
+
+def _replicas() -> int:
+    ctx = tf.distribute.get_replica_context()
+    return ctx.num_replicas_in_sync if ctx is not None else 1
 
 
 def conv_bn(conv, bn, x, training: bool):
