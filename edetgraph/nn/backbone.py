@@ -55,13 +55,13 @@ class MBConv(tf.Module):
         else:
             y = x
             if self.expand is not None:
-                y = activation(conv_bn(self.expand, self.bn0, y, training), self.act)
-            y = activation(conv_bn(self.dw, self.bn1, y, training), self.act)
+                y = activation(conv_bn(self.expand, self.bn0, y, training), self.act, training)
+            y = activation(conv_bn(self.dw, self.bn1, y, training), self.act, training)
         if self.se_reduce is not None:
             # Never one sum over the whole map (see nn.targets): exported runtimes sum in
             # their own order, and over 256x256 values that moved D0's logits by 4.8e-4.
             s = target.spatial_mean(y)
-            s = self.se_expand(activation(self.se_reduce(s), self.act))
+            s = self.se_expand(activation(self.se_reduce(s), self.act, training))
             y = tf.sigmoid(s) * y
         y = conv_bn(self.project, self.bn2, y, training)
         if self.b.residual:
@@ -103,7 +103,8 @@ class EfficientNet(tf.Module):
                  recompute: bool = False) -> dict[int, tf.Tensor]:
         """``recompute``: gradient checkpointing, each block's activations recomputed in
         the backward pass (training only)."""
-        x = activation(conv_bn(self.stem, self.stem_bn, images, training), self.cfg.act)
+        x = activation(conv_bn(self.stem, self.stem_bn, images, training), self.cfg.act,
+                       training)
         feats = {}
         wanted = {i: lvl for lvl, i in self.feature_at.items()}
         for blk in self.blocks:

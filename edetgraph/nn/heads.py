@@ -50,7 +50,7 @@ class Head(tf.Module):
         for li, lvl in enumerate(self.levels):
             x = feats[lvl]
             for r, conv in enumerate(self.convs):
-                y = activation(conv_bn(conv, self.bns[r][li], x, training), self.act)
+                y = activation(conv_bn(conv, self.bns[r][li], x, training), self.act, training)
                 if r > 0 and self.survival:
                     y = drop_connect(y, self.survival, training) + x
                 x = y

@@ -47,9 +47,12 @@ def variable(name: str, shape, init: str = "zeros", *, fan: int = 1, value: floa
     return tf.Variable(v, name=name, trainable=trainable, **kw)
 
 
-def activation(x: tf.Tensor, kind: str) -> tf.Tensor:
+def activation(x: tf.Tensor, kind: str, training: bool = False) -> tf.Tensor:
+    """``kind`` applied to ``x``. Swish in training is ``tf.nn.silu``, whose gradient keeps
+    only ``x`` and recomputes the sigmoid (as the official's ``tf.nn.swish``); at inference
+    it stays ``x * sigmoid(x)``, the two ops every exporter and runtime knows."""
     if kind in ("swish", "silu"):
-        return x * tf.sigmoid(x)
+        return tf.nn.silu(x) if training else x * tf.sigmoid(x)
     if kind == "relu6":
         return tf.nn.relu6(x)
     if kind == "relu":

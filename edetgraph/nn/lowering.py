@@ -98,9 +98,9 @@ class Fuse(tf.Module):
     def __call__(self, xs, training=False, target: Target = DEFAULT):
         x = self.fuse(xs, target)
         if not self.pattern:
-            x = activation(x, self.act)
+            x = activation(x, self.act, training)
         x = conv_bn(self.conv, self.bn, x, training)
-        return activation(x, self.act) if self.pattern else x
+        return activation(x, self.act, training) if self.pattern else x
 
 
 def _identity(xs, training=False, target=None):
