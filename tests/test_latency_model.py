@@ -159,16 +159,30 @@ def test_the_command_refuses_before_tensorflow(tmp_path):
     assert r.returncode == 0 and "designed set" in r.stdout
 
 
+def _fit_here(*argv):
+    """``python -m bench.latency_model fit ...`` in this process (TensorFlow is started
+    already): (exit status, stdout, stderr) as a namespace like a finished subprocess."""
+    import contextlib
+    import io
+    import types
+
+    from bench.latency_model import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["fit", *argv])
+        except SystemExit as e:
+            code = e.code
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 @pytest.fixture(scope="module")
 def quick_fit(tmp_path_factory):
     """One real fit on ONNX Runtime: twelve tiny graphs and a 128-pixel network."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("tf2onnx")
     work = tmp_path_factory.mktemp("latency")
-    args = ("-m", "bench.latency_model", "fit", "--backend", "onnxruntime", "--quick",
-            "--passes", "1", "--work", str(work))
-    r = run_py("import runpy, sys; sys.argv = ['x'] + sys.argv[1:]; "
-               "runpy.run_module('bench.latency_model', run_name='__main__')", *args[2:])
+    r = _fit_here("--backend", "onnxruntime", "--quick", "--passes", "1", "--work", str(work))
     return work, r
 
 
@@ -196,10 +210,7 @@ def test_a_killed_fit_resumes_from_its_cache(quick_fit):
     kept = [ln for ln in lines if ln not in designs[-3:]]
     cache.write_text("\n".join(kept) + "\n" + designs[-3][:40])
     os.remove(work / "onnxruntime.json")
-    r2 = run_py("import runpy, sys; sys.argv = ['x'] + sys.argv[1:]; "
-                "runpy.run_module('bench.latency_model', run_name='__main__')",
-                "fit", "--backend", "onnxruntime", "--quick", "--passes", "1", "--work",
-                str(work))
+    r2 = _fit_here("--backend", "onnxruntime", "--quick", "--passes", "1", "--work", str(work))
     assert r2.returncode == 0, r2.stderr[-2000:]
     timed = [ln for ln in r2.stderr.splitlines() if " timed " in ln]
     assert timed == [timed[0]] and "12/12 timed" in timed[0]      # one group: the 3 missing
