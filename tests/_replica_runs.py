@@ -1,6 +1,6 @@
 """One training step under several replica setups, for tests/test_replicas.py.
 
-Run as a script in its own process (``python tests/_replica_runs.py MODEL OUT.npz``): two
+Run as a script in its own process (``python tests/_replica_runs.py OUT_DIR``): two
 logical CPUs must be configured before TensorFlow initialises its devices, and collective
 ops of two strategies in one process collide, so every 2-replica run here shares one
 MirroredStrategy. Each run starts from the same seeded weights and takes one step on the
@@ -9,16 +9,21 @@ more boxes, so the replicas' positive counts differ). Saved per run, as ``run/ki
 the loss and gradient-norm metrics, the gradients the optimizer applied, the weights
 after the step, every replica's copy of the BN moving statistics and the EMA shadows.
 
-MODEL: ``hand`` (a stem conv + BN and 1x1 heads built from the real layers: seconds) or
-``spec`` (the smallest EfficientDet the spec allows: a minute of tracing per 2-replica run).
+Models, each saved to OUT_DIR/MODEL.npz: ``hand`` (a stem conv + BN and 1x1 heads built from
+the real layers: seconds) and ``spec`` (the smallest EfficientDet the spec allows: a minute of
+tracing per 2-replica run). OUT_DIR/options.npz holds two more comparisons of one device and
+two replicas on the smallest EfficientDet, three steps each: through the real input pipeline
+(``distributed_input`` on synthetic TFRecords: each replica must get its slice of the same
+global batch) and with the recipe's options (AdamW, moving positives normaliser, frozen
+backbone). All of it runs in this one process, under one MirroredStrategy: one interpreter
+and TensorFlow start for every 2-replica claim of the suite.
 """
 import sys
+from pathlib import Path
 
 import tensorflow as tf
 
 if __name__ == "__main__":
-    if sys.argv[1] == "hand":   # seconds less per run; the real-model runs keep grappler
-        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     _cpus = tf.config.list_physical_devices("CPU")
     tf.config.set_logical_device_configuration(
         _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -189,13 +194,12 @@ def local_moments(self, x):
     return tf.cast(mean, x.dtype), tf.cast(var, x.dtype)
 
 
-def main(model: str, out_path: str) -> None:
-    spec = load_spec("d0", SPEC)
+def model_runs(model: str, spec, one, two) -> dict:
+    """The runs of `model` ('hand' or 'spec'), flattened as {"run|kind/name": array}."""
+    build_model = step_module.build_model
     if model == "hand":
         step_module.build_model = lambda spec_, seed=0, **_: HandModel(spec_, seed)
     batch = make_batch(spec)
-    one = tf.distribute.get_strategy()
-    two = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")[:2]])
     runs = {"one_global": one_step(one, spec, config(), batch),
             "two_global": one_step(two, spec, config(), batch),
             "two_per_replica_noclip": one_step(two, spec, config(replica_reduction="per_replica",
@@ -213,11 +217,75 @@ def main(model: str, out_path: str) -> None:
         runs["two_local_bn"] = one_step(two, spec, config(), batch)
         BatchNorm._batch_moments = synced
         runs["clip"] = clip_then_sum(two)
+    step_module.build_model = build_model
     positives = batch["num_positives"].numpy()
     flat = {f"{run}|{k}": v for run, values in runs.items() for k, v in values.items()}
     flat["positives"] = positives
-    np.savez(out_path, **flat)
+    return flat
+
+
+# The input-pipeline and recipe-option comparisons: the smallest EfficientDet, 3 classes.
+OPTIONS_SPEC = SPEC[:1] + ["num_classes=3"] + SPEC[2:-1]
+PIPELINE_CONFIG = {"batch_size": 4, "steps": 3, "warmup_steps": 1, "learning_rate": 0.4,
+                   "log_every_steps": 1, "max_instances": 10, "jitter_min": 0.8,
+                   "jitter_max": 1.2, "seed": 1, "checkpoint_every_minutes": None}
+RECIPE_CONFIG = {"batch_size": 4, "steps": 3, "warmup_steps": 1, "learning_rate": 0.1,
+                 "seed": 1, "optimizer": "adamw", "weight_decay": 0.01,
+                 "positives_momentum": 0.9, "var_freeze_expr": "efficientnet"}
+
+
+def three_steps(strategy, spec, cfg, make_iterator) -> dict:
+    """Three steps from the seeded start: {"loss": [3], "var/<name>": weights after,
+    "normalizer": the moving positives normaliser's biased average}."""
+    with strategy.scope():
+        state = step_module.build_state(spec, cfg, 3, 1)
+        state.ema.reset()
+    it = make_iterator(strategy)
+    fn = step_module.make_train_function(strategy, state, cfg)
+    losses = [float(fn(it, tf.constant(1))[0]["loss"]) for _ in range(3)]
+    out = {"loss": np.array(losses)}
+    out.update({f"var/{k}": v.numpy() for k, v in state.variables.items()})
+    if state.normalizer is not None:
+        out["normalizer"] = state.normalizer.biased.numpy()
+    return out
+
+
+def option_runs(one, two, data_dir: Path) -> dict:
+    from edetgraph.data.synthetic import generate, write_tfrecords
+    from edetgraph.training.benchmark import _fixed_batch
+    from edetgraph.training.inputs import distributed_input
+    spec = load_spec("d0", OPTIONS_SPEC)
+    write_tfrecords(generate(data_dir, 16, 64, seed=3, val_fraction=0.25, num_classes=3))
+    pattern = str(data_dir / "tfrecord" / "train-*.tfrecord")
+    pipe_cfg, recipe_cfg = from_dict(PIPELINE_CONFIG), from_dict(RECIPE_CONFIG)
+    batch = _fixed_batch(spec, 4)
+
+    def pipeline(strategy):
+        return iter(distributed_input(strategy, pattern, spec, pipe_cfg, seed=1))
+
+    def fixed(strategy):
+        data = tf.data.Dataset.from_tensors(batch).unbatch().batch(4).repeat()
+        return iter(strategy.experimental_distribute_dataset(data))
+
+    runs = {"pipeline_one": three_steps(one, spec, pipe_cfg, pipeline),
+            "pipeline_two": three_steps(two, spec, pipe_cfg, pipeline),
+            "recipe_one": three_steps(one, spec, recipe_cfg, fixed),
+            "recipe_two": three_steps(two, spec, recipe_cfg, fixed)}
+    return {f"{run}|{k}": v for run, values in runs.items() for k, v in values.items()}
+
+
+def main(out_dir: str) -> None:
+    out_dir = Path(out_dir)
+    one = tf.distribute.get_strategy()
+    two = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")[:2]])
+    spec = load_spec("d0", SPEC)
+    # seconds less per hand run; the real-model runs keep grappler
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    np.savez(out_dir / "hand.npz", **model_runs("hand", spec, one, two))
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
+    np.savez(out_dir / "spec.npz", **model_runs("spec", spec, one, two))
+    np.savez(out_dir / "options.npz", **option_runs(one, two, out_dir / "data"))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1])

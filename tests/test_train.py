@@ -1,6 +1,8 @@
 """Training: settings files, schedule, clipping, optimizer/EMA arithmetic, the loop on a tiny
 model (loss goes down, NaN stop and skip, images without boxes, XLA), kill-and-resume, an
-unreachable TPU, and two workers matching one process."""
+unreachable TPU, and two workers matching one process. (Two replicas of a MirroredStrategy
+against one device, through the input pipeline: tests/test_replicas.py, which runs every
+2-replica comparison in one fresh interpreter.)"""
 import json
 import os
 import signal
@@ -12,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ISOLATED, run_py
 
 from edetgraph.graph.spec import load_spec
 from edetgraph.training.config import TrainConfigError, from_dict, load_train_config
@@ -20,8 +21,11 @@ from edetgraph.training.optim import EMA, SGDMomentum, clip_gradients
 from edetgraph.training.schedule import WarmupCosine
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ["image_size=64", "num_classes=3", "backbone.width=0.25", "backbone.depth=0.1",
-        "fpn.channels=8", "fpn.repeats=1", "head.repeats=1", "anchors.max_level=5"]
+# The smallest EfficientDet the spec allows (levels 3-4, no head repeats): nothing tested
+# here depends on the model's size, and every trace and step is cheaper.
+TINY = ["image_size=64", "num_classes=3", "backbone.width=0.1", "backbone.depth=0.1",
+        "fpn.channels=4", "fpn.repeats=1", "head.repeats=0", "anchors.min_level=3",
+        "anchors.max_level=4"]
 TINY_SET = [x for kv in TINY for x in ("--set", kv)]
 
 
@@ -175,40 +179,6 @@ def test_xla_compiled_train_step_runs_on_cpu():
     assert run_xla()["loss"] == pytest.approx(run_graph()["loss"], rel=1e-3)
 
 
-@pytest.mark.slow
-def test_two_replicas_of_a_mirrored_strategy_match_one_device(tiny_data):
-    """In a fresh interpreter with two logical CPUs: a worker process that already ran other
-    MirroredStrategy collectives (pytest-xdist puts several test files in one process) can
-    abort this one with a collective shape mismatch."""
-    args = [json.dumps(tiny_data)]
-    r = run_py(ISOLATED.format(module="test_train", check="check_two_replicas_of_a_mirrored_strategy_match_one_device"), *args,
-               timeout=1500)
-    assert r.returncode == 0 and "ISOLATED OK" in r.stdout, (r.stdout + r.stderr)[-3000:]
-
-
-def check_two_replicas_of_a_mirrored_strategy_match_one_device(tiny_data):
-    from edetgraph.training.inputs import distributed_input
-    from edetgraph.training.step import build_state, make_train_function
-    cpus = tf.config.list_logical_devices("CPU")
-    if len(cpus) < 2:
-        pytest.skip("needs two logical CPUs (configured in conftest before TF starts)")
-    spec, cfg = tiny_spec(), tiny_config(steps=3)
-
-    def run(strategy):
-        with strategy.scope():
-            state = build_state(spec, cfg, 3, 1)
-        it = iter(distributed_input(strategy, tiny_data["train"], spec, cfg, seed=1))
-        fn = make_train_function(strategy, state, cfg)
-        losses = [float(fn(it, tf.constant(1))[0]["loss"]) for _ in range(3)]
-        return losses, {k: v.numpy() for k, v in state.variables.items()}
-
-    one_loss, one = run(tf.distribute.get_strategy())
-    two_loss, two = run(tf.distribute.MirroredStrategy([d.name for d in cpus[:2]]))
-    np.testing.assert_allclose(one_loss, two_loss, rtol=1e-4)
-    for k in one:        # sync BN + summed gradients: the same step as one device
-        np.testing.assert_allclose(one[k], two[k], rtol=1e-4, atol=1e-5, err_msg=k)
-
-
 def test_precise_bn_is_the_plain_average_of_per_batch_statistics(tmp_path):
     from edetgraph.data.tfexample import encode_example
     from edetgraph.nn.model import build_model
@@ -318,7 +288,7 @@ def test_tpu_address_that_never_answers_times_out():
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_at_the_saved_step(tmp_path, tiny_data):
+def test_kill_9_then_resume_at_the_saved_step(tmp_path, tiny_data, capsys):
     args = ["--spec", "d0", *TINY_SET, "--train-config", "demo", "--data", tiny_data["train"],
             "--model-dir", str(tmp_path / "run"), "--train-set", "steps=12",
             "--train-set", "batch_size=4", "--train-set", "checkpoint_every_steps=3",
@@ -335,7 +305,12 @@ def test_kill_9_then_resume_at_the_saved_step(tmp_path, tiny_data):
     latest = tf.train.latest_checkpoint(str(tmp_path / "run"))
     assert latest.endswith(("ckpt-6", "ckpt-9"))   # a save may have slipped in before the kill
     resumed_at = int(latest.rsplit("-", 1)[1])
-    out = _cli(args).communicate(timeout=600)[0]
+    # The resumed run: the CLI's main in this process (only the killed run needs its own).
+    from edetgraph.train import main
+    code = main(args)
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert code == 0, out
     assert f"resumed from {latest} at step {resumed_at}" in out
     assert "done: step 12/12" in out
     first_logged = [ln for ln in out.splitlines() if ln.startswith("step ")][0]
@@ -343,15 +318,18 @@ def test_kill_9_then_resume_at_the_saved_step(tmp_path, tiny_data):
 
 
 @pytest.mark.slow
-def test_nan_from_a_huge_learning_rate_exits_3_with_one_line(tmp_path, tiny_data):
+def test_nan_from_a_huge_learning_rate_exits_3_with_one_line(tmp_path, tiny_data, capsys):
+    # The CLI's main in this process: its return value is the exit code (sys.exit(main())).
+    from edetgraph.train import main
     args = ["--spec", "d0", *TINY_SET, "--train-config", "demo", "--data", tiny_data["train"],
             "--model-dir", str(tmp_path / "run"), "--train-set", "steps=20",
             "--train-set", "batch_size=4", "--train-set", "checkpoint_every_steps=1",
             "--train-set", "learning_rate=1e30", "--train-set", "warmup_steps=0"]
-    proc = _cli(args)
-    out = proc.communicate(timeout=600)[0]
+    code = main(args)
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
     errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
-    assert proc.returncode == 3 and len(errors) == 1 and "Traceback" not in out
+    assert code == 3 and len(errors) == 1 and "Traceback" not in out
     assert "NaN/Inf" in errors[0] and "Last good checkpoint" in errors[0]
     latest = tf.train.latest_checkpoint(str(tmp_path / "run"))
     assert latest is None or latest in errors[0]
@@ -368,7 +346,7 @@ def _free_ports(n):
 
 
 @pytest.mark.slow
-def test_two_workers_match_one_process(tmp_path, tiny_data):
+def test_two_workers_match_one_process(tmp_path, tiny_data, capsys):
     common = ["--spec", "d0", *TINY_SET, "--train-config", "demo", "--data", tiny_data["train"],
               "--train-set", "steps=3", "--train-set", "batch_size=4",
               "--train-set", "warmup_steps=1", "--train-set", "checkpoint_input=false",
@@ -376,15 +354,19 @@ def test_two_workers_match_one_process(tmp_path, tiny_data):
               # which amplifies the all-reduce's rounding past this tolerance (seen: 1.5e-5
               # on a mean of -0.0012); it has its own test.
               "--train-set", "bn_recalibration_batches=0"]
-    single = _cli(common + ["--model-dir", str(tmp_path / "single")])
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     workers = [_cli(common + ["--model-dir", str(tmp_path / "multi"), "--strategy", "multiworker"],
                     env={"TF_CONFIG": json.dumps({"cluster": cluster,
                                                   "task": {"type": "worker", "index": i}})})
                for i in range(2)]
-    outs = [p.communicate(timeout=900)[0] for p in [single] + workers]
-    assert [p.returncode for p in [single] + workers] == [0, 0, 0], "\n".join(outs)
+    # The one-process reference: the CLI's main in this process (a default strategy, one
+    # device), while the two worker processes train.
+    from edetgraph.train import main
+    single = main(common + ["--model-dir", str(tmp_path / "single")])
+    captured = capsys.readouterr()
+    outs = [captured.out + captured.err] + [p.communicate(timeout=900)[0] for p in workers]
+    assert [single] + [p.returncode for p in workers] == [0, 0, 0], "\n".join(outs)
     assert "2 replica(s)" in outs[1] and "1 replica(s)" in outs[0]
     a = tf.train.load_checkpoint(str(tmp_path / "single" / "ckpt-3"))
     b = tf.train.load_checkpoint(str(tmp_path / "multi" / "ckpt-3"))
@@ -407,7 +389,11 @@ def test_train_throughput_script_compares_pipeline_and_step(tmp_path, monkeypatc
     from bench import train_throughput
     monkeypatch.setenv("EDETGRAPH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "r.json"
-    code = train_throughput.main(["--spec", "demo", "--set", "image_size=128", "--batch-size", "2",
+    # The demo spec cut to its smallest (the comparison does not depend on the model's size).
+    small = ["image_size=64", "backbone.width=0.1", "fpn.channels=4", "fpn.repeats=1",
+             "head.repeats=0", "anchors.min_level=3", "anchors.max_level=4"]
+    code = train_throughput.main(["--spec", "demo", *[a for kv in small for a in ("--set", kv)],
+                                  "--batch-size", "2",
                                   "--synthetic-images", "12", "--pipeline-batches", "3",
                                   "--steps", "2", "--json", str(out)])
     r = json.loads(out.read_text())
