@@ -5,11 +5,11 @@ blocked); ``infer --model`` runs them and finds what the TF path finds; bad file
 refused in one line.
 
 One tiny model (64 px, three classes named cat, cup and rocket) is trained for a few steps
-and exported once for the whole module.
+and exported once for the whole module. The commands run in-process through their
+``main(argv)`` (their stderr noise in a process of their own is tests/test_robustness_noise.py's
+subject); only the ONNX reader with TensorFlow blocked needs a fresh interpreter.
 """
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,10 +26,48 @@ TINY = ["image_size=64", "num_classes=3", "backbone.width=0.25", "backbone.depth
 SETS = [x for kv in TINY for x in ("--set", kv)]
 
 
-def _cli(*args, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+class _Run:
+    """What a command run in-process left: its exit code, stdout and stderr."""
+
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _device_runner():
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import device_runner
+    finally:
+        sys.path.pop(0)
+    return device_runner
+
+
+def _main(command: str):
+    """The ``main(argv)`` behind ``python -m <command>`` / ``python <script>``."""
+    if command == "exporters/to_tflite.py":
+        from exporters import to_tflite
+        from exporters.cli import run_cli
+        return lambda argv: run_cli(to_tflite.PROG, to_tflite.main, argv)
+    if command == "exporters/to_onnx.py":
+        from exporters import to_onnx
+        from exporters.cli import run_cli
+        return lambda argv: run_cli(to_onnx.PROG, to_onnx.main, argv)
+    if command == "bench/device_runner.py":
+        return _device_runner().main
+    import importlib
+    return importlib.import_module(command).main
+
+
+def _cli(capsys, command, *args):
+    """Run a command's ``main`` in this process, like ``python [-m] command args``: exit code
+    (SystemExit caught) and what it printed."""
+    capsys.readouterr()
+    try:
+        code = _main(command)([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return _Run(code, out.out, out.err)
 
 
 def _custom_coco(root: Path) -> dict:
@@ -76,8 +114,8 @@ def made(tmp_path_factory):
                                 ("raw_tflite", "to_tflite.py", ["--quant", "fp32"]),
                                 ("onnx", "to_onnx.py", ["--model-version", "7"])):
         path = root / f"tiny_{name}.{'onnx' if name == 'onnx' else 'tflite'}"
-        r = _cli(f"exporters/{script}", *common, "--out", str(path), *extra)
-        assert r.returncode == 0, r.stderr[-2000:]
+        code = _main(f"exporters/{script}")([*common, "--out", str(path), *extra])
+        assert code == 0, name
         out[name] = path
     return out
 
@@ -94,8 +132,8 @@ def test_names_travel_from_the_coco_file_to_the_model_dir_and_checkpoint(made):
     assert checkpoint_labels(made["ckpt"]) == NAMES
 
 
-def test_eval_and_infer_give_names_not_numbers(made, tmp_path):
-    r = _cli("-m", "edetgraph.eval", "--spec", "d0", *SETS, "--ckpt", str(made["model_dir"]),
+def test_eval_and_infer_give_names_not_numbers(made, tmp_path, capsys):
+    r = _cli(capsys, "edetgraph.eval", "--spec", "d0", *SETS, "--ckpt", str(made["model_dir"]),
              "--data", str(made["root"] / "rec" / "val-*"), "--annotations", made["val_json"],
              "--per-class", "--out", str(tmp_path / "m.json"))
     assert r.returncode == 0, r.stderr
@@ -104,7 +142,7 @@ def test_eval_and_infer_give_names_not_numbers(made, tmp_path):
         metrics["labels"] == NAMES
     assert set(metrics["per_class"]) == set(NAMES.values()) and "AP[rocket]" in r.stdout
     pictures = sorted(Path(made["val_images"]).glob("*.jpg"))[:2]
-    r = _cli("-m", "edetgraph.infer", "--spec", "d0", *SETS, "--ckpt", str(made["model_dir"]),
+    r = _cli(capsys, "edetgraph.infer", "--spec", "d0", *SETS, "--ckpt", str(made["model_dir"]),
              "--image", *map(str, pictures), "--out", str(tmp_path / "inf"),
              "--draw-thresh", "0")
     assert r.returncode == 0, r.stderr
@@ -185,7 +223,7 @@ print(json.dumps({{"producer": meta.producer_name, "version": meta.version,
 
 
 @pytest.mark.parametrize("kind", ["fast", "onnx"])
-def test_infer_model_finds_what_the_tf_path_finds(made, tmp_path, kind):
+def test_infer_model_finds_what_the_tf_path_finds(made, tmp_path, kind, capsys):
     """On the val pictures: the file's detections match the TF path's one to one (the fp32
     gate's rule: classes equal, scores within 1e-4, boxes within 1e-3 of the image side)."""
     from edetgraph.verify.detections import compare_detections
@@ -195,7 +233,7 @@ def test_infer_model_finds_what_the_tf_path_finds(made, tmp_path, kind):
     for who, args in (("tf", ["--spec", "d0", *SETS, "--ckpt", str(made["model_dir"]),
                               "--nms", nms]),
                       ("file", ["--model", str(made[kind]), "--nms", nms])):
-        r = _cli("-m", "edetgraph.infer", *args, "--image", *pictures, "--out",
+        r = _cli(capsys, "edetgraph.infer", *args, "--image", *pictures, "--out",
                  str(tmp_path / who))
         assert r.returncode == 0, r.stderr
         runs[who] = json.loads((tmp_path / who / "detections.json").read_text())
@@ -212,11 +250,24 @@ def test_infer_model_finds_what_the_tf_path_finds(made, tmp_path, kind):
         assert res["mismatch"] is None, (a["file"], res)
 
 
-def test_infer_model_refuses_files_without_metadata_in_one_line(made, tmp_path):
+def _foreign_models(folder: Path) -> dict:
+    """tests/_tiny_models.py's net as .onnx and fp32 .tflite: files made by something else
+    (its int8 variants, not needed here, are not made)."""
+    import tf2onnx
+    from _tiny_models import _to_tflite, tiny_function
+    folder.mkdir()
+    fn = tiny_function()
+    paths = {"onnx": folder / "tiny.onnx", "tflite": folder / "tiny_fp32.tflite"}
+    tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=17,
+                                  output_path=str(paths["onnx"]))
+    paths["tflite"].write_bytes(_to_tflite(fn))
+    return paths
+
+
+def test_infer_model_refuses_files_without_metadata_in_one_line(made, tmp_path, capsys):
     import shutil
 
-    from _tiny_models import write_tiny_models
-    foreign = write_tiny_models(tmp_path / "foreign")     # models made by something else
+    foreign = _foreign_models(tmp_path / "foreign")       # models made by something else
     stripped = tmp_path / "stripped.tflite"                # ours, its zip of facts cut off
     data = Path(made["fast"]).read_bytes()
     stripped.write_bytes(data[:data.rfind(b"PK\x03\x04")])
@@ -228,15 +279,15 @@ def test_infer_model_refuses_files_without_metadata_in_one_line(made, tmp_path):
                        (stripped, "carries no edetgraph metadata"),
                        (text, "onnxruntime cannot load it"),
                        (tmp_path / "missing.tflite", "no such file")):
-        r = _cli("-m", "edetgraph.infer", "--model", str(path), "--image",
+        r = _cli(capsys, "edetgraph.infer", "--model", str(path), "--image",
                  str(tmp_path / "street.jpg"), "--out", str(tmp_path / "o"))
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.strip().count("\n") == 0 and says in r.stderr, r.stderr
         assert not (tmp_path / "o").exists()
 
 
-def test_device_runner_prints_what_the_file_says(made):
-    r = _cli("bench/device_runner.py", str(made["fast"]), "--runs", "1", "--warmup", "0")
+def test_device_runner_prints_what_the_file_says(made, capsys):
+    r = _cli(capsys, "bench/device_runner.py", str(made["fast"]), "--runs", "1", "--warmup", "0")
     assert r.returncode == 0, r.stderr
     assert "the file says: efficientdet-d0, 3 classes (1 cat, 2 cup, 3 rocket)" in r.stderr
     assert "fast NMS, boxes in ratio" in r.stderr
@@ -244,8 +295,8 @@ def test_device_runner_prints_what_the_file_says(made):
                                                            "3": "rocket"}
 
 
-def test_bench_run_report_names_the_classes(made, tmp_path):
-    r = _cli("-m", "bench.run", "--spec", "d0", *SETS, "--ckpt", str(made["model_dir"]),
+def test_bench_run_report_names_the_classes(made, tmp_path, capsys):
+    r = _cli(capsys, "bench.run", "--spec", "d0", *SETS, "--ckpt", str(made["model_dir"]),
              "--backends", "tf,onnxruntime", "--runs", "2", "--warmup", "1", "--no-memory",
              "--quiet", "--out", str(tmp_path / "bench"))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -296,21 +347,21 @@ def _spec_set(facts, key, value):
     ("self_contradiction", lambda f: f["input"].update(height=128),
      "input 128x64 but its spec's image_size is 64x64"),
 ])
-def test_infer_model_refuses_metadata_that_disagrees_with_the_graph(made, tmp_path, name, change,
-                                                                     says):
+def test_infer_model_refuses_metadata_that_disagrees_with_the_graph(made, tmp_path, capsys, name,
+                                                                     change, says):
     bad = _with_facts(made["onnx"], tmp_path / f"{name}.onnx", change)
     picture = sorted(Path(made["val_images"]).glob("*.jpg"))[0]
-    r = _cli("-m", "edetgraph.infer", "--model", str(bad), "--image", str(picture),
+    r = _cli(capsys, "edetgraph.infer", "--model", str(bad), "--image", str(picture),
              "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert says in r.stderr and r.stderr.strip().count("\n") <= 1, r.stderr[-2000:]
     assert not (tmp_path / "o" / "detections.json").exists()
 
 
-def test_infer_model_accepts_the_file_as_exported(made, tmp_path):
+def test_infer_model_accepts_the_file_as_exported(made, tmp_path, capsys):
     """The other side: the unedited copy passes the same checks."""
     same = _with_facts(made["onnx"], tmp_path / "same.onnx", lambda f: None)
     picture = sorted(Path(made["val_images"]).glob("*.jpg"))[0]
-    r = _cli("-m", "edetgraph.infer", "--model", str(same), "--image", str(picture),
+    r = _cli(capsys, "edetgraph.infer", "--model", str(same), "--image", str(picture),
              "--out", str(tmp_path / "o"))
     assert r.returncode == 0, r.stderr[-2000:]

@@ -63,8 +63,10 @@ def run_cli(capsys, *argv):
     return code, out.err
 
 
-def test_street_d0_gives_picture_json_and_raw_npz(tmp_path, capsys):
-    code, err = run_cli(capsys, "--spec", "d0", "--image", STREET, "--out", tmp_path, "--dump-raw")
+def test_street_d0_gives_picture_json_and_raw_npz(small, tmp_path, capsys):
+    """D0 at 128 px (the files' contents and their agreement do not depend on the size)."""
+    code, err = run_cli(capsys, "--spec", "d0", "--set", SMALL[0], "--image", STREET, "--out",
+                        tmp_path, "--dump-raw")
     assert code == 0, err
     assert "RANDOM weights" in err
     with Image.open(tmp_path / "street.jpg") as pic:
@@ -77,13 +79,13 @@ def test_street_d0_gives_picture_json_and_raw_npz(tmp_path, capsys):
     assert 0 < n <= 100 and len(entry["boxes"]) == len(entry["classes"]) == n
     assert entry["class_names"] == [COCO_LABELS.get(c, f"class_{c}") for c in entry["classes"]]
     raw = np.load(tmp_path / "street.npz")
-    shapes = build_model(load_spec("d0")).output_shapes()
+    shapes = small[1].output_shapes()       # the same spec's model: its shapes
     assert set(raw.files) == {"input", "scale", "boxes", "scores", "classes",
                               "num_detections", *shapes}
     for key, shape in shapes.items():
         assert raw[key].shape == shape, key
-    assert raw["input"].shape == (1, 512, 512, 3) and raw["scale"].tolist() == [2.0]
-    want_input, _ = preprocess(read_image(STREET), 512)
+    assert raw["input"].shape == (1, 128, 128, 3) and raw["scale"].tolist() == [8.0]
+    want_input, _ = preprocess(read_image(STREET), 128)
     np.testing.assert_array_equal(raw["input"][0], want_input.numpy())
     assert raw["boxes"].shape == (1, 100, 4) and int(raw["num_detections"][0]) == n
     np.testing.assert_array_equal(raw["boxes"][0, :n], np.float32(entry["boxes"]))

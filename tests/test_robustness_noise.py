@@ -46,23 +46,14 @@ def test_the_filter_drops_the_notices_and_keeps_real_lines(tmp_path):
     assert "oneDNN custom operations are on" in r.stderr and "really wrong" in r.stderr
 
 
-def test_real_tensorflow_loads_without_the_notices():
-    code = ("from edetgraph.cli import quiet_tensorflow\n"
-            "quiet_tensorflow()\n"
-            "import tensorflow as tf\n"
-            "print(int(tf.constant(2) * 3))\n")
-    r = _run(code, {"TF_CPP_MIN_LOG_LEVEL": ""})
-    assert r.returncode == 0 and r.stdout.strip() == "6", r.stderr
-    assert "InitializeLog" not in r.stderr and "oneDNN" not in r.stderr, r.stderr
-
-
 # ------------------------------------------- native notices around calls (not only at import)
 
 XNNPACK = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n"
 QUANTIZER = ("fully_quantize: 0, inference_type: 6, input_inference_type: INT8, "
              "output_inference_type: INT8\n")
-TINY = ["image_size=128", "fpn.repeats=1", "head.repeats=1", "fpn.channels=16",
-        "backbone.depth=0.2"]   # the demo spec, as small as the bench tests make it
+TINY = ["image_size=64", "fpn.repeats=1", "head.repeats=1", "fpn.channels=8",
+        "backbone.depth=0.1", "backbone.width=0.25", "anchors.max_level=5"]   # the demo spec,
+# smaller still than the bench tests make it: the noise is the commands', not the model's
 
 
 def _cli(*args, timeout=600):
@@ -92,28 +83,48 @@ def test_quiet_native_drops_the_notices_and_keeps_real_lines_and_live_progress()
     assert XNNPACK in r.stderr and QUANTIZER in r.stderr and "a real failure" in r.stderr
 
 
-def test_the_int8_quantizer_line_is_real_and_kept_off_by_quiet_native():
-    """The control (a plain conversion prints the line) keeps this test able to fail."""
+@pytest.fixture(scope="module")
+def real_tensorflow():
+    """One fresh interpreter for the two checks on the real TensorFlow: it loads TensorFlow
+    through quiet_tensorflow (and computes with it), then converts the tiny net to int8
+    twice, plainly and under quiet_native, with a marker line on stderr between the three."""
     code = ("import sys; sys.path.insert(0, 'tests')\n"
             "from edetgraph.cli import quiet_native, quiet_tensorflow\n"
             "quiet_tensorflow()\n"
-            "import tensorflow as tf, _tiny_models as t\n"
+            "import tensorflow as tf\n"
+            "print(int(tf.constant(2) * 3))\n"
+            "print('==', file=sys.stderr, flush=True)\n"
+            "import _tiny_models as t\n"
             "fn = t.tiny_function()\n"
             "t._to_tflite(fn, tf.int8)\n"
             "print('--', file=sys.stderr, flush=True)\n"
             "with quiet_native():\n"
             "    t._to_tflite(fn, tf.int8)\n")
-    r = _run(code, {"TF_CPP_MIN_LOG_LEVEL": "2"})
+    return _run(code, {"TF_CPP_MIN_LOG_LEVEL": ""})
+
+
+def test_real_tensorflow_loads_without_the_notices(real_tensorflow):
+    r = real_tensorflow
+    assert r.returncode == 0 and r.stdout.strip() == "6", r.stderr[-2000:]
+    assert "InitializeLog" not in r.stderr and "oneDNN" not in r.stderr, r.stderr
+
+
+def test_the_int8_quantizer_line_is_real_and_kept_off_by_quiet_native(real_tensorflow):
+    """The control (a plain conversion prints the line) keeps this test able to fail."""
+    r = real_tensorflow
     assert r.returncode == 0, r.stderr[-2000:]
-    plain, quiet = r.stderr.split("--\n")
+    plain, quiet = r.stderr.split("==\n")[1].split("--\n")
     assert "fully_quantize: " in plain and quiet == "", r.stderr
 
 
 @pytest.fixture(scope="module")
 def tiny_tflite(tmp_path_factory):
+    """tests/_tiny_models.py's net as an fp32 .tflite (its other variants are not needed)."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from _tiny_models import write_tiny_models
-    return write_tiny_models(tmp_path_factory.mktemp("tiny"))["tflite"]
+    from _tiny_models import _to_tflite, tiny_function
+    path = tmp_path_factory.mktemp("tiny") / "tiny_fp32.tflite"
+    path.write_bytes(_to_tflite(tiny_function()))
+    return path
 
 
 def test_device_runner_prints_no_delegate_notice_and_still_shows_a_real_error(tiny_tflite,

@@ -42,10 +42,36 @@ def _users_folder(path: Path) -> dict:
     return _tree(path)
 
 
-def _cli(*args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=timeout)
+class _Run:
+    """What a command run in-process left: its exit code and stderr."""
+
+    def __init__(self, returncode, stderr):
+        self.returncode, self.stderr = returncode, stderr
+
+
+def _main(command: str):
+    """The ``main(argv)`` behind ``python -m <command>`` / ``python exporters/<tool>.py``
+    (an exporter's through run_cli, as its ``__main__`` does)."""
+    import importlib
+    if command.startswith("exporters/"):
+        tool = importlib.import_module(command[:-3].replace("/", "."))
+        if command.endswith("to_saved_model.py"):
+            return tool.main
+        from exporters.cli import run_cli
+        return lambda argv: run_cli(tool.PROG, tool.main, argv)
+    return importlib.import_module(command).main
+
+
+def _cli(capsys, command, *args):
+    """Run a command's ``main`` in this process, like ``python [-m] command args`` (the
+    refusals are one printed line and an exit code; no separate process is needed to see
+    them): exit code (SystemExit caught) and what it printed on stderr."""
+    capsys.readouterr()
+    try:
+        code = _main(command)([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    return _Run(code, capsys.readouterr().err)
 
 
 def _one_line_refusal(r, *words):
@@ -61,19 +87,19 @@ def _one_line_refusal(r, *words):
                                        ("to_openvino", "model.xml"),
                                        ("to_onnx", "model.onnx.json"),
                                        ("to_openvino", "model.bin")])
-def test_an_exporter_refuses_a_folder_at_its_output_names(tmp_path, tool, name):
+def test_an_exporter_refuses_a_folder_at_its_output_names(tmp_path, capsys, tool, name):
     folder = tmp_path / name
     before = _users_folder(folder)
     out = tmp_path / name.replace(".json", "").replace(".bin", ".xml")
     extra = ["--quant", "fp32"] if tool in ("to_tflite", "to_openvino") else []
-    r = _cli(f"exporters/{tool}.py", "--spec", "demo", "--out", str(out), *extra)
+    r = _cli(capsys, f"exporters/{tool}.py", "--spec", "demo", "--out", str(out), *extra)
     _one_line_refusal(r, "existing folder", "refusing")
     assert _tree(folder) == before and sorted(os.listdir(tmp_path)) == [name]
 
 
-def test_the_saved_model_exporter_still_refuses_a_folder_that_is_no_saved_model(tmp_path):
+def test_the_saved_model_exporter_still_refuses_a_folder_that_is_no_saved_model(tmp_path, capsys):
     before = _users_folder(tmp_path / "sm")
-    r = _cli("exporters/to_saved_model.py", "--spec", "demo", "--out", str(tmp_path / "sm"))
+    r = _cli(capsys, "exporters/to_saved_model.py", "--spec", "demo", "--out", str(tmp_path / "sm"))
     _one_line_refusal(r, "refusing")
     assert _tree(tmp_path / "sm") == before
 
@@ -92,30 +118,31 @@ def test_a_staged_export_never_removes_a_folder_that_appeared_at_its_name(tmp_pa
 
 
 @pytest.mark.parametrize("what", ["labels", "shard"])
-def test_coco_to_tfrecord_refuses_a_folder_named_as_its_outputs(tmp_path, what):
+def test_coco_to_tfrecord_refuses_a_folder_named_as_its_outputs(tmp_path, capsys, what):
     name = "train.labels.json" if what == "labels" else "train-00000-of-00002.tfrecord"
     before = _users_folder(tmp_path / name)
-    r = _cli("-m", "edetgraph.data.coco_to_tfrecord", "--images", str(tmp_path),
+    r = _cli(capsys, "edetgraph.data.coco_to_tfrecord", "--images", str(tmp_path),
              "--annotations", str(tmp_path / "none.json"), "--out", str(tmp_path / "train"),
              "--shards", "2")
     _one_line_refusal(r, "existing folder", name)
     assert _tree(tmp_path / name) == before
 
 
-def test_infer_refuses_a_folder_at_detections_json(tmp_path):
+def test_infer_refuses_a_folder_at_detections_json(tmp_path, capsys):
     from PIL import Image
     Image.new("RGB", (40, 30), (90, 120, 30)).save(tmp_path / "pic.png")
     before = _users_folder(tmp_path / "out" / "detections.json")
-    r = _cli("-m", "edetgraph.infer", "--spec", "demo", "--set", "image_size=128",
+    r = _cli(capsys, "edetgraph.infer", "--spec", "demo", "--set", "image_size=128",
              "--image", str(tmp_path / "pic.png"), "--out", str(tmp_path / "out"))
     _one_line_refusal(r, "existing folder", "detections.json")
     assert _tree(tmp_path / "out" / "detections.json") == before
     assert sorted(os.listdir(tmp_path / "out")) == ["detections.json"]
 
 
-def test_bench_run_refuses_a_folder_at_its_report_names(tmp_path):
+def test_bench_run_refuses_a_folder_at_its_report_names(tmp_path, capsys):
     before = _users_folder(tmp_path / "b" / "results.json")
-    r = _cli("-m", "bench.run", "--spec", "demo", "--backends", "tf", "--out", str(tmp_path / "b"))
+    r = _cli(capsys, "bench.run", "--spec", "demo", "--backends", "tf", "--out",
+             str(tmp_path / "b"))
     assert r.returncode == 2 and "results.json there is a folder" in r.stderr, r.stderr
     assert _tree(tmp_path / "b" / "results.json") == before
 
@@ -248,12 +275,12 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_killed_one_frees_the_
     assert not (folder / ".lock").exists()
 
 
-def test_train_on_a_busy_model_dir_exits_2_naming_the_other_process(tmp_path):
+def test_train_on_a_busy_model_dir_exits_2_naming_the_other_process(tmp_path, capsys):
     folder = tmp_path / "run"
     first = _hold(folder)
     try:
         t0 = time.time()
-        r = _cli("-m", "edetgraph.train", "--spec", "demo", "--train-config", "demo",
+        r = _cli(capsys, "edetgraph.train", "--spec", "demo", "--train-config", "demo",
                  "--model-dir", str(folder), "--train-set", "steps=1")
         _one_line_refusal(r, "another train is writing there", f"pid {first.pid}")
         assert time.time() - t0 < 120

@@ -11,7 +11,11 @@ from edetgraph.task.detector import Detector
 from edetgraph.task.preprocess import read_image
 from exporters import to_saved_model
 
-SMALL = "image_size=160"
+# A small D0 (fewer and narrower layers, levels 3-5): what is checked, that the reloaded
+# signatures compute what the Detector does, does not depend on the model's size.
+SMALL = ["image_size=128", "backbone.width=0.25", "backbone.depth=0.1", "fpn.channels=16",
+         "fpn.repeats=1", "head.repeats=1", "anchors.max_level=5"]
+SETS = [x for kv in SMALL for x in ("--set", kv)]
 
 # Runs in a fresh interpreter where importing edetgraph (or exporters) fails outright.
 RELOAD = r"""
@@ -36,7 +40,7 @@ print(sorted(sys.modules.keys() & {"edetgraph", "exporters"}))
 """
 
 
-pytestmark = pytest.mark.slow  # exports a model: ~1 min on two idle cores
+pytestmark = pytest.mark.slow  # exports a model
 
 
 @pytest.fixture(scope="module")
@@ -44,14 +48,14 @@ def exported(tmp_path_factory):
     """A small D0 with randomised weights, loaded from a released-layout file and exported
     through the CLI (which reloads and checks the folder itself)."""
     tmp = tmp_path_factory.mktemp("sm")
-    spec = load_spec("d0", [SMALL])
+    spec = load_spec("d0", SMALL)
     model = build_model(spec, seed=4)
     rng = np.random.default_rng(4)
     values = {k: v.numpy() + rng.normal(0, 0.1, v.shape).astype(np.float32)
               for k, v in model.variables_by_name().items()}
     values = {k: np.abs(v) + 0.1 if k.endswith("moving_variance") else v for k, v in values.items()}
     write_released(values, tmp / "ck")
-    code = to_saved_model.main(["--spec", "d0", "--set", SMALL, "--ckpt", str(tmp / "ck"),
+    code = to_saved_model.main(["--spec", "d0", *SETS, "--ckpt", str(tmp / "ck"),
                                 "--out", str(tmp / "saved"), "--max-dets", "30"])
     assert code == 0
     det = Detector.from_spec(spec, tmp / "ck", max_dets=30)
@@ -90,7 +94,7 @@ def test_raw_and_network_signatures_equal_the_model(exported):
 
 
 def test_export_cli_bad_checkpoint_is_one_line(tmp_path, capsys):
-    code = to_saved_model.main(["--spec", "d0", "--set", SMALL, "--ckpt", str(tmp_path / "none"),
+    code = to_saved_model.main(["--spec", "d0", *SETS, "--ckpt", str(tmp_path / "none"),
                                 "--out", str(tmp_path / "saved")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: ") and "none" in err[-1]
@@ -101,7 +105,7 @@ def test_export_cli_bad_checkpoint_is_one_line(tmp_path, capsys):
 def test_export_refuses_to_replace_a_folder_that_is_not_a_saved_model(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("keep me")
-    code = to_saved_model.main(["--spec", "d0", "--set", SMALL, "--out", str(tmp_path / "out")])
+    code = to_saved_model.main(["--spec", "d0", *SETS, "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith(f"error: {tmp_path / 'out'}: exists")
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
