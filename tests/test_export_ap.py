@@ -12,9 +12,6 @@ import pytest
 
 SMALL = ["image_size=128", "backbone.depth=0.1", "backbone.width=0.25", "fpn.channels=16",
          "fpn.repeats=1", "head.repeats=1", "num_classes=4"]
-# The parity gate is not what these exports test (tests/test_export_*.py are): its two real
-# pictures and the flat 1e-4 alone, no random inputs and no float64 run.
-LEAN_GATE = ["--random-inputs", "0", "--float64-factor", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +73,7 @@ def test_tflite_export_with_eval_data_records_both_aps(val_dir, tmp_path):
     from exporters import to_tflite
     out = tmp_path / "small.tflite"
     assert to_tflite.main(["--spec", "d0", *_sets(SMALL), "--quant", "fp32", "--out", str(out),
-                           "--eval-data", str(val_dir), *LEAN_GATE]) == 0
+                           "--eval-data", str(val_dir)]) == 0
     acc = json.loads(Path(str(out) + ".json").read_text())["accuracy"]
     assert acc["images"] == 3 and acc["nms"] == "soft" and acc["passed"]
     assert acc["annotations"] == str(val_dir / "instances.json")
@@ -89,7 +86,7 @@ def test_onnx_hard_nms_export_checks_its_own_detections(val_dir, tmp_path):
     out = tmp_path / "small.onnx"
     assert to_onnx.main(["--spec", "d0", *_sets(SMALL), "--postprocess", "hard-nms",
                          "--out", str(out), "--eval-data", str(val_dir), "--eval-images",
-                         "2", *LEAN_GATE]) == 0
+                         "2"]) == 0
     acc = json.loads(Path(str(out) + ".json").read_text())["accuracy"]
     assert acc["images"] == 2 and acc["nms"] == "in-graph" and acc["passed"]
 
@@ -109,7 +106,7 @@ def test_an_ap_loss_beyond_the_bound_exits_1_and_writes_nothing(val_dir, tmp_pat
     out = tmp_path / "out" / "small.tflite"
     out.parent.mkdir()
     argv = ["--spec", "d0", *_sets(SMALL), "--quant", "fp16", "--out", str(out),
-            "--eval-data", str(val_dir), *LEAN_GATE]
+            "--eval-data", str(val_dir)]
     assert run_cli("to_tflite", to_tflite.main, argv) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("to_tflite: error: AP check failed") and "not written" in err
