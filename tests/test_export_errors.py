@@ -4,6 +4,10 @@ Every request here is refused before TensorFlow would start: the CLIs run with T
 the converters and the runtimes made unimportable, so a refusal that needed any of them
 would crash instead of printing its line.
 """
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import _tiny_models as tiny
@@ -13,8 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BLOCKED = ["tensorflow", "tf2onnx", "keras", "tf_keras", "onnx", "onnxruntime", "ai_edge_litert"]
 
 
-@pytest.fixture
-def folders(tmp_path):
+def _folders(tmp_path):
     """An output folder, an empty image folder and one with a (not even decodable) jpg."""
     out, empty, images = tmp_path / "out", tmp_path / "empty", tmp_path / "images"
     for d in (out, empty, images):
@@ -28,11 +31,59 @@ def folders(tmp_path):
             "jpg": images / "a.jpg"}
 
 
-def _run(tool, args, folders):
-    script = ROOT / "exporters" / f"to_{tool}.py"
-    proc, log = tiny.run_blocked(script, [str(a) for a in args], BLOCKED,
-                                 folders["tmp"] / "block.json", cwd=ROOT, timeout=60)
-    return proc, log
+# Every request in ONE interpreter with the packages blocked (an interpreter per request
+# cost ~1 s each): each runs the CLI script as __main__, as `python to_X.py ARGS` does, its
+# exit status from SystemExit, its stdout/stderr captured, and the blocked imports it
+# attempted / the blocked modules loaded after it recorded per request.
+_ALL_REQUESTS = r'''
+import contextlib, io, json, runpy, sys
+requests = json.loads(sys.argv[1])
+results = []
+for script, args in requests:
+    before = len(attempts)
+    out, err = io.StringIO(), io.StringIO()
+    sys.argv = [script, *args]
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    results.append({"returncode": code, "stdout": out.getvalue(), "stderr": err.getvalue(),
+                    "attempts": attempts[before:],
+                    "loaded": sorted(m for m in sys.modules if m.split(".")[0] in blocked)})
+print(json.dumps(results))
+'''
+
+
+def _argv(case, folders):
+    _, tool, args, _ = case
+    subst = {"IMAGES": folders["images"], "EMPTY": folders["empty"], "COCO": folders["coco"],
+             "JPG": folders["jpg"],
+             "NOWHERE": folders["tmp"] / "nowhere", "OUTDIR": folders["out"]}
+    args = [str(subst.get(a, a)).replace("OUTDIR", str(folders["out"])) for a in args]
+    spec = [] if "--spec" in args else ["--spec", "d0"]
+    out = [] if "--out" in args else ["--out", str(folders["out"] / f"model.{tool}")]
+    return [*spec, *out, *args]
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory):
+    """{case id: (result, folders)}: every case of CASES, each with folders of its own."""
+    folders = {c[0]: _folders(tmp_path_factory.mktemp(c[0])) for c in CASES}
+    requests = [(str(ROOT / "exporters" / f"to_{c[1]}.py"), _argv(c, folders[c[0]]))
+                for c in CASES]
+    bootstrap = tiny.BLOCKING_BOOTSTRAP.replace(
+        'sys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name="__main__")\n',
+        _ALL_REQUESTS)
+    assert _ALL_REQUESTS in bootstrap  # the bootstrap's blocker, then the loop above
+    env = dict(os.environ, BLOCK_MODULES=",".join(BLOCKED),
+               BLOCK_LOG=str(tmp_path_factory.mktemp("block") / "block.json"))
+    proc = subprocess.run([sys.executable, "-c", bootstrap, json.dumps(requests)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {c[0]: (r, folders[c[0]]) for c, r in zip(CASES, results)}
 
 
 ONNX = "onnx"
@@ -91,34 +142,31 @@ CASES = [  # (id, tool, extra args with OUT for the output file, words the line 
 ]
 
 
-@pytest.mark.parametrize("tool,args,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_request_is_one_line_and_leaves_nothing(folders, tool, args, words):
-    subst = {"IMAGES": folders["images"], "EMPTY": folders["empty"], "COCO": folders["coco"],
-             "JPG": folders["jpg"],
-             "NOWHERE": folders["tmp"] / "nowhere", "OUTDIR": folders["out"]}
-    args = [str(subst.get(a, a)).replace("OUTDIR", str(folders["out"])) for a in args]
-    spec = [] if "--spec" in args else ["--spec", "d0"]
-    out = [] if "--out" in args else ["--out", folders["out"] / f"model.{tool}"]
-    proc, log = _run(tool, [*spec, *out, *args], folders)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, proc.stderr
-    assert len(lines) == 1, proc.stderr
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_request_is_one_line_and_leaves_nothing(refusals, case):
+    _, tool, _, words = case
+    proc, folders = refusals[case[0]]
+    lines = proc["stderr"].strip().splitlines()
+    assert proc["returncode"] == 2, proc["stderr"]
+    assert len(lines) == 1, proc["stderr"]
     assert lines[0].startswith(f"to_{tool}: error: "), lines[0]
     for word in words:
         assert word in lines[0], (word, lines[0])
-    assert proc.stdout == ""
-    assert log["attempts"] == [] and log["loaded"] == [], log  # refused before TF was needed
+    assert proc["stdout"] == ""
+    assert proc["attempts"] == [] and proc["loaded"] == [], proc  # refused before TF was needed
     assert list(folders["out"].iterdir()) == []
 
 
-def test_help_documents_inputs_tolerances_and_the_ap_check():
-    import subprocess
-    import sys
+def test_help_documents_inputs_tolerances_and_the_ap_check(monkeypatch, capsys):
+    """`--help` of each CLI, in-process (the parser's own text, 80 columns as in a pipe)."""
+    import importlib
+    monkeypatch.setenv("COLUMNS", "80")
     for tool in (ONNX, TFLITE):
-        proc = subprocess.run([sys.executable, str(ROOT / "exporters" / f"to_{tool}.py"), "--help"],
-                              capture_output=True, text=True, cwd=ROOT, timeout=60)
-        text = " ".join(proc.stdout.split())
-        assert proc.returncode == 0, proc.stderr
+        cli = importlib.import_module(f"exporters.to_{tool}")
+        with pytest.raises(SystemExit) as e:
+            cli.main(["--help"])
+        assert e.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
         assert "ALREADY resized" in text and "--eval-data" in text
         assert "--max-ap-drop" in text
     assert "SQNR" in text and "1e-4" in text  # the TFLite help lists every tolerance

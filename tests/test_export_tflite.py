@@ -1,6 +1,7 @@
 """exporters/to_tflite.py: fp32 / fp16 / int8 files checked against TF, or no file at all.
 
-A small D0-shaped spec is exported unmarked; D0 and Lite0 themselves are `slow`. The checks
+A small D0-shaped spec is exported here; D0 and Lite0 themselves (`slow`) are in
+tests/test_export_official.py, with the other exporter's, one model build each. The checks
 recompute everything from the files with LiteRT, independently of the exporter's own gate.
 """
 import json
@@ -238,29 +239,6 @@ def test_parity_failure_exits_1_and_leaves_no_file(fp32_file, tmp_path, monkeypa
     assert err.startswith("to_tflite: error: parity gate failed") and "not written" in err
     assert "max |diff|" in err and "on input" in err
     assert list(tmp_path.iterdir()) == []
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("spec,post", [("d0", "fast"), ("lite0", "fast")])
-def test_official_specs_fp32(spec, post, tmp_path):
-    """D0 / Lite0 at full size through the fp32 gate: the fast-NMS op's inputs (the raw heads,
-    the same network as a file without post-processing, which the gate also checks for every
-    small spec) within 1e-4 of TF, or as close to the float64 result as TF float32 is (Lite0),
-    detections identical one to one."""
-    _, s = _export(tmp_path, f"{spec}_{post}.tflite", "--quant", "fp32", "--postprocess", post,
-                   spec=spec, overrides=[])
-    assert s["parity"]["passed"]
-    for name, f in s["parity"]["outputs"].items():
-        wide = f["float64"]
-        assert f["max_abs"] <= 1e-4 or wide["file_max_abs"] <= 2 * wide["tf_max_abs"], name
-        if spec == "d0":  # the two-stage SE mean keeps D0 within 1e-4 flat
-            assert f["max_abs"] <= 1e-4, name
-    for d in s["parity"]["detections"]:
-        assert d["mismatch"] is None and d["tf"] > 0 and d["tf_top_score"] > 0.2, d
-    assert s["parity"]["detections"]
-    assert s["coverage"]["xnnpack"]["partitions"] == 2     # the NMS op and its casts apart
-    print(f"{spec} {post}: convert {s['timings']['convert_s']:.1f} s, max |diff| "
-          f"{max(f['max_abs'] for f in s['parity']['outputs'].values()):.3g}")
 
 
 def test_int8_with_in_graph_nms_keeps_what_follows_the_nms_float(tmp_path, small_tf):
