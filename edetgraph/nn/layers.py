@@ -47,12 +47,27 @@ def variable(name: str, shape, init: str = "zeros", *, fan: int = 1, value: floa
     return tf.Variable(v, name=name, trainable=trainable, **kw)
 
 
+@tf.custom_gradient
+def _swish_training(x):
+    """``x * sigmoid(x)`` whose gradient reuses the forward's sigmoid and output:
+    ``dy * (y + sigmoid(x) (1 - y))`` is four elementwise passes, where ``tf.nn.silu``'s
+    (the official's ``tf.nn.swish``) recomputes the sigmoid and takes seven. It keeps the
+    sigmoid until the backward pass (one more activation-sized tensor per swish)."""
+    sig = tf.sigmoid(x)
+    y = x * sig
+
+    def grad(dy):
+        return dy * (y + sig * (1.0 - y))
+
+    return y, grad
+
+
 def activation(x: tf.Tensor, kind: str, training: bool = False) -> tf.Tensor:
-    """``kind`` applied to ``x``. Swish in training is ``tf.nn.silu``, whose gradient keeps
-    only ``x`` and recomputes the sigmoid (as the official's ``tf.nn.swish``); at inference
-    it stays ``x * sigmoid(x)``, the two ops every exporter and runtime knows."""
+    """``kind`` applied to ``x``. Swish in training has a hand-written gradient
+    (`_swish_training`); at inference it stays ``x * sigmoid(x)``, the two ops every
+    exporter and runtime knows."""
     if kind in ("swish", "silu"):
-        return tf.nn.silu(x) if training else x * tf.sigmoid(x)
+        return _swish_training(x) if training else x * tf.sigmoid(x)
     if kind == "relu6":
         return tf.nn.relu6(x)
     if kind == "relu":

@@ -62,6 +62,37 @@ def focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 1.5,
     return alpha_t * modulating * ce
 
 
+def focal_loss_sum(logits, signs, weights, gamma: float = 1.5):
+    """``sum(focal_loss)`` for unsmoothed 0/1 targets, in few passes and with its gradient
+    written out: the training loss's fast path (it is the largest elementwise work of a
+    step: D0 at 512 has 4.4 M logits per picture).
+
+    ``signs``: +1 where the target is 1, -1 where it is 0; ``weights``: ``alpha_t`` (times 0
+    where an anchor is ignored), broadcastable to ``logits``. With ``s = signs * logits``,
+    ``p_t = sigmoid(s)``, ``-log(p_t) = softplus(-s)`` and ``(1 - p_t)^gamma =
+    exp(-gamma softplus(s))``, so the loss is ``weights * exp(-gamma softplus(s)) *
+    softplus(-s)``; its derivative in ``s`` is ``-weights (1-p_t)^gamma (gamma p_t
+    softplus(-s) + 1 - p_t)``. Same values as :func:`focal_loss` up to float rounding (more
+    exact where ``p_t`` is near 1, where ``1 - p_t`` cancels there)."""
+
+    @tf.custom_gradient
+    def fused(x):
+        s = signs * x
+        minus_log_pt = tf.nn.softplus(-s)
+        # softplus(s) = -log(1 - p_t), computed itself: s + softplus(-s) would cancel
+        minus_log_qt = tf.nn.softplus(s)
+        weighted = weights * tf.exp(-gamma * minus_log_qt)
+
+        def grad(dy):
+            p_t, q_t = tf.exp(-minus_log_pt), tf.exp(-minus_log_qt)   # q_t = 1 - p_t
+            d_s = weighted * (gamma * p_t * minus_log_pt + q_t)
+            return (-dy) * d_s * signs
+
+        return tf.reduce_sum(weighted * minus_log_pt), grad
+
+    return fused(tf.convert_to_tensor(logits))
+
+
 def huber(errors, delta: float = 0.1):
     """Element-wise Huber: ``0.5 x^2`` for ``|x| <= delta``, else ``delta (|x| - 0.5 delta)``."""
     a = tf.abs(errors)
@@ -80,6 +111,13 @@ def class_loss(cls_outputs: Sequence, cls_targets: Sequence, num_classes: int, n
     for logits, target in zip(cls_outputs, cls_targets):
         logits = tf.cast(logits, tf.float32)
         target = tf.cast(target, tf.int32)
+        if not label_smoothing:
+            # [B, H, W, A, C]: +1 for the target class, -1 elsewhere (-1 and -2: all -1)
+            signs = tf.one_hot(target, num_classes, on_value=1.0, off_value=-1.0)
+            keep = tf.cast(tf.not_equal(target, -2), tf.float32)[..., None]
+            weights = (0.5 + (alpha - 0.5) * signs) * keep      # alpha_t, 0 where ignored
+            total += focal_loss_sum(tf.reshape(logits, tf.shape(signs)), signs, weights, gamma)
+            continue
         onehot = tf.one_hot(target, num_classes, dtype=tf.float32)   # -1 and -2: all zeros
         onehot = tf.reshape(onehot, tf.shape(logits))
         loss = focal_loss(logits, onehot, alpha, gamma, label_smoothing)
