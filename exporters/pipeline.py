@@ -89,7 +89,7 @@ class Format:
         raise NotImplementedError
 
     def probe(self, model, spec, serve, path: str, opts: ExportOptions):
-        """``probe(x) -> (TF, file)`` extra tensors the gate compares (None: nothing)."""
+        """Extra tensors the gate compares, a ``edetgraph.verify.gate.Probe`` (None: nothing)."""
         return None
 
     def options(self, opts: ExportOptions, converted) -> dict:
@@ -217,7 +217,8 @@ def _parity(job: _Job, path: str, runner) -> dict:
         return run_gate(gate, job.serve, runner.run, spec, opts.input, opts.batch,
                         opts.gate.random_inputs, detections=job.head is not None,
                         probe=job.fmt.probe(job.model, spec, job.serve, path, opts),
-                        model=job.model, box_scale=job.fmt.box_scale(spec, opts))
+                        model=job.model, box_scale=job.fmt.box_scale(spec, opts),
+                        head=job.head)
     except ParityError as e:
         raise ExportFailed(str(e)) from None
 

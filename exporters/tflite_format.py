@@ -20,10 +20,10 @@ from edetgraph.graph import outputs
 from edetgraph.nn import targets
 from edetgraph.task.anchors import spec_anchors
 from edetgraph.task.postprocess import make_tflite_detection_postprocess
-from edetgraph.task.preprocess import normalize_in_graph
 from edetgraph.task.serving import detection_op_inputs
 from edetgraph.verify import coverage
 from edetgraph.verify.file_metadata import read_metadata
+from edetgraph.verify.gate import Probe
 from edetgraph.verify.parity import AP_DROP
 from edetgraph.verify.runners import tflite_interpreter
 from edetgraph.verify.ties import NmsRule
@@ -155,9 +155,8 @@ class TFLiteFormat(Format):
     def probe(self, model, spec, serve, path: str, opts: ExportOptions):
         if opts.postprocess != "fast":
             return None
-        reference = _probe_reference(model, spec, serve)
-        in_file = DetectionInputProbe(path, opts.gate.threads)
-        return lambda x: ({k: v.numpy() for k, v in reference(x).items()}, in_file(x))
+        return Probe(lambda raw: detection_op_inputs(raw, spec),
+                     DetectionInputProbe(path, opts.gate.threads))
 
     def options(self, opts: ExportOptions, converted) -> dict:
         t = self.tfl
@@ -236,14 +235,4 @@ class DetectionInputProbe:
         value = self.interp.get_tensor(index)
         scale, zero = self.details[index]["quantization"]
         return (value.astype(np.float32) - zero) * scale if value.dtype.kind in "iu" else value
-
-
-def _probe_reference(model, spec, serve):
-    """TF side of the probe: the flattened box codes and sigmoid class scores."""
-    @tf.function(input_signature=serve.input_signature, autograph=False)
-    def reference(images):
-        x = normalize_in_graph(images, spec) if images.dtype == tf.uint8 else images
-        return detection_op_inputs(model.raw_outputs(x), spec)
-
-    return reference
 

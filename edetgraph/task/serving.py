@@ -19,13 +19,16 @@ def detection_op_inputs(raw: dict, spec) -> dict:
     return {"box_encodings": box, "class_scores": tf.sigmoid(cls)}
 
 
-def make_serving_fn(model, spec, batch, input_kind: str, head=None, target: str | None = None):
+def make_serving_fn(model, spec, batch, input_kind: str, head=None, target: str | None = None,
+                    extras=None):
     """The function that is converted: ``images -> dict``, a static-shape ``tf.function``.
 
     ``batch`` None makes the batch dimension dynamic; ``input_kind`` uint8 normalises inside;
     ``head(raw_outputs) -> dict`` adds in-graph post-processing (None: raw head outputs);
     ``target`` writes the network in the op forms of that runtime (``edetgraph.nn.targets``;
-    None: TensorFlow's, the reference every file is compared with).
+    None: TensorFlow's, the reference every file is compared with). ``extras(raw_outputs)``
+    makes it return ``(outputs, extras)``: more tensors from the same network run (the
+    parity gate's NMS candidates and probes, so that it runs the network once per input).
     """
     h, w = spec.image_size
     dtype = tf.uint8 if input_kind == "uint8" else tf.float32
@@ -35,6 +38,7 @@ def make_serving_fn(model, spec, batch, input_kind: str, head=None, target: str 
     def serve(images):
         x = normalize_in_graph(images, spec) if input_kind == "uint8" else images
         raw = model.raw_outputs(x, target=target)
-        return head(raw) if head is not None else raw
+        out = head(raw) if head is not None else raw
+        return out if extras is None else (out, extras(raw))
 
     return serve
