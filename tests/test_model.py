@@ -1,5 +1,6 @@
 """Lowered TF model: official variable names/shapes, full-size forward, every fusion method,
-rectangular inputs, sync BN and XLA (every spec built and costed: test_every_spec.py)."""
+rectangular inputs, BN in training and folded at inference (every spec built and costed:
+test_every_spec.py; sync BN over replicas: test_replicas.py; XLA: test_train.py)."""
 import csv
 
 import numpy as np
@@ -91,41 +92,6 @@ def test_training_mode_updates_bn_and_uses_batch_statistics():
     assert not np.allclose(a.numpy(), b.numpy())
 
 
-SYNC_BN = """
-import numpy as np, tensorflow as tf
-cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-from edetgraph.nn.layers import BatchNorm
-strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")[:2]])
-with strategy.scope():
-    bn = BatchNorm("bn", 4, momentum=0.5)
-x = (np.random.RandomState(0).normal(size=(4, 3, 3, 4)) * [1, 2, 3, 4] + [0, 1, 2, 3]).astype(np.float32)
-dist = strategy.experimental_distribute_values_from_function(
-    lambda ctx: x[2 * ctx.replica_id_in_sync_group: 2 * ctx.replica_id_in_sync_group + 2])
-
-@tf.function
-def step(xs):
-    return strategy.run(lambda t: bn(t, training=True), args=(xs,))
-
-y = np.concatenate([t.numpy() for t in strategy.experimental_local_results(step(dist))])
-want = (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-3)
-print("MAXDIFF", float(np.abs(y - want).max()),
-      float(np.abs(bn.moving_mean.numpy() - 0.5 * x.mean((0, 1, 2))).max()))
-"""
-
-
-def test_sync_batch_norm_equals_global_batch_statistics():
-    """Two replicas of a MirroredStrategy, each with half the batch, normalise with the
-    statistics of the whole batch. Run in its own process: collective ops of two strategies
-    in one process (the training tests use one too) collide."""
-    from conftest import run_py
-    r = run_py(SYNC_BN)
-    assert r.returncode == 0, r.stderr[-2000:]
-    diff, mean_diff = map(float, r.stdout.split("MAXDIFF", 1)[1].split())
-    assert diff < 1e-4 and mean_diff < 1e-5
-
-
-@pytest.mark.slow     # XLA's CPU compile of conv gradients takes ~30 s even for a tiny model
 def _randomise_bn(model, seed=0):
     rng = np.random.RandomState(seed)
     for name, v in model.variables_by_name().items():

@@ -5,8 +5,9 @@ official trainers' rule says in closed form.
 
 The steps run in a subprocess (tests/_replica_runs.py): two logical CPUs must be set up
 before TensorFlow starts, and one process holds only one MirroredStrategy's collectives.
-That one subprocess also runs the suite's other 2-replica comparisons, asserted here: three
-steps through the real input pipeline, and three with the recipe's options.
+That one subprocess also runs the suite's other 2-replica comparisons, asserted here: one
+synchronised BN layer, three steps through the real input pipeline, and three with the
+recipe's options.
 """
 import os
 import subprocess
@@ -143,6 +144,18 @@ def test_each_replica_clips_alone_then_the_replicas_sum(hand):
     np.testing.assert_allclose(summed, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
     clip_once = np.concatenate(_clip_numpy([local.sum(0)[:6], local.sum(0)[6:]], CLIP))
     assert not np.allclose(summed, clip_once, rtol=1e-3)     # the order matters here
+
+
+def test_sync_batch_norm_equals_global_batch_statistics(hand):
+    """Two replicas of a MirroredStrategy, each with half the batch, normalise with the
+    statistics of the whole batch (and both move their mean by them). (Before:
+    tests/test_model.py, in an interpreter of its own.)"""
+    run = hand["sync_bn"]
+    x, y = run["sync_bn/x"], run["sync_bn/y"]
+    want = (x - x.mean((0, 1, 2))) / np.sqrt(x.var((0, 1, 2)) + 1e-3)
+    assert float(np.abs(y - want).max()) < 1e-4
+    moving = run["sync_bn/moving_mean"]
+    assert moving.shape[0] == 2 and float(np.abs(moving - 0.5 * x.mean((0, 1, 2))).max()) < 1e-5
 
 
 def test_replica_reduction_setting_is_checked():
