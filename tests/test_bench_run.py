@@ -16,9 +16,10 @@ from bench.run import main
 from edetgraph.verify.detections import agreement, match_detections
 
 ROOT = Path(__file__).resolve().parents[1]
-# A very small detector: conversion time is mostly per node, so fewer cells convert faster.
+# A very small detector: conversion time is mostly per node, so fewer cells (and three
+# pyramid levels) convert faster.
 TINY = ["image_size=128", "fpn.repeats=1", "head.repeats=1", "fpn.channels=16",
-        "backbone.depth=0.2"]
+        "backbone.depth=0.2", "anchors.max_level=5"]
 BACKENDS = "tf,onnxruntime,tflite-fp32,tflite-int8"
 
 
@@ -339,9 +340,10 @@ def test_the_report_files_appear_whole(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_openvino_end_to_end_and_peer_rows(tmp_path):
+def test_openvino_end_to_end_and_peer_rows(bench_runs, tmp_path):
     """OpenVINO rows, end-to-end rows beside the TF Detector, and a foreign model timed
-    beside ours; without --data a quantised row says its accuracy is unverified."""
+    beside ours; without --data a quantised row says its accuracy is unverified. Run into
+    the module's folder: openvino-fp32 runs the ONNX file the onnxruntime row exported."""
     pytest.importorskip("openvino", reason="openvino is not installed (pip install openvino)")
     import tf2onnx
     from _tiny_models import tiny_function
@@ -353,10 +355,12 @@ def test_openvino_end_to_end_and_peer_rows(tmp_path):
     backends = "tf,openvino-fp32,openvino-int8,tf-e2e,onnxruntime-e2e,tflite-fp32-e2e"
     status, printed = _cli(["--spec", "demo", *sets, "--backends", backends, "--runs", 3,
                             "--warmup", 1, "--calibration-images", 4, "--no-memory",
-                            "--peer", f"tiny={peer}", "--out", tmp_path / "b", "--quiet"])
+                            "--peer", f"tiny={peer}", "--out", bench_runs["out"], "--quiet"])
     assert status == 0, printed
-    rows = {r["name"]: r for r in json.loads((tmp_path / "b" / "results.json").read_text())
+    rows = {r["name"]: r for r in json.loads((bench_runs["out"] / "results.json").read_text())
             ["rows"]}
+    assert rows["openvino-fp32"]["export"]["reused"] is True
+    assert rows["openvino-fp32"]["file"] == bench_runs["rows1"]["onnxruntime"]["file"]
     assert list(rows) == backends.split(",") + ["tiny"]
     assert all(r["status"] == "ok" for r in rows.values()), {n: r["reason"] for n, r in
                                                              rows.items()}

@@ -43,7 +43,9 @@ class Evaluator:
         self.anchors = spec_anchors(spec)
         h, w = spec.image_size
         sig = [tf.TensorSpec([None, h, w, 3], tf.float32), tf.TensorSpec([None], tf.float32)]
-        self._detect = tf.function(self._detect_batch, input_signature=sig)
+        # Straight-line TF code (the model and postprocess): autograph would only spend
+        # seconds converting the model each time an Evaluator is made.
+        self._detect = tf.function(self._detect_batch, input_signature=sig, autograph=False)
         self.max_dets = max_dets
 
     def load(self, ckpt, use_ema="auto"):
