@@ -293,6 +293,9 @@ def make_dataset(file_pattern, image_size, batch_size: int, training: bool,
     # thread decodes it, and a new iteration draws new random numbers.
     randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
 
+    # Straight-line TF code (tf.cond / tf.switch_case where it branches): autograph would
+    # only spend seconds converting the decoding and augmentation code in every process.
+    @tf.autograph.experimental.do_not_convert
     def process(indexed, rand):
         index, (record, is_sentinel) = indexed
         result = _parse_and_augment(record, tf.stack([rand, index]), out_hw, training,
