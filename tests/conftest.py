@@ -64,9 +64,9 @@ def pytest_configure(config):
 # The files that take longest (a run on 2 cores, 2026-12-07), longest first. scripts/test
 # hands whole files to 2 workers in collection order (pytest-xdist --dist loadfile); starting
 # the long ones first keeps one worker from finishing a 3-minute file alone at the end.
-LONGEST_FIRST = ["test_train.py", "test_bench_run.py", "test_export_official.py",
-                 "test_search.py", "test_replicas.py", "test_export_tflite.py",
-                 "test_deployable.py", "test_every_spec.py", "test_robustness_gates.py",
+LONGEST_FIRST = ["test_replicas.py", "test_search.py", "test_train.py", "test_bench_run.py",
+                 "test_deployable.py", "test_export_official.py", "test_export_tflite.py",
+                 "test_targets.py", "test_every_spec.py", "test_robustness_gates.py",
                  "test_robustness_training.py", "test_export_onnx.py", "test_infer.py"]
 
 
