@@ -35,6 +35,12 @@ class FloatGraph(NamedTuple):
 def float_graph(serve, model) -> FloatGraph:
     flat = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()],
                                                           model).convert()
+    return graph_of(flat)
+
+
+def graph_of(flat: bytes) -> FloatGraph:
+    """The :class:`FloatGraph` of a float flatbuffer (a float conversion, or an int8
+    conversion's calibrated model before quantisation: the same ops under the same names)."""
     interp = tflite_interpreter(None, model_content=flat, no_delegates=True)
 
     def names(indices):
@@ -78,6 +84,32 @@ def convert_keeping_float(converter, calibration, nodes) -> bytes:
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=calibration, debug_options=options)
         return debugger.get_nondebug_quantized_model()
+
+
+def convert_keeping_chosen_float(converter, choose) -> tuple[bytes | None, list]:
+    """The int8 conversion with the nodes ``choose(graph)`` picks kept float32, where
+    ``graph`` is the :class:`FloatGraph` of the conversion's own calibrated model:
+    ``(flatbuffer, nodes)``, or ``(None, [])`` when it picks none.
+
+    What :func:`convert_keeping_float` gives for the same nodes, byte for byte (the
+    calibration, then the quantizer with those nodes denylisted), without the two
+    conversions that path costs besides: a float conversion only to learn the op names,
+    and the QuantizationDebugger's numeric-verify model, which nothing here reads."""
+    from tensorflow.lite.python import convert as lite_convert
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                           tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True   # as the debugger sets it
+    with warnings.catch_warnings(), quiet_native():   # the quantizer's settings line
+        warnings.simplefilter("ignore")
+        calibrated = converter.convert()
+        nodes = list(choose(graph_of(calibrated)))
+        if not nodes:
+            return None, []
+        return lite_convert.mlir_quantize(
+            calibrated, disable_per_channel=converter._experimental_disable_per_channel,
+            fully_quantize=False, enable_numeric_verify=False, denylisted_ops=None,
+            denylisted_nodes=nodes), nodes
 
 
 def convert_with_float_heads(conv, graph: FloatGraph, calibration, also=()) -> tuple[bytes, int]:

@@ -126,12 +126,19 @@ class Triage:
                  batch, bound: float, say, box_scale=None, always_float=(), heads=()):
         self.make_converter, self.calibration = make_converter, calibration
         self.always_float = list(always_float)  # e.g. what follows the in-graph NMS
-        self.heads = list(heads)                # tried float as one group first
+        self._heads = heads    # tried float as one group first (a list, or a callable
+        #                        giving it: asked only when the full int8 file loses too much)
         self.base: list = []                    # float in every candidate of the search
         self.box_scale = box_scale     # in-graph detections whose boxes are fractions
         self.spec, self.serve, self.ev = spec, serve, eval_opts
         self.input_kind, self.batch, self.bound, self.say = input_kind, batch, bound, say
         self.trials: list = []
+
+    @property
+    def heads(self) -> list:
+        if callable(self._heads):
+            self._heads = self._heads()
+        return list(self._heads)
 
     def _ap_drop(self, flatbuffer: bytes, k: int) -> float:
         with tempfile.TemporaryDirectory(prefix="edetgraph-triage-") as tmp:
