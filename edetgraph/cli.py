@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.abc
 import os
 import re
 import sys
@@ -69,8 +70,39 @@ def quiet_tensorflow() -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"].strip() == "0":
         return
-    with quiet_native():
+    with quiet_native(), _without_keras_extras():
         import tensorflow  # noqa: F401  # deferred: only commands that need TensorFlow load it
+
+
+class _KerasExtrasFinder(importlib.abc.MetaPathFinder):
+    """Refuses the optional packages Keras 3 tries while it loads (``_KERAS_EXTRAS``)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in _KERAS_EXTRAS:
+            raise ImportError(f"{name} is not loaded while TensorFlow starts")
+        return None
+
+
+# TensorFlow 2.21 imports Keras 3 as it loads (``tf.keras``), and Keras imports these when
+# they are installed (its scikit-learn wrappers; its image-gallery plot): scikit-learn comes
+# with the OpenVINO extra (nncf), matplotlib with the plot extra. Together about a fifth of
+# TensorFlow's start-up CPU time, in every command, for Keras features edetgraph never uses.
+# Keras takes the ImportError as "not installed"; once TensorFlow is loaded, both import as
+# usual (the plots and nncf load them themselves).
+_KERAS_EXTRAS = ("sklearn", "matplotlib")
+
+
+@contextlib.contextmanager
+def _without_keras_extras():
+    if any(name in sys.modules for name in _KERAS_EXTRAS):   # already paid for: no change
+        yield
+        return
+    finder = _KerasExtrasFinder()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,10 @@ MirroredStrategy: one interpreter and TensorFlow start for every 2-replica claim
 import sys
 from pathlib import Path
 
-import tensorflow as tf
+from edetgraph.cli import quiet_tensorflow
+
+quiet_tensorflow()
+import tensorflow as tf  # noqa: E402
 
 if __name__ == "__main__":
     _cpus = tf.config.list_physical_devices("CPU")

@@ -9,6 +9,11 @@ SPECS = ROOT / "specs"
 OFFICIAL = [p.stem for p in sorted(SPECS.glob("*.yaml")) if p.stem != "demo"]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow loads as the commands load it (without Keras's optional extras: see
+# edetgraph.cli.quiet_tensorflow), before any test module imports it
+from edetgraph.cli import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -93,6 +93,9 @@ def real_tensorflow():
             "quiet_tensorflow()\n"
             "import tensorflow as tf\n"
             "print(int(tf.constant(2) * 3))\n"
+            "extras = [m for m in ('sklearn', 'matplotlib') if m in sys.modules]\n"
+            "import matplotlib.pyplot\n"
+            "print('extras', extras, 'keras' in sys.modules, 'matplotlib.pyplot' in sys.modules)\n"
             "print('==', file=sys.stderr, flush=True)\n"
             "import _tiny_models as t\n"
             "fn = t.tiny_function()\n"
@@ -105,8 +108,16 @@ def real_tensorflow():
 
 def test_real_tensorflow_loads_without_the_notices(real_tensorflow):
     r = real_tensorflow
-    assert r.returncode == 0 and r.stdout.strip() == "6", r.stderr[-2000:]
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "6", r.stderr[-2000:]
     assert "InitializeLog" not in r.stderr and "oneDNN" not in r.stderr, r.stderr
+
+
+def test_tensorflow_loads_keras_without_its_optional_extras(real_tensorflow):
+    """Keras (loaded by TensorFlow) did not pull in scikit-learn or matplotlib, and matplotlib
+    still imports afterwards, as the plots need it."""
+    r = real_tensorflow
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines()[1] == "extras [] True True", r.stdout
 
 
 def test_the_int8_quantizer_line_is_real_and_kept_off_by_quiet_native(real_tensorflow):
