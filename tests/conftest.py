@@ -33,20 +33,6 @@ def official_models():
     return json.loads(path("official_models.json").read_text())["models"]
 
 
-# A check run by itself in a fresh interpreter with two logical CPUs (run_py(ISOLATED.format(
-# module=..., check=...), *json_args)): for what must not share a process with other tests.
-ISOLATED = """
-import json, sys
-import tensorflow as tf
-cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
-sys.path.insert(0, "tests")
-import {module} as m
-m.{check}(*[json.loads(a) for a in sys.argv[1:]])
-print("ISOLATED OK")
-"""
-
-
 def run_py(code: str, *args, env=None, timeout=300):
     """Run python code in a fresh interpreter (for import-blocking and CLI tests)."""
     import subprocess
