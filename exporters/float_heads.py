@@ -95,7 +95,7 @@ def convert_keeping_chosen_float(converter, choose) -> tuple[bytes | None, list]
     calibration, then the quantizer with those nodes denylisted), without the two
     conversions that path costs besides: a float conversion only to learn the op names,
     and the QuantizationDebugger's numeric-verify model, which nothing here reads."""
-    from tensorflow.lite.python import convert as lite_convert
+    from tensorflow.lite.python import convert as lite_convert  # private API: only here
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                            tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.experimental_mlir_quantizer = True

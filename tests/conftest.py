@@ -9,11 +9,6 @@ SPECS = ROOT / "specs"
 OFFICIAL = [p.stem for p in sorted(SPECS.glob("*.yaml")) if p.stem != "demo"]
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# TensorFlow loads as the commands load it (without Keras's optional extras: see
-# edetgraph.cli.quiet_tensorflow), before any test module imports it
-from edetgraph.cli import quiet_tensorflow  # noqa: E402
-
-quiet_tensorflow()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,6 +37,12 @@ def run_py(code: str, *args, env=None, timeout=300):
 
 
 def pytest_configure(config):
+    if getattr(config.option, "numprocesses", None) and "PYTEST_XDIST_WORKER" not in os.environ:
+        return      # the xdist controller runs no test: no TensorFlow to set up
+    # TensorFlow loads as the commands load it (without Keras's optional extras: see
+    # edetgraph.cli.quiet_tensorflow), before any test module imports it
+    from edetgraph.cli import quiet_tensorflow
+    quiet_tensorflow()
     # Two logical CPUs let the sync-BN test run a real 2-replica MirroredStrategy.
     try:
         import tensorflow as tf
@@ -52,13 +53,17 @@ def pytest_configure(config):
         pass
 
 
-# The files that take longest (a run on 2 cores, 2026-12-07), longest first. scripts/test
-# hands whole files to 2 workers in collection order (pytest-xdist --dist loadfile); starting
-# the long ones first keeps one worker from finishing a 3-minute file alone at the end.
-LONGEST_FIRST = ["test_replicas.py", "test_search.py", "test_train.py", "test_bench_run.py",
-                 "test_deployable.py", "test_export_official.py", "test_export_tflite.py",
-                 "test_targets.py", "test_every_spec.py", "test_robustness_gates.py",
-                 "test_robustness_training.py", "test_export_onnx.py", "test_infer.py"]
+# The files that take longest (a fresh-clone run on 2 cores, 2026-12-07), longest first.
+# scripts/test hands whole files to 2 workers in collection order (pytest-xdist --dist
+# loadfile --no-loadscope-reorder: xdist's default would reorder them by their number of
+# tests, and a one-test 90-second file would start last); starting the long ones first
+# keeps one worker from finishing a long file alone at the end.
+LONGEST_FIRST = ["test_train.py", "test_search.py", "test_bench_run.py", "test_replicas.py",
+                 "test_every_spec.py", "test_export_tflite.py", "test_export_official.py",
+                 "test_deployable.py", "test_robustness_training.py", "test_robustness_noise.py",
+                 "test_export_onnx.py", "test_infer.py", "test_augment.py", "test_saved_model.py",
+                 "test_export_ap.py", "test_checkpoint.py", "test_targets.py",
+                 "test_robustness_gates.py", "test_robustness_probes.py"]
 
 
 def pytest_collection_modifyitems(config, items):
