@@ -6,8 +6,8 @@ on a swish demo model: full int8 lost 5.6 AP points, float heads 0.6). Bounded a
 (relu6, the Lite models) do not need this.
 
 How: edetgraph.nn.heads traces its ops under the name scopes ``class_net/`` and ``box_net/``;
-the converter's selective quantisation (tf.lite's QuantizationDebugger with denylisted
-nodes) keeps those ops float and quantises everything else.
+the converter's selective quantisation (the calibrated model quantised with those nodes
+denylisted) keeps those ops float and quantises everything else.
 """
 from __future__ import annotations
 
@@ -112,10 +112,16 @@ def convert_keeping_chosen_float(converter, choose) -> tuple[bytes | None, list]
             denylisted_nodes=nodes), nodes
 
 
-def convert_with_float_heads(conv, graph: FloatGraph, calibration, also=()) -> tuple[bytes, int]:
-    """Full-integer conversion except the class/box heads (and the nodes ``also``), which
-    stay float32; ``(flatbuffer, number of head ops kept float)``."""
-    nodes = head_nodes(graph)
-    if not nodes:
-        raise ExportFailed("--float-heads: found no class_net/ or box_net/ ops in the graph")
-    return convert_keeping_float(conv, calibration, nodes + list(also)), len(nodes)
+def convert_with_float_heads(converter, also=None) -> tuple[bytes, int]:
+    """Full-integer conversion except the class/box heads (and the nodes ``also(graph)``
+    picks), which stay float32; ``(flatbuffer, number of head ops kept float)``."""
+    heads: list = []
+
+    def choose(graph):
+        heads.extend(head_nodes(graph))
+        if not heads:
+            raise ExportFailed("--float-heads: found no class_net/ or box_net/ ops in the graph")
+        return heads + (list(also(graph)) if also is not None else [])
+
+    flatbuffer, _ = convert_keeping_chosen_float(converter, choose)
+    return flatbuffer, len(heads)

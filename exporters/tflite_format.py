@@ -29,8 +29,8 @@ from edetgraph.verify.runners import tflite_interpreter
 from edetgraph.verify.ties import NmsRule
 from exporters.calibration import calibration_batches, representative_images
 from exporters.cli import log
-from exporters.float_heads import (convert_keeping_chosen_float, detection_tail_nodes,
-                                   float_graph, head_nodes)
+from exporters.float_heads import (convert_keeping_chosen_float, convert_with_float_heads,
+                                   detection_tail_nodes, float_graph, head_nodes)
 from exporters.model_facts import description, edetgraph_version, model_facts
 from exporters.options import ExportFailed, ExportOptions, TFLiteOptions
 from exporters.pipeline import Format
@@ -124,39 +124,28 @@ class TFLiteFormat(Format):
 
         try:
             triage = t.quant == "int8" and opts.eval is not None and t.triage
-            if t.quant == "int8" and (t.float_heads or (opts.postprocess == "fast" and
-                                                         not triage)):
-                # the op names from the conversion's own calibrated model (no float
-                # conversion for them); the same file convert_with_float_heads and
-                # convert_keeping_float give
-                heads = []
-
-                def keep_float(graph):
-                    # The in-graph NMS's outputs and what follows it stay float.
-                    tail = (detection_tail_nodes(graph) if opts.postprocess == "fast"
-                            else [])
-                    if t.float_heads:
-                        heads.extend(head_nodes(graph))
-                        if not heads:
-                            raise ExportFailed("--float-heads: found no class_net/ or "
-                                               "box_net/ ops in the graph")
-                    return heads + tail
-                flatbuffer, _ = convert_keeping_chosen_float(converter(), keep_float)
+            # The in-graph NMS's outputs and what follows it stay float in an int8 file. The
+            # op names come from the conversion's own calibrated model (no float conversion
+            # for them).
+            tail_of = detection_tail_nodes if opts.postprocess == "fast" else None
+            if t.quant == "int8" and t.float_heads:
+                return (*convert_with_float_heads(converter(), tail_of), None)
+            if t.quant == "int8" and tail_of is not None and not triage:
+                flatbuffer, _ = convert_keeping_chosen_float(converter(), tail_of)
                 if flatbuffer is None:   # nothing follows the NMS op: a plain conversion
                     with quiet_native():
                         flatbuffer = converter().convert()
-                return flatbuffer, (len(heads) if t.float_heads else None), None
-            # triage: the float conversion that names the heads' ops only when they are asked
-            # for (the full int8 file lost too much), unless the NMS's tail needs it at once
-            graph = float_graph(serve, model) if triage and opts.postprocess == "fast" else None
-            # The in-graph NMS's outputs and what follows it stay float in an int8 file.
-            tail = detection_tail_nodes(graph) if graph else []
+                return flatbuffer, None, None
             if triage:
+                # A float conversion names the NMS's tail at once, and the heads' ops only
+                # when they are asked for (the full int8 file lost too much).
+                graph = float_graph(serve, model) if tail_of is not None else None
                 bound = (AP_DROP["int8"] if opts.eval.max_ap_drop is None
                          else opts.eval.max_ap_drop)
                 flatbuffer, report = Triage(converter, calibration, spec, serve, opts.eval,
                                             opts.input, opts.batch, bound, say,
-                                            self.box_scale(spec, opts), tail,
+                                            self.box_scale(spec, opts),
+                                            tail_of(graph) if graph else [],
                                             lambda: head_nodes(graph or float_graph(
                                                 serve, model))).run()
                 return flatbuffer, None, report
