@@ -31,7 +31,7 @@ class Backend:
             return None
         e2e = "_e2e" if self.e2e else ""
         if self.export == "onnx":
-            return f"{e2e}.onnx"
+            return f"{e2e}{'_' + self.quant if self.quant else ''}.onnx"
         if self.export == "openvino":
             return f"{e2e}_ov_{self.quant}.xml"
         return f"{e2e}_{self.quant}{'fh' if self.float_heads else ''}.tflite"
@@ -41,6 +41,8 @@ _TABLE = (
     Backend("tf", "tf"),
     Backend("tf-xla", "tf"),
     Backend("onnxruntime", "onnxruntime", "onnx"),
+    Backend("onnxruntime-fp16", "onnxruntime", "onnx", "fp16", "fp16"),
+    Backend("onnxruntime-int8", "onnxruntime", "onnx", "int8", "int8"),
     Backend("openvino-fp32", "openvino", "onnx", precision="f32"),
     Backend("openvino-bf16", "openvino", "onnx", kind="bf16", precision="bf16"),
     Backend("openvino-int8", "openvino", "openvino", "int8", "int8", precision="f32"),

@@ -63,7 +63,7 @@ def _wanted(cfg, backend: str, representative: str | None) -> dict:
     b = TABLE[backend]
     options = {"batch": cfg.batch, "input": "uint8" if b.e2e else "float",
                "postprocess": _postprocess(b)}
-    options.update({"quant": b.quant} if b.export in ("tflite", "openvino") else {})
+    options.update({"quant": b.quant} if b.export in ("tflite", "openvino") or b.quant else {})
     options.update({"opset": OPSET} if b.export in ("onnx", "openvino") else {})
     if b.quant == "int8":
         options.update(representative_data=representative,
@@ -199,7 +199,8 @@ def _postprocess(b: Backend) -> str:
 def _format(b: Backend, representative: str | None, calibration_images: int):
     """The exporter format that makes ``b``'s file."""
     if b.export == "onnx":
-        return OnnxFormat(OnnxOptions(OPSET))
+        return OnnxFormat(OnnxOptions(OPSET, b.quant or "fp32", representative,
+                                      calibration_images))
     if b.export == "openvino":
         return OpenVinoFormat(OpenVinoOptions(quant=b.quant, representative=representative,
                                               calibration_images=calibration_images))

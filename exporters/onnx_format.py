@@ -1,5 +1,6 @@
 """ONNX as an export format: tf2onnx conversion of the serving function, optionally with
-decoding and ONNX NonMaxSuppression in the graph (``--postprocess hard-nms``).
+decoding and ONNX NonMaxSuppression in the graph (``--postprocess hard-nms``), in float32,
+float16 or int8 QDQ (``exporters.onnx_quant``).
 
 tf2onnx does not always raise when an op handler fails (it may leave the TF op in the graph,
 which ONNX Runtime then refuses to load), so a conversion is accepted only when every node
@@ -19,7 +20,11 @@ from edetgraph.task.anchors import spec_anchors
 from edetgraph.task.postprocess import postprocess
 from edetgraph.verify import coverage
 from edetgraph.verify.ties import NmsRule
+from edetgraph.verify.parity import AP_DROP
+from exporters.calibration import calibration_batches, representative_images
 from exporters.model_facts import description, model_facts, strict_json
+from edetgraph.verify.gate import Probe
+from exporters.onnx_quant import HeadProbe, OnnxTriage, tail_nodes, to_fp16, to_int8
 from exporters.options import ExportFailed, ExportOptions, OnnxOptions
 from exporters.pipeline import Format
 
@@ -30,6 +35,10 @@ class OnnxFormat(Format):
 
     def __init__(self, options: OnnxOptions = OnnxOptions()):
         self.onnx = options
+        self.triage = None     # the int8 triage's report, once it ran
+
+    def kind(self) -> str:
+        return self.onnx.quant
 
     def head(self, spec, opts: ExportOptions):
         if opts.postprocess != "hard-nms":
@@ -48,16 +57,47 @@ class OnnxFormat(Format):
         return NmsRule("hard", opts.iou_threshold, opts.score_threshold, opts.max_detections,
                        tuple(spec.image_size))
 
+    def probe(self, model, spec, serve, path: str, opts: ExportOptions):
+        # A quantised file with in-graph NMS is also compared at its raw head maps: its
+        # detections alone are only reported (its kind does not make them identical).
+        if opts.postprocess != "hard-nms" or self.onnx.quant == "fp32":
+            return None
+        return Probe(dict, HeadProbe(path, spec, opts.gate.threads))
+
     def describe(self, opts: ExportOptions) -> str:
-        return (f"converting with tf2onnx (opset {self.onnx.opset}, batch "
+        text = (f"converting with tf2onnx (opset {self.onnx.opset}, {self.onnx.quant}, batch "
                 f"{opts.batch or 'dynamic'}, postprocess {opts.postprocess}, input {opts.input})")
+        if self.onnx.quant == "int8":
+            text += (f", calibrating on up to {self.onnx.calibration_images} images of "
+                     f"{self.onnx.representative}")
+        return text
 
     def convert(self, serve, model, spec, opts: ExportOptions, say):
         converted = convert(serve, self.onnx.opset)
+        if self.onnx.quant == "fp16":
+            converted = checked(to_fp16(converted), "the float16 pass")
+        elif self.onnx.quant == "int8":
+            converted = checked(self._int8(converted, serve, spec, opts, say), "int8 quantisation")
         facts = model_facts(spec, opts, "onnx", dict(opts.card.labels), opts.card.labels_source,
                             "pixels" if opts.postprocess == "hard-nms" else None)
         write_metadata(converted, facts, spec, opts)
         return converted
+
+    def _int8(self, model, serve, spec, opts: ExportOptions, say):
+        """The QDQ int8 model: full, or triaged on ``opts.eval`` until the AP bound holds."""
+        o = self.onnx
+        next(representative_images(o.representative, 1), None)   # a bad source fails here
+
+        def calibration():
+            return calibration_batches(o.representative, o.calibration_images, spec,
+                                       opts.input, opts.batch or 1, say)
+        tail = tail_nodes(model)        # the in-graph decoding and NMS stay float
+        if opts.eval is None or not o.triage:
+            return to_int8(model, calibration(), tail)
+        bound = AP_DROP["int8"] if opts.eval.max_ap_drop is None else opts.eval.max_ap_drop
+        data, self.triage = OnnxTriage(model, calibration, spec, serve, opts.eval, opts.input,
+                                       opts.batch or 1, bound, say, None, tail).run()
+        return onnx.load_model_from_string(data)
 
     def finish(self, path: str, summary: dict) -> None:
         # The parity summary is known once the gate ran the file; props change no arithmetic.
@@ -75,8 +115,12 @@ class OnnxFormat(Format):
         onnx.save(converted, path)
 
     def options(self, opts: ExportOptions, converted) -> dict:
-        return {"opset": self.onnx.opset, "postprocess": opts.postprocess,
+        o = self.onnx
+        return {"opset": o.opset, "quant": o.quant, "postprocess": opts.postprocess,
                 "batch": opts.batch or "dynamic", "input": opts.input,
+                "representative_data": o.representative,
+                "calibration_images": o.calibration_images if o.quant == "int8" else None,
+                "triage": self.triage,
                 "max_detections": opts.max_detections, "score_threshold": opts.score_threshold,
                 "iou_threshold": opts.iou_threshold}
 
@@ -155,6 +199,16 @@ class _Collect(logging.Handler):
 
     def emit(self, record):
         self.messages.append(record.getMessage().strip().splitlines()[0][:300])
+
+
+def checked(model, what: str):
+    """``model`` if onnx.checker passes it, else ExportFailed naming ``what`` made it."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:  # ValidationError, InferenceError
+        raise ExportFailed(f"onnx.checker rejects the model after {what}: "
+                           f"{str(e).splitlines()[0]}") from None
+    return model
 
 
 def convert(serve, opset: int):

@@ -38,6 +38,11 @@ class EvalOptions:
 @dataclass(frozen=True)
 class OnnxOptions:
     opset: int = 17
+    quant: str = "fp32"                 # fp32 | fp16 (float I/O) | int8 (static QDQ)
+    representative: str | None = None   # int8 calibration images (folder or TFRecord)
+    calibration_images: int = 100
+    triage: bool = True                 # int8 with --eval-data: keep the fewest nodes float
+                                        # that bring the AP loss within the bound
 
 
 @dataclass(frozen=True)

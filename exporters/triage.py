@@ -120,7 +120,11 @@ def _head_why(name: str) -> dict:
 
 
 class Triage:
-    """Runs the search for one export; ``result`` holds the report for the summary."""
+    """Runs the search for one export; ``result`` holds the report for the summary.
+    Subclasses search other files (``exporters.onnx_quant.OnnxTriage``): they supply the
+    per-layer statistics, the conversion keeping layers float, and the runner kind."""
+
+    runner_kind, suffix = "tflite", ".tflite"
 
     def __init__(self, make_converter, calibration, spec, serve, eval_opts, input_kind,
                  batch, bound: float, say, box_scale=None, always_float=(), heads=()):
@@ -142,10 +146,10 @@ class Triage:
 
     def _ap_drop(self, flatbuffer: bytes, k: int) -> float:
         with tempfile.TemporaryDirectory(prefix="edetgraph-triage-") as tmp:
-            path = os.path.join(tmp, "candidate.tflite")
+            path = os.path.join(tmp, "candidate" + self.suffix)
             with open(path, "wb") as f:
                 f.write(flatbuffer)
-            runner = make_runner("tflite", path, None)
+            runner = make_runner(self.runner_kind, path, None)
             annotations = self.ev.annotations or os.path.join(self.ev.data, "instances.json")
             r = measure(self.spec, self.serve, runner.run, self.ev.data, annotations,
                         self.input_kind, self.batch, "int8", self.ev.images, self.ev.nms,
@@ -160,7 +164,7 @@ class Triage:
     def run(self) -> tuple[bytes, dict]:
         """``(flatbuffer, report)``: the fewest float layers within the bound found."""
         self.say("triage: measuring every quantised layer's error on the calibration images")
-        stats = layer_statistics(self.make_converter(), self.calibration)
+        stats = self.statistics()
         stats = {n: s for n, s in stats.items() if n not in self.always_float}
         ranked = sorted(stats, key=lambda n: stats[n]["sqnr_db"])
         full = self._convert([])
@@ -175,6 +179,10 @@ class Triage:
                   "most_sensitive": [_why(n, stats[n]) for n in ranked[:10]],
                   "trials": self.trials}
         return best, report
+
+    def statistics(self) -> dict:
+        """``{layer: metrics}`` of the full int8 file (see :data:`METRICS`)."""
+        return layer_statistics(self.make_converter(), self.calibration)
 
     def _beyond_full(self, ranked: list):
         """The full int8 file lost too much: the heads as a group, then single layers."""
