@@ -34,6 +34,8 @@ class Backend:
             return f"{e2e}{'_' + self.quant if self.quant else ''}.onnx"
         if self.export == "openvino":
             return f"{e2e}_ov_{self.quant}.xml"
+        if self.export == "mnn":
+            return f"{e2e}.mnn"
         return f"{e2e}_{self.quant}{'fh' if self.float_heads else ''}.tflite"
 
 
@@ -46,6 +48,7 @@ _TABLE = (
     Backend("openvino-fp32", "openvino", "onnx", precision="f32"),
     Backend("openvino-bf16", "openvino", "onnx", kind="bf16", precision="bf16"),
     Backend("openvino-int8", "openvino", "openvino", "int8", "int8", precision="f32"),
+    Backend("mnn-fp32", "mnn", "mnn"),
     Backend("tflite-fp32", "tflite", "tflite", "fp32"),
     Backend("tflite-fp16", "tflite", "tflite", "fp16", "fp16"),
     Backend("tflite-int8", "tflite", "tflite", "int8", "int8"),
@@ -80,6 +83,8 @@ def runtime_missing(backend: str) -> str | None:
                 return f"{what} is not installed here"
     if b.runner == "onnxruntime" and not have("onnxruntime"):
         return "onnxruntime is not installed here"
+    if b.runner == "mnn" and not have("MNN"):
+        return "MNN is not installed here (pip install mnn)"
     if b.runner == "openvino" and not have("openvino"):
         return "openvino is not installed here (pip install openvino)"
     if b.export == "openvino" and not have("nncf"):

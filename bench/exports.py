@@ -18,6 +18,7 @@ import os
 from bench.config import TABLE, Backend
 from edetgraph.data.synthetic import generate
 from edetgraph.files import write_text
+from exporters.mnn_format import MnnFormat
 from exporters.onnx_format import OnnxFormat
 from exporters.openvino_format import OpenVinoFormat
 from exporters.options import (EvalOptions, ExportOptions, GateOptions, ModelCard, OnnxOptions,
@@ -64,7 +65,7 @@ def _wanted(cfg, backend: str, representative: str | None) -> dict:
     options = {"batch": cfg.batch, "input": "uint8" if b.e2e else "float",
                "postprocess": _postprocess(b)}
     options.update({"quant": b.quant} if b.export in ("tflite", "openvino") or b.quant else {})
-    options.update({"opset": OPSET} if b.export in ("onnx", "openvino") else {})
+    options.update({"opset": OPSET} if b.export in ("onnx", "openvino", "mnn") else {})
     if b.quant == "int8":
         options.update(representative_data=representative,
                        calibration_images=cfg.calibration_images)
@@ -201,6 +202,8 @@ def _format(b: Backend, representative: str | None, calibration_images: int):
     if b.export == "onnx":
         return OnnxFormat(OnnxOptions(OPSET, b.quant or "fp32", representative,
                                       calibration_images))
+    if b.export == "mnn":
+        return MnnFormat(OnnxOptions(OPSET))
     if b.export == "openvino":
         return OpenVinoFormat(OpenVinoOptions(quant=b.quant, representative=representative,
                                               calibration_images=calibration_images))

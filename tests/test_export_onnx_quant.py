@@ -215,17 +215,3 @@ def test_bench_rows_of_the_quantised_onnx_files():
     assert (fmt.kind(), fmt.onnx.representative, fmt.onnx.calibration_images) == \
         ("int8", "calib/", 7)
     assert _format(TABLE["onnxruntime"], None, 7).kind() == "fp32"
-
-
-def test_bench_row_runs_the_int8_onnx_file(tmp_path, calibration):
-    from bench import run
-    out = tmp_path / "bench"
-    argv = ["--spec", "d0", *_sets(SMALL), "--backends", "onnxruntime-int8",
-            "--out", str(out), "--runs", "3", "--warmup", "1", "--representative-data",
-            str(calibration), "--calibration-images", "4", "--no-memory"]
-    assert run.main(argv) == 0
-    rows = {r["backend"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
-    r = rows["onnxruntime-int8"]
-    assert r["status"] == "ok", r
-    assert r["parity"]["passed"] and r["parity"]["tolerance"] == "int8", r["parity"]
-    assert [p.name for p in out.glob("*.onnx")] == ["efficientdet-d0_128x128_b1_int8.onnx"]

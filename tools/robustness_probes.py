@@ -248,6 +248,8 @@ PROBES = [
      exporter("to_tflite", "m.tflite", "m.tflite.json", "--quant", "fp32"), None, False),
     ("folder", "to_openvino --out X.xml, an existing folder",
      exporter("to_openvino", "m.xml", "m.xml", "--quant", "fp32"), "openvino", False),
+    ("folder", "to_mnn --out X.mnn, an existing folder", exporter("to_mnn", "m.mnn", "m.mnn"),
+     "MNN", False),
     ("folder", "infer: OUT/detections.json, an existing folder",
      folder_probe("-m", "edetgraph.infer", *DEMO, "--image", ROOT / "edetgraph" / "resources" /
                   "street.jpg", "--out", "out", name="out/detections.json"), None, False),

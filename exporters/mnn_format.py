@@ -1,0 +1,82 @@
+"""MNN as an export format: the ONNX conversion (``exporters.onnx_format``, tf2onnx) handed to
+MNN's own converter (``mnnconvert``, shipped in the ``mnn`` wheel), run by MNN's CPU backend
+in the parity gate.
+
+The file carries its metadata inside: MNN keeps one free string per model (``bizCode``,
+read back by ``Module.get_info()["bizCode"]``), which holds the same JSON facts the other
+formats carry (labels, input normalisation, anchors, outputs).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import onnx
+
+from exporters.model_facts import model_facts
+from exporters.onnx_format import convert as onnx_convert
+from exporters.options import ExportFailed, ExportOptions, OnnxOptions
+from exporters.pipeline import Format
+
+CONVERT_TIMEOUT_S = 1800
+# mnnconvert is a Python entry point over MNN's native converter: run in a child process,
+# so its console output and any native crash stay there.
+_MNNCONVERT = ("import sys\nfrom MNN.tools.mnnconvert import main\n"
+               "sys.argv[0] = 'mnnconvert'\nsys.exit(main())\n")
+
+
+class MnnFormat(Format):
+    name, prog, runner, target = "mnn", "to_mnn", "mnn", "onnx"
+    versions = ("tensorflow-cpu", "tensorflow", "tf2onnx", "onnx", "mnn")
+
+    def __init__(self, options: OnnxOptions = OnnxOptions()):
+        self.onnx = options
+
+    def describe(self, opts: ExportOptions) -> str:
+        return (f"converting with tf2onnx (opset {self.onnx.opset}) then mnnconvert (batch "
+                f"{opts.batch}, input {opts.input})")
+
+    def convert(self, serve, model, spec, opts: ExportOptions, say):
+        """``(MNN file bytes, facts)``."""
+        facts = model_facts(spec, opts, "mnn", dict(opts.card.labels), opts.card.labels_source,
+                            None)
+        source = onnx_convert(serve, self.onnx.opset)
+        return mnnconvert(source, json.dumps(facts, allow_nan=False, ensure_ascii=False)), facts
+
+    def write(self, converted, path: str) -> None:
+        with open(path, "wb") as f:
+            f.write(converted[0])
+
+    def options(self, opts: ExportOptions, converted) -> dict:
+        return {"opset": self.onnx.opset, "batch": opts.batch, "input": opts.input,
+                "postprocess": opts.postprocess, "precision": "high"}
+
+    def facts(self, converted, path: str, runner) -> dict:
+        stored = json.loads(runner.biz_code) if runner.biz_code else None
+        if stored != converted[1]:
+            raise ExportFailed("the MNN file does not hold the metadata it was written with")
+        return {"runtime": runner.info()["runtime"], "metadata": stored}
+
+
+def mnnconvert(model: onnx.ModelProto, biz_code: str) -> bytes:
+    """The MNN file of an ONNX model (MNN's converter in a child process), with
+    ``biz_code`` as its free metadata string."""
+    with tempfile.TemporaryDirectory(prefix="edetgraph-mnn-") as tmp:
+        src, dst = os.path.join(tmp, "model.onnx"), os.path.join(tmp, "model.mnn")
+        onnx.save(model, src)
+        argv = [sys.executable, "-c", _MNNCONVERT, "-f", "ONNX", "--modelFile", src,
+                "--MNNModel", dst, "--bizCode", biz_code]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, errors="replace",
+                                  timeout=CONVERT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise ExportFailed(f"mnnconvert did not finish in {CONVERT_TIMEOUT_S} s") from None
+        said = [ln.strip() for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
+        if done.returncode != 0 or not os.path.isfile(dst) or os.path.getsize(dst) == 0:
+            last = next((ln for ln in reversed(said) if "rror" in ln), said[-1] if said else "")
+            raise ExportFailed(f"mnnconvert failed (exit {done.returncode}): {last[:300]}")
+        with open(dst, "rb") as f:
+            return f.read()
