@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Time one .tflite or .onnx model on this device and print the result as JSON.
+"""Time one .tflite, .onnx or .mnn model on this device and print the result as JSON.
 
 Self-contained on purpose: copy this single file to a phone (Termux), a Raspberry Pi
-or an edge box that has Python, numpy and ONE of ai-edge-litert, tflite-runtime or
-onnxruntime, run it, and bring the JSON back for the report (bench.device merges it).
+or an edge box that has Python, numpy and ONE of ai-edge-litert, tflite-runtime,
+onnxruntime or MNN, run it, and bring the JSON back for the report (bench.device merges it).
 It never imports TensorFlow or anything from edetgraph.
 """
 import argparse
@@ -276,12 +276,84 @@ class OpenVinoModel:
         return outputs
 
 
+@contextlib.contextmanager
+def quiet_mnn_notices():
+    """Run the block with file descriptor 1 captured: MNN's native start-up notices ("The
+    device supports: ...", "MNN use high precision") are dropped, other lines go to stderr
+    (stdout carries the JSON result)."""
+    import ctypes  # deferred: only MNN models need it
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 1)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(None).fflush(None)   # C stdio buffers what it prints to a file
+            os.dup2(saved, 1)
+            os.close(saved)
+            captured.seek(0)
+            kept = [ln for ln in captured.read().decode(errors="replace").splitlines()
+                    if ln.strip() and not ln.startswith(_MNN_NOTICES)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr, flush=True)
+
+
+_MNN_NOTICES = ("The device supports: ", "MNN use high precision", "MNN use normal precision",
+                "MNN use low precision")
+
+
+class MnnModel:
+    """MNN's Module API on the CPU backend (optional: `pip install mnn`), high precision."""
+
+    def __init__(self, path, threads):
+        try:
+            with quiet_mnn_notices():
+                import MNN  # deferred: a device needs only one runtime
+        except ImportError:
+            raise Failure("MNN is not installed: pip install mnn") from None
+        self.mnn = MNN
+        config = {"backend": "CPU", "precision": "high", "numThread": threads or 1}
+        try:
+            with quiet_mnn_notices():
+                runtime = MNN.nn.create_runtime_manager((config,))
+                info = MNN.nn.load_module_from_file(path, [], [],
+                                                    runtime_manager=runtime).get_info()
+                self.net = MNN.nn.load_module_from_file(
+                    path, info["inputNames"], info["outputNames"], runtime_manager=runtime)
+        except Exception as exc:
+            raise Failure(f"{path}: MNN cannot load it: {_line(exc)}") from None
+        self.runtime, self.version = "mnn", info.get("version", "")
+        self.accelerator = {"providers": ["CPU high precision"]}
+        self.inputs = [_signature(n, list(v.shape), "float32")
+                       for n, v in zip(info["inputNames"], info["inputs"])]
+        self.outputs = [_signature(n, [], "float32") for n in info["outputNames"]]
+
+    def prepare(self, values):
+        mnn = self.mnn   # NCHW in MNN's Python API means "as the model lays it out"
+        return [mnn.expr.const(np.ascontiguousarray(v, s["dtype"]), list(np.shape(v)),
+                               mnn.expr.NCHW) for s, v in zip(self.inputs, values)]
+
+    def run(self, ready):
+        return self.net.forward(ready)
+
+    def dequantize(self, outputs):
+        mnn = self.mnn
+        return [np.array(mnn.expr.convert(o, mnn.expr.NCHW).read()) for o in outputs]
+
+
 def load_model(path, threads=None, delegate=None, provider=None, openvino=None):
     """The model wrapper for ``path``'s extension, with one-line failures."""
-    if not path.endswith((".tflite", ".onnx", ".xml")):
-        raise Failure(f"{path}: expected a .tflite, .onnx or OpenVINO .xml file")
+    if not path.endswith((".tflite", ".onnx", ".xml", ".mnn")):
+        raise Failure(f"{path}: expected a .tflite, .onnx, .mnn or OpenVINO .xml file")
     if not os.path.isfile(path):
         raise Failure(f"{path}: no such file")
+    if path.endswith(".mnn"):
+        if delegate or provider or openvino:
+            raise Failure(f"{path}: --delegate, --provider and --openvino are not for .mnn "
+                          "models")
+        return MnnModel(path, threads)
     if openvino or path.endswith(".xml"):
         if path.endswith(".tflite"):
             raise Failure(f"{path}: --openvino runs .onnx files and OpenVINO .xml IRs")
@@ -397,6 +469,10 @@ def file_says(path):
             import onnxruntime as ort  # deferred: each model needs only its own runtime
             sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
             text = sess.get_modelmeta().custom_metadata_map.get("edetgraph")
+        elif path.endswith(".mnn"):
+            with quiet_mnn_notices():
+                import MNN  # deferred: each model needs only its own runtime
+                text = MNN.nn.load_module_from_file(path, [], []).get_info().get("bizCode")
         facts = json.loads(text) if text else None
     except Exception:  # no zip, no key, no runtime: the file says nothing
         return None
@@ -467,11 +543,11 @@ def benchmark(args):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] + " Needs only Python 3, numpy and one runtime "
-        "(ai-edge-litert or tflite-runtime for .tflite, onnxruntime for .onnx).",
+        "(ai-edge-litert or tflite-runtime for .tflite, onnxruntime for .onnx, mnn for .mnn).",
         epilog="Example: python device_runner.py d0_int8.tflite --threads 4 --runs 100 "
                "--label pixel7 --out pixel7_d0_int8.json. The JSON goes to stdout (and --out); "
                "progress and errors go to stderr; a failure exits with status 2.")
-    p.add_argument("model", help="model file, .tflite or .onnx")
+    p.add_argument("model", help="model file, .tflite, .onnx, .mnn or OpenVINO .xml")
     p.add_argument("--runs", type=int, metavar="N", default=50, help="timed runs (default 50)")
     p.add_argument("--warmup", type=int, metavar="N", default=10,
                    help="untimed warm-up runs (default 10)")

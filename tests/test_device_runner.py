@@ -40,8 +40,24 @@ def test_blocking_bootstrap_really_blocks(device_dir, tmp_path):
 
 # fp32 files match the TF function to float rounding; int8 to 3 output steps (the
 # tolerance is explained in test_bench_runners.py).
-@pytest.mark.parametrize("variant", ["onnx", "tflite", "tflite_int8"])
+HAVE_MNN = __import__("importlib.util").util.find_spec("MNN") is not None
+
+
+def _mnn_file(models, folder):
+    """The tiny ONNX model converted by MNN's converter (as exporters/to_mnn.py does)."""
+    import onnx
+
+    from exporters.mnn_format import mnnconvert
+    path = folder / "tiny.mnn"
+    path.write_bytes(mnnconvert(onnx.load(str(models["onnx"])), "{}"))
+    return path
+
+
+@pytest.mark.parametrize("variant", ["onnx", "tflite", "tflite_int8", pytest.param(
+    "mnn", marks=pytest.mark.skipif(not HAVE_MNN, reason="MNN is not installed (pip install mnn)"))])
 def test_device_runner_without_tensorflow(models, device_dir, tmp_path, variant):
+    if variant == "mnn":
+        models = dict(models, mnn=_mnn_file(models, tmp_path))
     x = tiny.sample_input(11)
     np.save(tmp_path / "x.npy", x)
     out_json, out_npz = tmp_path / f"{variant}.json", tmp_path / "outputs.npz"
@@ -55,7 +71,8 @@ def test_device_runner_without_tensorflow(models, device_dir, tmp_path, variant)
     assert result == json.loads(out_json.read_text())
     validate_device_result(result)
     assert result["latency"]["runs"] == 4 and result["runtime"]["threads"] == 1
-    assert result["runtime"]["name"] == ("onnxruntime" if variant == "onnx" else "ai_edge_litert")
+    assert result["runtime"]["name"] == {"onnx": "onnxruntime", "mnn": "mnn"}.get(
+        variant, "ai_edge_litert")
     assert result["model"]["bytes"] == models[variant].stat().st_size
     assert [s["shape"] for s in result["inputs"]] == [list(tiny.INPUT_SHAPE)]
     assert result["environment"]["numpy"] == np.__version__
@@ -69,7 +86,7 @@ def test_device_runner_without_tensorflow(models, device_dir, tmp_path, variant)
 
     [row] = load_device_results([out_json])
     assert row["label"] == "ci-box" and row["host"] is False
-    assert row["backend"] == ("onnxruntime" if variant == "onnx" else "tflite")
+    assert row["backend"] == {"onnx": "onnxruntime", "mnn": "mnn"}.get(variant, "tflite")
     assert row["runtime"].startswith(result["runtime"]["name"] + " ")
     assert all(row[k] == result["latency"][k] for k in STAT_KEYS)
 
@@ -86,7 +103,8 @@ def test_device_runner_clear_errors(models, tmp_path, capsys):
     (tmp_path / "junk.tflite").write_bytes(b"junk")
     cases = [
         ([tmp_path / "missing.tflite"], "missing.tflite: no such file"),
-        ([tmp_path / "model.pb"], "model.pb: expected a .tflite, .onnx or OpenVINO .xml file"),
+        ([tmp_path / "model.pb"],
+         "model.pb: expected a .tflite, .onnx, .mnn or OpenVINO .xml file"),
         ([tmp_path / "junk.tflite"], "junk.tflite: ai_edge_litert cannot load it"),
         ([models["tflite"], "--input", tmp_path / "small.npy"],
          "small.npy: shape [1, 8, 8, 3] does not fit input 'images' [1, 16, 16, 3]"),
@@ -101,10 +119,13 @@ def test_device_runner_clear_errors(models, tmp_path, capsys):
 
 def test_device_runner_missing_runtime(models, capsys, monkeypatch):
     for name in ("ai_edge_litert", "ai_edge_litert.interpreter", "tflite_runtime",
-                 "tflite_runtime.interpreter", "onnxruntime"):
+                 "tflite_runtime.interpreter", "onnxruntime", "MNN"):
         monkeypatch.setitem(sys.modules, name, None)
     assert "no TFLite runtime installed" in _error_line(capsys, [models["tflite"]])
     assert "onnxruntime is not installed" in _error_line(capsys, [models["onnx"]])
+    fake = Path(models["onnx"]).with_suffix(".mnn")
+    fake.write_bytes(b"x")
+    assert "MNN is not installed: pip install mnn" in _error_line(capsys, [fake])
 
 
 def test_device_runner_help_and_bad_counts(capsys):
