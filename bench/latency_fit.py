@@ -119,20 +119,23 @@ def summary(rows: list[dict]) -> dict:
 
 
 def fit_model(backend: str, threads: int, machine: str, fuses: dict, designs, d_times,
-              wholes, w_times, designed_set: dict, info: dict) -> LatencyModel:
+              wholes, w_times, designed_set: dict, info: dict, cpu: dict | None = None
+              ) -> LatencyModel:
     """Both stages, and the fit's own statistics in ``info["fit"]``. The cache size is the
-    one of ``CACHE_SIZES`` that fits the designed set best."""
+    one of ``CACHE_SIZES`` that fits the designed set best. ``cpu``: the measuring CPU
+    (``this_cpu()`` for a fit on this machine; None for a device's results)."""
     fits = {c: fit_kinds(designs, d_times, c) for c in CACHE_SIZES}
     cache = min(fits, key=lambda c: fits[c][2])
     kinds, call, _ = fits[cache]
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    cpu = cpu or {}
     model = LatencyModel(backend, threads, machine, stamp, kinds, call, fuses, cache,
-                         designed_set=designed_set, info=info)
+                         designed_set=designed_set, info=info, cpu=cpu)
     stage1 = errors(designs, d_times, model)
     scale, per_op = fit_graph_terms(wholes, w_times, model)
     whole_before = errors(wholes, w_times, model)
     model = LatencyModel(backend, threads, machine, stamp, kinds, call, fuses, cache, scale,
-                         per_op, designed_set, info)
+                         per_op, designed_set, info, cpu=cpu)
     whole = errors(wholes, w_times, model)
     model.info["fit"] = {
         "cache_rms_by_size": {str(c): round(f[2], 4) for c, f in fits.items()},

@@ -94,7 +94,8 @@ def fit_here(req: FitRequest) -> latency_model.LatencyModel:
     model = fit.fit_model(req.backend, req.threads, lm.machine(), lm.FUSES[req.backend],
                           subs, [lm.best(d_rec[s.name]) for s in subs],
                           wholes, [lm.best(w_rec[w.name]) for w in wholes],
-                          designed_record(designs, tiny, req.seed, req.quick), info)
+                          designed_record(designs, tiny, req.seed, req.quick), info,
+                          cpu=latency_model.this_cpu())
     model.info["fit_wall_s"] = round(time.perf_counter() - start, 1)
     latency_model.save(model, req.out)
     return model

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edetgraph.cli import quiet_tensorflow
+from edetgraph.cli import printable, quiet_tensorflow
 from edetgraph.files import refuse_remote
 from edetgraph.graph import latency_model, scaling
 from edetgraph.graph.budget import check_budget
@@ -241,7 +241,12 @@ def main(argv=None) -> int:
         g, diffs = _build(spec, args)
         r = report(spec, g, diffs)
         if args.latency:
-            r["latency"] = latency_model.predict(spec, latency_model.load(args.latency), g)
+            fitted = latency_model.load(args.latency)
+            r["latency"] = latency_model.predict(spec, fitted, g)
+            why = latency_model.cpu_mismatch(fitted)
+            if why:
+                r["latency"]["warning"] = why
+                print(f"warning: {printable(why)}", file=sys.stderr)
         if args.draw:
             refuse_remote(args.draw, "--draw")
             r["drawing"] = str(draw(g, args.draw, title=f"{spec.name}: feature network"))

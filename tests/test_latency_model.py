@@ -63,6 +63,35 @@ def test_model_file_round_trip(tmp_path):
     assert back.to_dict() == m.to_dict() and back.source == str(path)
 
 
+def test_the_cpu_a_model_was_fitted_on_is_checked(tmp_path, capsys):
+    """A fit records the CPU's model and instruction sets; a prediction on another kind of
+    CPU (or from a file that does not say) is warned about, the same kind is not."""
+    avx512 = {"model": "AMD EPYC (test)", "isa": ["avx2", "fma", "avx512f", "avx512_bf16"]}
+    avx2 = {"model": "AMD EPYC (test)", "isa": ["avx2", "fma"]}
+    assert latency_model.cpu_mismatch(_model(cpu=avx512), here=avx512) is None
+    why = latency_model.cpu_mismatch(_model(cpu=avx512), here=avx2)
+    assert "fitted on AMD EPYC (test) (avx2, fma, avx512f, avx512_bf16)" in why
+    assert "this is AMD EPYC (test) (avx2, fma)" in why and "refit" in why
+    assert "does not record the CPU" in latency_model.cpu_mismatch(_model(), here=avx2)
+    assert latency_model.cpu_mismatch(_model(backend="tflite-fp32@pi5"), here=avx2) is None
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\n"
+                       "flags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni\n")
+    assert latency_model.this_cpu(str(cpuinfo)) == {
+        "model": "Test CPU 9000", "isa": ["avx2", "fma", "avx512f", "avx512_vnni"]}
+    path = tmp_path / "m.json"                      # the record survives the file
+    latency_model.save(_model(cpu=avx2), path)
+    assert latency_model.load(path).cpu == avx2
+    other = dict(avx2, isa=["asimd"]) if latency_model.this_cpu()["isa"] != ["asimd"] else avx2
+    latency_model.save(_model(cpu=other), path)
+    assert inspect_main(["--spec", "lite0", "--latency", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and "its predictions may not hold here" in err
+    latency_model.save(_model(cpu=latency_model.this_cpu()), path)
+    assert inspect_main(["--spec", "lite0", "--latency", str(path)]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_prediction_is_the_documented_arithmetic():
     spec = load_spec("lite0")
     ops = latency.spec_ops(spec, {"relu": ("conv",)})
@@ -97,6 +126,7 @@ def test_a_missing_op_kind_is_named_and_close_kernels_stand_in():
     ('{"schema": "edetgraph.latency_model/1", "backend": "b"}', "missing key"),
     (None, "unknown feature 'watts'"),
     (None, "'threads' should be an integer"),
+    (None, "'cpu' should be"),
 ])
 def test_a_bad_model_file_is_one_line_naming_it(tmp_path, capsys, content, words):
     d = _model().to_dict()
@@ -104,6 +134,8 @@ def test_a_bad_model_file_is_one_line_naming_it(tmp_path, capsys, content, words
         d["kinds"]["pw"]["watts"] = 1.0
     if "threads" in words:
         d["threads"] = "two"
+    if "cpu" in words:
+        d["cpu"] = {"model": "x", "isa": [1]}
     path = tmp_path / "bad.json"
     path.write_text(content if content is not None else json.dumps(d))
     with pytest.raises(latency_model.LatencyModelError, match=words):
@@ -195,6 +227,8 @@ def test_a_quick_fit_writes_a_model_that_predicts(quick_fit):
     assert model.info["fit"]["whole_networks"]["count"] == 1
     p = latency_model.predict(load_spec("demo", ["image_size=128"]), model)
     assert p["total_ms"] > 0
+    assert model.cpu == latency_model.this_cpu() and model.cpu["model"]   # where it was fitted
+    assert latency_model.cpu_mismatch(model) is None
     lines = (work / "measurements.jsonl").read_text().splitlines()
     assert len(lines) == 13 and all(json.loads(ln)["p50_ms"] > 0 for ln in lines)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
 import tempfile
 from dataclasses import dataclass, field
 
@@ -35,8 +36,55 @@ CALL_FEATURES = ("const", "in_bytes", "out_bytes", "in_spill", "out_spill")
 FALLBACK = {"act_hswish": "act_swish", "act_sigmoid": "act_swish"}
 
 
+# The instruction sets that change which kernels a runtime picks, and so a fit's figures
+# (x86: vector width, int8 dot products, bfloat16; ARM: dot products, half precision).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
+             "avx_vnni", "asimd", "asimddp", "fphp", "i8mm", "sve")
+
+
 class LatencyModelError(ValueError):
     """A model file that cannot be used; the message is one line naming the file."""
+
+
+def this_cpu(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """``{"model": name, "isa": [flags of ISA_FLAGS it has]}`` of this machine's CPU (what a
+    latency model records when it is fitted; ``isa`` empty where /proc/cpuinfo is missing)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Hardware", "Model") and value.strip():
+                    name = value.strip()
+                elif key in ("flags", "Features"):
+                    flags.update(value.split())
+    except OSError:
+        pass
+    return {"model": name, "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
+def cpu_mismatch(model: "LatencyModel", here: dict | None = None) -> str | None:
+    """Why ``model``'s predictions may not hold on this CPU (None: fitted on this kind): a
+    fit on another instruction set, or a file that does not say where it was fitted."""
+    if "@" in model.backend:    # fitted on a device's results: it predicts that device
+        return None
+    here = here or this_cpu()
+    fitted = model.cpu
+    where = model.source or "the latency model"
+    if not fitted:
+        return (f"{where} does not record the CPU it was fitted on (fitted {model.fitted}, "
+                f"machine {model.machine!r}); if that was another kind of CPU than this one "
+                f"({_kind(here)}), its predictions may not hold here: refit to have it checked")
+    if set(fitted.get("isa", [])) != set(here["isa"]):
+        return (f"{where} was fitted on {fitted.get('model')} ({_kind(fitted)}); this is "
+                f"{here['model']} ({_kind(here)}): its predictions may not hold here (refit "
+                "with bench.latency_model fit on this machine)")
+    return None
+
+
+def _kind(cpu: dict) -> str:
+    return ", ".join(cpu.get("isa") or []) or "none of " + "/".join(ISA_FLAGS[:3])
 
 
 @dataclass(frozen=True)
@@ -54,6 +102,7 @@ class LatencyModel:
     designed_set: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)      # runtime, fit statistics, ...
     source: str | None = None
+    cpu: dict = field(default_factory=dict)       # this_cpu() of the fit ({}: not recorded)
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, "backend": self.backend, "threads": self.threads,
@@ -61,7 +110,8 @@ class LatencyModel:
                 "fuses": {a: list(p) for a, p in self.fuses.items()},
                 "cache_bytes": self.cache_bytes, "kinds": self.kinds, "call": self.call,
                 "scale": self.scale,
-                "per_op": self.per_op, "designed_set": self.designed_set, "info": self.info}
+                "per_op": self.per_op, "designed_set": self.designed_set, "info": self.info,
+                "cpu": self.cpu}
 
 
 def _number(where: str, value, positive=False) -> float:
@@ -120,6 +170,10 @@ def from_dict(d, source: str | None = None) -> LatencyModel:
             raise LatencyModelError("'kinds' should be a non-empty mapping of op kinds")
         kinds = {k: _coefficients(f"kinds.{k}", v, latency.FEATURES)
                  for k, v in d["kinds"].items()}
+        cpu = d.get("cpu", {})
+        if not isinstance(cpu, dict) or not isinstance(cpu.get("model", ""), str) or \
+                not all(isinstance(f, str) for f in cpu.get("isa", [])):
+            raise LatencyModelError("'cpu' should be {\"model\": name, \"isa\": [flags]}")
         fuses = d.get("fuses", {})
         if not isinstance(fuses, dict) or not all(isinstance(p, list) for p in fuses.values()):
             raise LatencyModelError("'fuses' should map activations to lists of op kinds")
@@ -132,7 +186,8 @@ def from_dict(d, source: str | None = None) -> LatencyModel:
                                     positive=True)),
             scale=_number("'scale'", d.get("scale", 1.0), positive=True),
             per_op=_number("'per_op'", d.get("per_op", 0.0)),
-            designed_set=d.get("designed_set", {}), info=d.get("info", {}), source=source)
+            designed_set=d.get("designed_set", {}), info=d.get("info", {}), source=source,
+            cpu={"model": cpu.get("model", ""), "isa": list(cpu.get("isa", []))} if cpu else {})
     except LatencyModelError as e:
         raise LatencyModelError(f"{where}: {e}") from None
 

@@ -24,6 +24,9 @@ class Predictor:
             raise SearchError(f"--latency: {first_line(e)}") from None
         self.backend = self.model.backend
         self.threads = self.model.threads
+        self.warning = latency_model.cpu_mismatch(self.model)
+        if self.warning:
+            say(f"warning: {self.warning}")
 
     def __call__(self, spec) -> float:
         return float(latency_model.predict(spec, self.model)["total_ms"])
