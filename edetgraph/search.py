@@ -1,6 +1,7 @@
 """``python -m edetgraph.search``: feature-network search under a device latency budget.
 
     python -m edetgraph.search --latency ort.json --budget-ms 15 25 --out runs/search
+    python -m edetgraph.search --latency ort.json --budget-x lite0=0.7 --out runs/s3
     python -m edetgraph.search --space my_space.yaml --budget-ms 20 --latency tflite.json \\
         --data 'coco/train-*' --val-data 'coco/val-*' --val-json val.json --out runs/s2
 
@@ -19,6 +20,12 @@ Stages, each printing progress and leaving its result in --out:
   4. report: pareto.csv, pareto.png, summary.json, and winners/budget-<B>ms.yaml: the most
      accurate measured candidate within each budget, an ordinary spec file.
 
+A budget given as a ratio to a reference model (--budget-x lite0=0.7: 70 % of Lite0's
+latency) travels between machines: the screening compares predictions with 0.7 x the
+reference's prediction, and the winner is the most accurate candidate measured within 0.7 x
+the reference's latency measured beside it in the same session (its file is exported with
+random weights: latency does not depend on them). Its winner is winners/budget-lite0x0.7.yaml.
+
 Killed, the same command continues where it stopped: finished trainings, exports and
 measurements are kept (one folder per candidate), an interrupted training resumes from its
 checkpoint. --out remembers its settings and refuses a run with other ones.
@@ -36,14 +43,15 @@ import sys
 import time
 from pathlib import Path
 
-from edetgraph.cli import OneLineParser
+from edetgraph.cli import OneLineParser, first_line
 from edetgraph.data.labels import without_sidecars
 from edetgraph.files import (FolderBusy, OutputRefused, is_real_folder, lock_folder,
                              release_folder, remove, stage_dir)
 from edetgraph.graph import search_space as space_mod
+from edetgraph.graph.spec import SpecError, load_spec
 from edetgraph.nas.candidates import Predictor, check_and_cost, screen, spread
 from edetgraph.nas.common import SearchError, digest, say, write_json
-from edetgraph.nas.jobs import EXPORTS, REPO, Trainer, export, measure
+from edetgraph.nas.jobs import EXPORTS, REPO, Trainer, export, export_reference, measure
 from edetgraph.nas.report import rows_of, write_report
 from edetgraph.resources import path as resource_path
 
@@ -130,9 +138,15 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--space", default=str(resource_path("search/bifpn_space.yaml")),
                     help="search-space YAML (default: BiFPN around the demo model)")
-    ap.add_argument("--budget-ms", type=float, nargs="+", required=True, metavar="B",
+    ap.add_argument("--budget-ms", type=float, nargs="+", default=[], metavar="B",
                     help="latency budget(s) in milliseconds on the latency model's backend;"
                          " several budgets share the screening, the trainings and the family")
+    ap.add_argument("--budget-x", nargs="+", default=[], metavar="SPEC=X",
+                    help="latency budget(s) as a ratio to a reference spec (a built-in name "
+                         "or a YAML file), e.g. lite0=0.7: predicted against X times the "
+                         "reference's prediction, judged against X times its latency "
+                         "measured beside the candidates in this session (a budget that "
+                         "travels between machines). At least one --budget-ms or --budget-x")
     ap.add_argument("--latency", required=True, metavar="MODEL",
                     help="latency model file (python -m bench.latency_model fit)")
     ap.add_argument("--out", required=True, help="output folder (rerun to resume)")
@@ -253,8 +267,68 @@ def _check_args(args) -> None:
             raise SearchError(f"--{name} must be at least 0")
     if any(not math.isfinite(b) or b <= 0 for b in args.budget_ms):
         raise SearchError(f"--budget-ms must be positive, got {args.budget_ms}")
+    if not args.budget_ms and not args.budget_x:
+        raise SearchError("give a budget: --budget-ms B [B ...] and/or --budget-x SPEC=X")
+    args.references = parse_budget_x(args.budget_x)
     if not 0 < args.band <= 1:
         raise SearchError(f"--band must be in (0, 1], got {args.band}")
+
+
+MAX_RATIO = 100.0
+
+
+def parse_budget_x(items: list) -> list[dict]:
+    """``["lite0=0.7", ...]`` -> ``[{"label", "spec", "ratio", "name"}]`` (the reference's
+    spec loaded now, so a typo fails before anything runs)."""
+    refs = []
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            ratio = float(value)
+        except ValueError:
+            ratio = None
+        if not sep or not name or ratio is None or not math.isfinite(ratio) or \
+                not 0 < ratio <= MAX_RATIO:
+            raise SearchError(f"--budget-x {item}: give SPEC=X with X a ratio in (0, "
+                              f"{MAX_RATIO:g}], e.g. lite0=0.7")
+        try:
+            spec = load_spec(name)
+        except (SpecError, OSError, ValueError) as e:
+            raise SearchError(f"--budget-x {item}: the reference {first_line(e)}") from None
+        stem = Path(name).stem if name.endswith((".yaml", ".yml")) else name
+        label = f"{stem}x{ratio:g}"
+        if any(r["label"] == label for r in refs):
+            raise SearchError(f"--budget-x: {label} is given twice")
+        refs.append({"label": label, "spec": spec, "ratio": ratio, "name": name,
+                     "key": f"reference-{stem}"})
+    return refs
+
+
+def budgets_of_run(args, predict) -> list[dict]:
+    """Every budget: ``label``, ``predicted_ms`` (what screening and training compare
+    predictions with) and, for a ratio, its reference (judged once it is measured)."""
+    out = [{"label": f"{b:g}", "predicted_ms": float(b), "ms": float(b)}
+           for b in sorted(set(args.budget_ms))]
+    for ref in args.references:
+        ref_ms = predict(ref["spec"])
+        out.append({"label": ref["label"], "predicted_ms": ref["ratio"] * ref_ms, "ms": None,
+                    "reference": {"spec": ref["name"], "key": ref["key"], "ratio": ref["ratio"],
+                                  "predicted_ms": round(ref_ms, 4), "measured_ms": None}})
+        say(f"budget {ref['label']}: {ref['ratio']:g} x {ref['name']}'s predicted "
+            f"{ref_ms:.2f} ms = {ref['ratio'] * ref_ms:.2f} ms predicted; the winner is judged "
+            f"against {ref['ratio']:g} x {ref['name']}'s latency measured in this session")
+    return out
+
+
+def judge_budgets(budgets: list[dict], ms: dict) -> list[dict]:
+    """Each ratio budget's measured limit from its reference's measured milliseconds (None
+    where the reference could not be measured)."""
+    for b in budgets:
+        ref = b.get("reference")
+        if ref is not None:
+            ref["measured_ms"] = ms.get(ref["key"])
+            b["ms"] = None if ref["measured_ms"] is None else ref["ratio"] * ref["measured_ms"]
+    return budgets
 
 
 def run(args) -> dict:
@@ -283,12 +357,14 @@ def run(args) -> dict:
             screened = screen(space, predict, args.candidates, args.seed)
             write_json(screen_file, screened)
         trainer = Trainer(out, args, data)
+        budgets = budgets_of_run(args, predict)
         budgets_of: dict[str, list] = {}
         per_budget = {}
-        for b in sorted(args.budget_ms):
-            per_budget[b] = train_for_budget(space, screened, b, trainer, args, predict)
-            for k in per_budget[b]:
-                budgets_of.setdefault(k, []).append(b)
+        for b in budgets:
+            per_budget[b["label"]] = train_for_budget(space, screened, b["predicted_ms"],
+                                                      trainer, args, predict)
+            for k in per_budget[b["label"]]:
+                budgets_of.setdefault(k, []).append(b["label"])
         family = train_family(space, trainer, predict)
         chosen = list(family)
         for b, keys in per_budget.items():
@@ -299,6 +375,9 @@ def run(args) -> dict:
             raise SearchError(f"every training failed (the reasons are in {out}/candidates/*/"
                               "result.json and train.log); nothing to compare")
         exports = {k: export(out, k, predict.backend, threads) for k in chosen}
+        for ref in args.references:     # timed beside the candidates: the ratio budgets
+            exports[ref["key"]] = export_reference(out, ref["key"], ref["name"],
+                                                   predict.backend, threads)
         files = {k: e["file"] for k, e in exports.items() if e["ok"]}
         if files:
             kind = EXPORTS[predict.backend][3]
@@ -306,7 +385,10 @@ def run(args) -> dict:
             ms = measure(files, kind, threads)
             write_json(out / "measure.json", {"backend": predict.backend, "threads": threads,
                                                "ms": ms})
-        summary = write_report(out, rows_of(out, budgets_of), sorted(args.budget_ms), space)
+        measured = json.loads((out / "measure.json").read_text())["ms"] \
+            if (out / "measure.json").exists() else {}
+        summary = write_report(out, rows_of(out, budgets_of), judge_budgets(budgets, measured),
+                               space)
         summary["wall_seconds_this_run"] = round(time.perf_counter() - t0, 1)
         write_json(out / "summary.json", summary)
         return summary
@@ -322,13 +404,14 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for b, w in summary["winners"].items():
+        b = f"{b} ms" if b.replace(".", "", 1).isdigit() else b
         if "key" not in w:
-            say(f"budget {b} ms: {w['note']}")
+            say(f"budget {b}: {w['note']}")
             continue
         cmp = w["vs_family"]
         gain = (f"family AP at the same latency {cmp['family_AP_at_same_ms']:.4f}"
                 if cmp.get("family_AP_at_same_ms") is not None else cmp.get("note", ""))
-        say(f"budget {b} ms: {w['spec']}: AP {w['AP']:.4f}, measured {w['measured_ms']:.2f} ms"
+        say(f"budget {b}: {w['spec']}: AP {w['AP']:.4f}, measured {w['measured_ms']:.2f} ms"
              f" (predicted {w['predicted_ms']:.2f}); {gain}")
     say(f"table {Path(args.out) / 'pareto.csv'}, summary {Path(args.out) / 'summary.json'}"
          + (f", plot {summary['plot']}" if summary.get("plot") else ""))

@@ -109,6 +109,31 @@ def export(out: Path, key: str, backend: str, threads: int) -> dict:
     return rec
 
 
+def export_reference(out: Path, key: str, spec: str, backend: str, threads: int) -> dict:
+    """Export a ratio budget's reference spec (random weights: latency does not depend on
+    them) through the same exporter and gate as the candidates, into OUT/references/KEY."""
+    folder = out / "references" / key
+    done = folder / "export.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    script, flags, suffix, _ = EXPORTS[backend]
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"model{suffix}"
+    cmd = [sys.executable, script, "--spec", spec, "--out", str(target), "--threads",
+           str(threads), *flags]
+    say(f"export the reference {spec} ({backend}, random weights) -> {target}")
+    with open(folder / "export.log", "ab") as log:
+        code = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                              preexec_fn=_child_dies_with_parent).returncode
+    rec = {"ok": code == 0 and target.exists(), "file": str(target), "exit": code, "spec": spec}
+    if not rec["ok"]:
+        lines = (folder / "export.log").read_text(errors="replace").strip().splitlines()
+        rec["reason"] = (lines[-1] if lines else f"exit {code}")[:200]
+    write_json(done, rec)
+    say(f"  {key}: " + ("passed the gate" if rec["ok"] else f"FAILED: {rec['reason']}"))
+    return rec
+
+
 def measure(files: dict[str, str], kind: str, threads: int, rounds: int = 5,
             runs: int = 10) -> dict[str, float]:
     """Median milliseconds of each file, timed side by side: ``rounds`` rounds, each running

@@ -93,32 +93,48 @@ def rows_of(out: Path, budgets_of: dict[str, list]) -> list[dict]:
     return rows
 
 
-def write_report(out: Path, rows: list[dict], budgets: list[float], space) -> dict:
-    """pareto.csv, winners/*.yaml, summary.json and pareto.png; returns the summary."""
+def write_report(out: Path, rows: list[dict], budgets: list, space) -> dict:
+    """pareto.csv, winners/*.yaml, summary.json and pareto.png; returns the summary.
+    ``budgets``: milliseconds, or dicts with ``label``, ``predicted_ms`` and ``ms`` (the
+    measured limit; None when a ratio budget's reference could not be measured)."""
+    budgets = [b if isinstance(b, dict) else {"label": f"{b:g}", "predicted_ms": b, "ms": b}
+               for b in budgets]
     family = sorted((r for r in rows if r["kind"] == "family"), key=lambda r: r["phi"])
     winners = {}
     (out / "winners").mkdir(exist_ok=True)
-    for b in budgets:
+    for budget in budgets:
+        label, b = budget["label"], budget["ms"]
+        ref = budget.get("reference")
+        if b is None:
+            winners[label] = {"note": f"the reference {ref['spec']} was not measured (its "
+                                      "export failed): no measured limit for this budget"}
+            continue
         ok = [r for r in rows if r["kind"] == "candidate" and r["measured_ms"]
               and r["measured_ms"] <= b and r["export"] == "gate passed"]
         if not ok:
-            winners[f"{b:g}"] = {"note": "no measured candidate within this budget passed "
-                                         "the gate"}
+            winners[label] = {"note": "no measured candidate within this budget passed "
+                                      "the gate", "measured_limit_ms": round(b, 4)}
             continue
         w = max(ok, key=lambda r: r["AP"])
         w["winner_for_ms"] = b if w["winner_for_ms"] is None else w["winner_for_ms"]
         cmp = family_comparison(w, family)
         data = yaml.safe_load((out / "candidates" / w["key"] / "spec.yaml").read_text())
-        data["name"] = f"search-{b:g}ms-{w['key']}"
-        header = (f"# Found by edetgraph.search within {b:g} ms (measured {w['measured_ms']:.2f} ms"
+        within = (f"{label} ms" if ref is None else
+                  f"{ref['ratio']:g} x {ref['spec']}'s measured {ref['measured_ms']:.2f} ms "
+                  f"= {b:.2f} ms")
+        data["name"] = f"search-{label}{'ms' if ref is None else ''}-{w['key']}"
+        header = (f"# Found by edetgraph.search within {within} (measured {w['measured_ms']:.2f} ms"
                   f" on the latency model's backend, predicted {w['predicted_ms']:.2f} ms)\n"
                   f"# AP {w['AP']:.4f} / AP50 {w['AP50']:.4f} after the search's training;"
                   f" family comparison: {json.dumps(cmp)}\n")
-        path = out / "winners" / f"budget-{b:g}ms.yaml"
+        path = out / "winners" / f"budget-{label}{'ms' if ref is None else ''}.yaml"
         write_atomic(path, header + yaml.safe_dump(data, sort_keys=False))
-        winners[f"{b:g}"] = {"key": w["key"], "spec": str(path), "AP": w["AP"],
-                             "AP50": w["AP50"], "measured_ms": w["measured_ms"],
-                             "predicted_ms": w["predicted_ms"], "vs_family": cmp}
+        winners[label] = {"key": w["key"], "spec": str(path), "AP": w["AP"],
+                          "AP50": w["AP50"], "measured_ms": w["measured_ms"],
+                          "predicted_ms": w["predicted_ms"], "measured_limit_ms": round(b, 4),
+                          "vs_family": cmp}
+        if ref is not None:
+            winners[label]["reference"] = ref
     with atomic_path(out / "pareto.csv") as tmp, open(tmp, "w", newline="") as f:
         wr = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
         wr.writeheader()
@@ -127,9 +143,9 @@ def write_report(out: Path, rows: list[dict], budgets: list[float], space) -> di
                          for k, v in r.items()})
     summary = {"winners": winners, "family": [{k: r[k] for k in ("key", "phi", "AP",
                "measured_ms", "predicted_ms")} for r in family],
-               "trained": len(rows), "space": space.source}
+               "budgets": budgets, "trained": len(rows), "space": space.source}
     write_json(out / "summary.json", summary)
-    plot = _plot(out / "pareto.png", rows, family, budgets)
+    plot = _plot(out / "pareto.png", rows, family, [b["ms"] for b in budgets if b["ms"]])
     if plot:
         summary["plot"] = plot
     return summary
