@@ -1,5 +1,5 @@
 """MNN as an export format: the ONNX conversion (``exporters.onnx_format``, tf2onnx) handed to
-MNN's own converter (``mnnconvert``, shipped in the ``mnn`` wheel), run by MNN's CPU backend
+MNN's own converter (the native one shipped in the ``mnn`` wheel), run by MNN's CPU backend
 in the parity gate.
 
 The file carries its metadata inside: MNN keeps one free string per model (``bizCode``,
@@ -22,10 +22,14 @@ from exporters.options import ExportFailed, ExportOptions, OnnxOptions
 from exporters.pipeline import Format
 
 CONVERT_TIMEOUT_S = 1800
-# mnnconvert is a Python entry point over MNN's native converter: run in a child process,
-# so its console output and any native crash stay there.
-_MNNCONVERT = ("import sys\nfrom MNN.tools.mnnconvert import main\n"
-               "sys.argv[0] = 'mnnconvert'\nsys.exit(main())\n")
+# MNN's native converter (the ``_tools`` extension of the mnn wheel), called directly in a
+# child process, so its console output and any native crash stay there. Not the wheel's
+# ``mnnconvert`` entry point: after converting, that one loads MNN's usage logger, which
+# runs ``pip install -U aliyun-log-python-sdk`` when the package is missing (measured: it
+# downgraded protobuf to 5.29, below TensorFlow 2.21's 6.31, and TensorFlow's protos then
+# fail to load) and sends the model's id, the arguments and the machine's id to a server.
+_MNNCONVERT = ("import sys\nimport _tools\n"
+               "sys.exit(0 if _tools.mnnconvert(['mnnconvert'] + sys.argv[1:]) else 1)\n")
 
 
 class MnnFormat(Format):

@@ -94,6 +94,41 @@ def test_a_failing_converter_is_one_line(monkeypatch):
     assert str(e.value) == "mnnconvert failed (exit 3): Error: no such op Foo"
 
 
+@needs_mnn
+def test_the_converter_neither_installs_packages_nor_reports_home(tmp_path, monkeypatch):
+    """The mnn wheel's mnnconvert entry point loads a usage logger that pip-installs its
+    client when missing (which downgraded protobuf under TensorFlow) and posts the model's and
+    the machine's ids: the exporter runs the native converter alone. A stand-in ``aliyun``
+    package and ``pip`` command leave a mark if either is reached."""
+    import onnx
+    from onnx import helper
+
+    from exporters import mnn_format
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    fake = tmp_path / "fake"
+    (fake / "aliyun").mkdir(parents=True)
+    (fake / "aliyun" / "__init__.py").write_text(
+        f"open({str(marks / 'aliyun')!r}, 'w').close()\n")
+    (fake / "aliyun" / "log.py").write_text("LogClient = PutLogsRequest = object\n")
+    (fake / "pip").write_text(f"#!/bin/sh\ntouch {marks / 'pip'}\n")
+    (fake / "pip").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(fake))
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])],
+                                                "g", [x], [y]))
+    assert len(mnn_format.mnnconvert(model, "{}")) > 0
+    assert list(marks.iterdir()) == []
+    # the stand-ins work (without running the logger itself, which would post to its server)
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, "-c", "import aliyun.log"], check=True)
+    subprocess.run(["pip"], check=True)
+    assert sorted(p.name for p in marks.iterdir()) == ["aliyun", "pip"]
+
+
 def test_without_mnn_the_request_is_refused_before_tensorflow(tmp_path, monkeypatch, capsys):
     import importlib.util
 
