@@ -213,6 +213,15 @@ def parse_batch(text: str, allow_dynamic: bool):
     return batch
 
 
+def add_calibration_args(p) -> None:
+    """--representative-data and --calibration-images: the int8 exporters' calibration."""
+    p.add_argument("--representative-data", metavar="TFRECORD|DIR",
+                   help="int8 calibration images: a folder of .jpg/.jpeg/.png/.bmp files, or "
+                   "TFRecord file(s) (a glob is fine) of tf.Examples with image/encoded")
+    p.add_argument("--calibration-images", type=int, default=100, metavar="N",
+                   help="how many representative images to calibrate on (default 100)")
+
+
 def check_calibration(args) -> None:
     """The refusals every quantising exporter shares: int8 without calibration images,
     calibration images for a float file, a count below 1, a bad --atol, and (read now, so a

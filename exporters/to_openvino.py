@@ -21,9 +21,9 @@ if __package__ in (None, ""):  # run as a file from a checkout: make the reposit
 
 from edetgraph.cli import OneLineParser  # noqa: E402 (after the path set-up above)
 from edetgraph.verify.parity import AP_DROP_WHY  # noqa: E402
-from exporters.cli import (NORMALISED_HELP, add_eval_args, add_model_args,  # noqa: E402
-                           check_calibration, check_common, export_options, parse_batch,
-                           run_cli)
+from exporters.cli import (NORMALISED_HELP, add_calibration_args, add_eval_args,  # noqa: E402
+                           add_model_args, check_calibration, check_common, export_options,
+                           parse_batch, run_cli)
 from exporters.options import ExportError, OpenVinoOptions  # noqa: E402
 
 PROG = "to_openvino"
@@ -38,10 +38,7 @@ def build_parser() -> OneLineParser:
     add_eval_args(p)
     p.add_argument("--quant", default="int8", choices=("int8", "fp32"),
                    help="int8 (NNCF, needs --representative-data; default) or fp32")
-    p.add_argument("--representative-data", metavar="TFRECORD|DIR",
-                   help="int8 calibration images: a folder of pictures or TFRecords")
-    p.add_argument("--calibration-images", type=int, default=100, metavar="N",
-                   help="how many representative images to calibrate on (default 100)")
+    add_calibration_args(p)
     p.add_argument("--no-triage", dest="triage", action="store_false",
                    help="int8 with --eval-data: refuse a file beyond the AP bound instead of "
                    "letting NNCF's accuracy control keep the layers it needs in float")

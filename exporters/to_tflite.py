@@ -25,6 +25,7 @@ from edetgraph.cli import OneLineParser, quiet_tensorflow  # noqa: E402 (after t
 from edetgraph.verify.parity import AP_DROP_WHY, TOLERANCES  # noqa: E402
 from exporters.cli import (  # noqa: E402
     NORMALISED_HELP,
+    add_calibration_args,
     add_eval_args,
     add_model_args,
     check_calibration,
@@ -51,11 +52,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--quant", required=True, choices=QUANTS,
                    help="fp32; fp16 (weights in half precision); dynamic (int8 weights, float "
                    "activations); int8 (full integer, needs --representative-data)")
-    p.add_argument("--representative-data", metavar="TFRECORD|DIR",
-                   help="int8 calibration images: a folder of .jpg/.jpeg/.png/.bmp files, or "
-                   "TFRecord file(s) (a glob is fine) of tf.Examples with image/encoded")
-    p.add_argument("--calibration-images", type=int, default=100, metavar="N",
-                   help="how many representative images to calibrate on (default 100)")
+    add_calibration_args(p)
     p.add_argument("--no-triage", dest="triage", action="store_false",
                    help="int8 with --eval-data: refuse a file beyond the AP bound as it is, "
                    "instead of keeping its most sensitive layers in float32 (by default the "

@@ -90,10 +90,7 @@ def export(out: Path, key: str, backend: str, threads: int) -> dict:
     cmd = [sys.executable, script, "--spec", str(folder / "spec.yaml"), "--ckpt",
            str(folder / "model"), "--out", str(target), "--threads", str(threads), *flags]
     say(f"export {key} ({backend}, fp32 parity gate) -> {target}")
-    with open(folder / "export.log", "ab") as log:
-        code = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                              preexec_fn=_child_dies_with_parent).returncode
-    rec = {"ok": code == 0 and target.exists(), "file": str(target), "exit": code}
+    rec = _run_exporter(folder, cmd, target)
     summary = Path(f"{target}.json")
     if rec["ok"] and summary.exists():
         s = json.loads(summary.read_text())
@@ -101,9 +98,24 @@ def export(out: Path, key: str, backend: str, threads: int) -> dict:
             else True
         cov = s.get("coverage") or {}
         rec["coverage"] = cov.get("summary") if isinstance(cov, dict) else cov
-    elif not rec["ok"]:
+    return _keep(done, key, rec)
+
+
+def _run_exporter(folder: Path, cmd: list, target: Path) -> dict:
+    """Run one exporter command (its output to FOLDER/export.log): ``ok``, ``file``, ``exit``
+    and, when it failed, its last line as ``reason``."""
+    with open(folder / "export.log", "ab") as log:
+        code = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                              preexec_fn=_child_dies_with_parent).returncode
+    rec = {"ok": code == 0 and target.exists(), "file": str(target), "exit": code}
+    if not rec["ok"]:
         lines = (folder / "export.log").read_text(errors="replace").strip().splitlines()
         rec["reason"] = (lines[-1] if lines else f"exit {code}")[:200]
+    return rec
+
+
+def _keep(done: Path, key: str, rec: dict) -> dict:
+    """Write an export's record (a rerun reads it back) and say how it ended."""
     write_json(done, rec)
     say(f"  {key}: " + ("passed the gate" if rec["ok"] else f"FAILED: {rec['reason']}"))
     return rec
@@ -122,16 +134,7 @@ def export_reference(out: Path, key: str, spec: str, backend: str, threads: int)
     cmd = [sys.executable, script, "--spec", spec, "--out", str(target), "--threads",
            str(threads), *flags]
     say(f"export the reference {spec} ({backend}, random weights) -> {target}")
-    with open(folder / "export.log", "ab") as log:
-        code = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                              preexec_fn=_child_dies_with_parent).returncode
-    rec = {"ok": code == 0 and target.exists(), "file": str(target), "exit": code, "spec": spec}
-    if not rec["ok"]:
-        lines = (folder / "export.log").read_text(errors="replace").strip().splitlines()
-        rec["reason"] = (lines[-1] if lines else f"exit {code}")[:200]
-    write_json(done, rec)
-    say(f"  {key}: " + ("passed the gate" if rec["ok"] else f"FAILED: {rec['reason']}"))
-    return rec
+    return _keep(done, key, {**_run_exporter(folder, cmd, target), "spec": spec})
 
 
 def measure(files: dict[str, str], kind: str, threads: int, rounds: int = 5,
