@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from edetgraph.nn import layers
 from edetgraph.nn.layers import _swish_training
 from edetgraph.task import losses
 
@@ -73,3 +74,75 @@ def test_label_smoothing_keeps_the_plain_formula():
     want = tf.reduce_sum(per * keep) / 5.0
     got = losses.class_loss([logits], [target], 4, 5.0, label_smoothing=0.1)
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
+
+
+def _grads(fn, x, *variables):
+    """(value, d sum(value * r) / d [x, *variables]) for a fixed random r."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = fn(x)
+        r = tf.random.stateless_normal(tf.shape(y), [3, 4], dtype=y.dtype)
+        loss = tf.reduce_sum(y * r)
+    return y, tape.gradient(loss, [x, *variables])
+
+
+def _graph_ops(fn, *args) -> set:
+    return {op.type for op in tf.function(fn).get_concrete_function(*args).graph.get_operations()}
+
+
+def _close(a, b, rtol):
+    scale = float(tf.reduce_max(tf.abs(b)))
+    assert float(tf.reduce_max(tf.abs(a - b))) <= rtol * scale
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_pointwise_conv_trains_as_a_matmul_with_the_convs_values(bias, monkeypatch):
+    """The training path of a 1x1 conv (a MatMul where oneDNN runs) gives the Conv2D's
+    value and gradients (input, kernel, bias); inference keeps the Conv2D, and without
+    oneDNN training does too."""
+    conv = layers.Conv("t/conv", 24, 40, 1, bias=bias, seed=1)
+    if bias:
+        conv.bias.assign(tf.random.stateless_normal([40], [1, 2]))
+    x = tf.random.stateless_normal([2, 9, 7, 24], [5, 6])
+    variables = [conv.kernel] + ([conv.bias] if bias else [])
+    y, g = _grads(lambda t: conv(t, training=True), x, *variables)
+    want_y, want_g = _grads(lambda t: conv(t), x, *variables)
+    _close(y, want_y, 1e-6)
+    for a, b in zip(g, want_g):
+        _close(a, b, 1e-6)
+    if layers._onednn():
+        assert "MatMul" in _graph_ops(lambda t: conv(t, training=True), x)
+    assert "MatMul" not in _graph_ops(lambda t: conv(t), x)
+    monkeypatch.setattr(layers, "_onednn", lambda: False)
+    assert "MatMul" not in _graph_ops(lambda t: conv(t, training=True), x)
+
+
+@pytest.mark.parametrize("hw,k,stride", [((17, 12), 5, 1), ((16, 16), 5, 2), ((15, 20), 3, 2),
+                                         ((9, 9), 7, 1), ((8, 11), 3, 1), ((5, 5), 5, 2)])
+def test_depthwise_filter_gradient_by_correlation_is_tfs(hw, k, stride):
+    """`depthwise_filter_grad` (the 5x5 kernels' gradient in training) against TF's
+    DepthwiseConv2dNativeBackpropFilter: SAME padding, odd and even sizes, strides 1 and 2."""
+    x = tf.random.stateless_normal([3, *hw, 6], [7, 8])
+    kernel = tf.random.stateless_normal([k, k, 6, 1], [9, 10])
+    strides = [1, stride, stride, 1]
+    dy = tf.random.stateless_normal(tf.shape(tf.nn.depthwise_conv2d(x, kernel, strides, "SAME")),
+                                    [11, 12])
+    want = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+        input=x, filter_sizes=[k, k, 6, 1], out_backprop=dy, strides=strides, padding="SAME")
+    _close(layers.depthwise_filter_grad(x, dy, k, stride), want, 2e-6)
+
+
+@pytest.mark.parametrize("k,stride", [(5, 1), (5, 2), (3, 1)])
+def test_depthwise_conv_trains_with_the_native_ops_values(k, stride):
+    """A DepthwiseConv's training call (the correlation-form kernel gradient for 5x5 where
+    oneDNN runs) gives the values and gradients of plain tf.nn.depthwise_conv2d."""
+    dw = layers.DepthwiseConv("t/dw", 8, k, stride, seed=2)
+    x = tf.random.stateless_normal([2, 13, 10, 8], [1, 1])
+    y, g = _grads(lambda t: dw(t, training=True), x, dw.kernel)
+    want_y, want_g = _grads(lambda t: dw(t), x, dw.kernel)
+    _close(y, want_y, 0)
+    for a, b in zip(g, want_g):
+        _close(a, b, 2e-6)
+    ops = _graph_ops(lambda t: _grads(lambda u: dw(u, training=True), t, dw.kernel)[1], x)
+    native = "DepthwiseConv2dNativeBackpropFilter" in ops
+    assert native == (k < 5 or not layers._onednn())

@@ -61,7 +61,7 @@ class MBConv(tf.Module):
             # Never one sum over the whole map (see nn.targets): exported runtimes sum in
             # their own order, and over 256x256 values that moved D0's logits by 4.8e-4.
             s = target.spatial_mean(y)
-            s = self.se_expand(activation(self.se_reduce(s), self.act, training))
+            s = self.se_expand(activation(self.se_reduce(s, training), self.act, training), training)
             y = tf.sigmoid(s) * y
         y = conv_bn(self.project, self.bn2, y, training)
         if self.b.residual:

@@ -54,7 +54,7 @@ class Head(tf.Module):
                 if r > 0 and self.survival:
                     y = drop_connect(y, self.survival, training) + x
                 x = y
-            outs.append(self.predict(x))
+            outs.append(self.predict(x, training))
         return outs
 
 
