@@ -139,7 +139,9 @@ def _make_compute(state: TrainState, config, replicas: int, jit_compile: bool):
                 return loss, parts, [g / scale for g in grads]
         return loss, parts, tape.gradient(loss, state.optimizer.vars)
 
-    return tf.function(compute, jit_compile=True) if jit_compile else compute
+    # no autograph: straight-line TF code (converting it only costs time, and autograph once
+    # resolved a call in it to another converted function of the losses module)
+    return tf.function(compute, jit_compile=True, autograph=False) if jit_compile else compute
 
 
 def _make_apply(state: TrainState, skip_bad: bool):
