@@ -287,8 +287,8 @@ class BatchNorm(tf.Module):
 def _onednn() -> bool:
     """Whether TensorFlow runs its oneDNN kernels (TF_ENABLE_ONEDNN_OPTS, on by default on
     x86 Linux)."""
-    try:    # TF's own flag (TF_ENABLE_ONEDNN_OPTS and the build's default); no public API
-        from tensorflow.python.util import _pywrap_util_port
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # TF's own flag; no public API
         return bool(_pywrap_util_port.IsMklEnabled())
     except (ImportError, AttributeError):
         return False
