@@ -110,10 +110,13 @@ def test_pointwise_conv_trains_as_a_matmul_with_the_convs_values(bias, monkeypat
     _close(y, want_y, 1e-6)
     for a, b in zip(g, want_g):
         _close(a, b, 1e-6)
-    if layers._onednn():
+    if layers._cpu_forms():
         assert "MatMul" in _graph_ops(lambda t: conv(t, training=True), x)
     assert "MatMul" not in _graph_ops(lambda t: conv(t), x)
     monkeypatch.setattr(layers, "_onednn", lambda: False)
+    assert "MatMul" not in _graph_ops(lambda t: conv(t, training=True), x)
+    monkeypatch.setattr(layers, "_onednn", lambda: True)
+    monkeypatch.setattr(layers, "_has_gpu", lambda: True)      # a GPU: the plain ops stay
     assert "MatMul" not in _graph_ops(lambda t: conv(t, training=True), x)
 
 
@@ -145,4 +148,4 @@ def test_depthwise_conv_trains_with_the_native_ops_values(k, stride):
         _close(a, b, 2e-6)
     ops = _graph_ops(lambda t: _grads(lambda u: dw(u, training=True), t, dw.kernel)[1], x)
     native = "DepthwiseConv2dNativeBackpropFilter" in ops
-    assert native == (k < 5 or not layers._onednn())
+    assert native == (k < 5 or not layers._cpu_forms())

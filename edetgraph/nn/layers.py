@@ -99,10 +99,10 @@ class Conv(tf.Module):
 
     @property
     def pointwise_matmul(self) -> bool:
-        """Whether training runs this conv as a matrix product: 1x1, stride 1, and
-        TensorFlow's oneDNN kernels on (see `_pointwise_matmul`)."""
+        """Whether training runs this conv as a matrix product: 1x1, stride 1, on a CPU
+        with TensorFlow's oneDNN kernels (`_cpu_forms`, `_pointwise_matmul`)."""
         return (self.kernel.shape[0] == self.kernel.shape[1] == 1 and self.stride == 1
-                and _onednn())
+                and _cpu_forms())
 
     def folded(self, x, scale, offset, channels: slice = slice(None)):
         """``bn(self(x))`` with the BN's scale/offset folded into kernel and bias; only the
@@ -137,7 +137,7 @@ class DepthwiseConv(tf.Module):
 
     def __call__(self, x, training: bool = False):
         k = weight(self.kernel, x)
-        if training and self.kernel.shape[0] >= 5 and _onednn() and None not in x.shape[1:]:
+        if training and self.kernel.shape[0] >= 5 and _cpu_forms() and None not in x.shape[1:]:
             return _depthwise_transposed_grad(x, tf.convert_to_tensor(k), self.stride)
         return tf.nn.depthwise_conv2d(x, k, [1, self.stride, self.stride, 1], "SAME")
 
@@ -281,6 +281,21 @@ class BatchNorm(tf.Module):
             mean = total[:ch] / n
             var = tf.maximum(total[ch:2 * ch] / n - mean * mean, 0.0)
         return mean, var
+
+
+def _cpu_forms() -> bool:
+    """Whether training takes the forms measured fastest on oneDNN CPU kernels (1x1 convs as
+    MatMul, the 5x5 depthwise gradient by correlation): oneDNN on, no GPU, no TPU strategy.
+    On accelerators the plain ops stay (a depthwise correlation with a feature-map-sized
+    filter was never measured there)."""
+    if not _onednn() or _has_gpu():
+        return False
+    return "TPU" not in type(tf.distribute.get_strategy()).__name__
+
+
+@functools.cache
+def _has_gpu() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 @functools.cache
