@@ -115,7 +115,7 @@ class Conv(tf.Module):
 
 def _pointwise_matmul(x, kernel):
     """A 1x1, stride-1 convolution as ``[B*H*W, Cin] @ [Cin, Cout]``: the training path
-    where TensorFlow's oneDNN kernels are on. The product and its two gradients (two more
+    on a CPU where TensorFlow's oneDNN kernels are on (`_cpu_forms`). The product and its two gradients (two more
     products) ran in 0.70x to 0.93x of oneDNN's Conv2D and its gradients on D0's shapes at
     512 (2 threads, AVX-512 EPYC), and D0's float32 train step in 0.87x of its time; with
     oneDNN off (Eigen, whose 1x1 Conv2D is already a contraction) the step was 1.05x, so
@@ -175,8 +175,8 @@ def _depthwise_transposed_grad(x, kernel, stride: int):
     `depthwise_filter_grad`. oneDNN's DepthwiseConv2dNativeBackpropFilter takes 3x to 7x its
     forward's time for 5x5 kernels (1x to 1.5x for 3x3): on EfficientNet-B0's 5x5 layers
     (D0 at 512, 2 threads, AVX-512 EPYC) this form ran in 0.3x to 0.65x of it, and
-    unchanged or slower for 3x3, so only kernels of 5 and more take it, only with oneDNN
-    (Eigen's own kernel is fast there). Same values up to float rounding."""
+    unchanged or slower for 3x3, so only kernels of 5 and more take it, only on a CPU with
+    oneDNN (`_cpu_forms`; Eigen's own kernel is fast). Same values up to float rounding."""
     strides = [1, stride, stride, 1]
 
     @tf.custom_gradient
