@@ -14,11 +14,19 @@ Stages, each printing progress and leaving its result in --out:
      spread over the space), then --rounds of mutating the most accurate ones, each
      trained --steps steps on the data (the built-in dataset by default, generated once
      for every candidate) and evaluated (COCO AP on its val split); the base's
-     compound-scaled BiFPN family (the space's family_phi) is trained the same way;
+     compound-scaled BiFPN family (the space's family_phi) is trained the same way.
+     With --rungs 400 1500 4000 that is the first rung: the --promote best of each budget
+     are trained again (from scratch) at each next rung, the family at every rung, and
+     the last rung trains its candidates and the family with --seeds seeds; a training
+     that collapsed (AP under 0.1 x the median of the others at its rung, that median at
+     least 0.05) is retried once with another seed;
   3. measure: the --measure most accurate per budget and the family are exported (the
      fp32 parity gate must pass) and timed side by side on the latency model's backend;
   4. report: pareto.csv, pareto.png, summary.json, and winners/budget-<B>ms.yaml: the most
-     accurate measured candidate within each budget, an ordinary spec file.
+     accurate measured candidate within each budget, an ordinary spec file, with its mean
+     ± std AP and a verdict: "better" only when its mean beats the family's (interpolated
+     at its measured latency) by more than twice their pooled std, else "no winner" ("not
+     judged" with one seed); the Kendall tau-b of AP between each pair of rungs.
 
 A budget given as a ratio to a reference model (--budget-x lite0=0.7: 70 % of Lite0's
 latency) travels between machines: the screening compares predictions with 0.7 x the
@@ -37,7 +45,6 @@ import glob
 import json
 import math
 import os
-import random
 import subprocess
 import sys
 import time
@@ -49,87 +56,14 @@ from edetgraph.files import (FolderBusy, OutputRefused, is_real_folder, lock_fol
                              release_folder, remove, stage_dir)
 from edetgraph.graph import search_space as space_mod
 from edetgraph.graph.spec import SpecError, load_spec
-from edetgraph.nas.candidates import Predictor, check_and_cost, screen, spread
+from edetgraph.nas.candidates import Predictor, screen
 from edetgraph.nas.common import SearchError, digest, say, write_json
+from edetgraph.nas.explore import train_family, train_for_budget
 from edetgraph.nas.jobs import EXPORTS, REPO, Trainer, export, export_reference, measure
 from edetgraph.nas.report import rows_of, write_report
+from edetgraph.nas.rungs import MAX_SEEDS, Schedule, climb, rank_agreement
 from edetgraph.resources import path as resource_path
-
-
-# --------------------------------------------------------------------------- stage 2
-def train_for_budget(space, screened: dict, budget: float, trainer: Trainer, args,
-                     predict) -> list[str]:
-    """Train the most promising candidates within ``budget``, then mutate the best: the keys
-    trained for this budget."""
-    under = [dict(r, key=k) for k, r in screened.items()
-             if r["ok"] and r["predicted_ms"] <= budget]
-    if not under:
-        say(f"budget {budget:g} ms: no candidate is predicted within it "
-             f"(fastest {min(r['predicted_ms'] for r in screened.values() if r['ok']):.2f} ms)")
-        return []
-    near = [r for r in under if r["predicted_ms"] >= args.band * budget] or under
-    keys = [r["key"] for r in spread(near, space, args.train)]
-    known = dict(screened)
-    for i, key in enumerate(keys):
-        _train_candidate(space, key, known[key], trainer, f"{key} [{budget:g} ms, {i + 1}/"
-                         f"{len(keys)}, predicted {known[key]['predicted_ms']:.2f} ms]")
-    for rnd in range(args.rounds):
-        rng = random.Random(f"{args.seed}-{budget}-{rnd}")
-        scored = [(trainer.result(k) or {}).get("AP", -1) for k in keys]
-        parents = [k for _, k in sorted(zip(scored, keys), reverse=True)[:args.parents]]
-        for parent in parents:
-            for _ in range(args.children):
-                child = _child(space, known[parent], rng, budget, known, predict)
-                if child is None:
-                    continue
-                known[child.key] = check_and_cost(child.spec_data(space), predict)
-                known[child.key]["genes"] = child.as_dict()
-                keys.append(child.key)
-                _train_candidate(space, child.key, known[child.key], trainer,
-                                 f"{child.key} [{budget:g} ms, round {rnd + 1}, child of "
-                                 f"{parent}, predicted {known[child.key]['predicted_ms']:.2f} ms]")
-    return keys
-
-
-def _child(space, parent: dict, rng, budget, known: dict, predict):
-    """A mutation of ``parent`` that passes the checks, is predicted within the budget and
-    has not been tried (None after 50 tries)."""
-    genes = space_mod.Candidate.from_dict(parent["genes"])
-    for _ in range(50):
-        c = space_mod.mutate(space, genes, rng)
-        if c.key in known:
-            continue
-        rec = check_and_cost(c.spec_data(space), predict)
-        if rec["ok"] and rec["predicted_ms"] <= budget:
-            return c
-        known[c.key] = dict(rec, genes=c.as_dict())
-    return None
-
-
-def _train_candidate(space, key: str, rec: dict, trainer: Trainer, label: str) -> dict:
-    folder = trainer.out / "candidates" / key
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "candidate.json").exists():
-        write_json(folder / "candidate.json", rec)
-    data = space_mod.Candidate.from_dict(rec["genes"]).spec_data(space)
-    return trainer.train(key, data, label)
-
-
-def train_family(space, trainer: Trainer, predict) -> dict[str, dict]:
-    """The base's compound-scaled BiFPN family, trained as the candidates are."""
-    out = {}
-    for phi in space.family_phi:
-        data = space_mod.family_member(space, phi)
-        key = f"family-phi{phi:g}"
-        rec = check_and_cost(data, predict)
-        rec.update(phi=phi, family=True)
-        folder = trainer.out / "candidates" / key
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "candidate.json", rec)
-        trainer.train(key, data, f"{key} [family, predicted {rec.get('predicted_ms', 0):.2f} ms]")
-        out[key] = rec
-    return out
-
+from edetgraph.training.config import TrainConfigError, load_train_config
 
 
 # --------------------------------------------------------------------------- the command
@@ -160,8 +94,25 @@ def _parser() -> argparse.ArgumentParser:
                     help="training settings every candidate trains with (default: demo)")
     ap.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a training setting for every candidate (repeatable)")
-    ap.add_argument("--steps", type=int, default=600,
-                    help="training steps per candidate: the fixed budget (default 600)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="training steps per candidate: the fixed budget (default 600); "
+                         "one rung, as --rungs N")
+    ap.add_argument("--rungs", type=int, nargs="+", default=None, metavar="N",
+                    help="successive halving over training length: training steps per rung,"
+                         " increasing (e.g. 400 1500 4000; instead of --steps). Every trained "
+                         "candidate starts at the first rung, the --promote best of each "
+                         "budget are trained again from scratch at the next, the winners are "
+                         "judged at the last; the family trains at every rung")
+    ap.add_argument("--promote", type=float, default=0.5, metavar="F",
+                    help="with --rungs: the fraction of each budget's candidates trained at "
+                         "a rung that goes on to the next (ceil(F x n), at least 1; default "
+                         "0.5), in (0, 1]")
+    ap.add_argument("--seeds", type=int, default=1, metavar="K",
+                    help="training seeds per model at the last rung, for the candidates "
+                         "there and the family: the training settings' seed, then seed + 1, "
+                         "... (default 1; 3 or more for a verdict: a winner is called "
+                         "better only when its mean AP beats the family's at the same measured"
+                         f" latency by more than twice their pooled std; at most {MAX_SEEDS})")
     ap.add_argument("--candidates", type=int, default=500,
                     help="samples of the space screened on the graph (default 500)")
     ap.add_argument("--train", type=int, default=4,
@@ -182,21 +133,30 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+# Settings recorded since --rungs / --promote / --seeds, with the value an older
+# settings.json (which lacks them) stands for: one rung, one seed.
+ADDED_SETTINGS = {"rungs": None, "promote": None, "seeds": 1}
+
+
 def _settings(args, space) -> dict:
     """What makes a candidate's result: a rerun into the same --out must have the same."""
+    several = len(args.rungs) > 1
     return {"space": digest(space.source), "latency": digest(args.latency),
-            "seed": args.seed, "candidates": args.candidates, "steps": args.steps,
+            "seed": args.seed, "candidates": args.candidates, "steps": args.rungs[-1],
             "train_config": args.train_config, "train_set": sorted(args.train_set),
             "data": [args.data, args.val_data, args.val_json],
-            "num_images": None if args.data else args.num_images}
+            "num_images": None if args.data else args.num_images,
+            "rungs": list(args.rungs) if several else None,
+            "promote": args.promote if several else None, "seeds": args.seeds}
 
 
 def _check_settings(out: Path, settings: dict) -> None:
     path = out / "settings.json"
     if path.exists():
         old = json.loads(path.read_text())
-        diff = [f"{k} {old.get(k)!r} there, {v!r} here" for k, v in settings.items()
-                if old.get(k) != v]
+        old = {k: old.get(k, ADDED_SETTINGS.get(k)) for k in settings}
+        diff = [f"{k} {old[k]!r} there, {v!r} here" for k, v in settings.items()
+                if old[k] != v]
         if diff:
             raise SearchError(f"{out} holds a search with other settings ({'; '.join(diff)}):"
                               f" use another --out")
@@ -255,13 +215,14 @@ def _check_args(args) -> None:
     if out.exists() and not out.is_dir():
         raise SearchError(f"--out {args.out}: is a file, not a folder")
     for name in ("summary.json", "pareto.csv", "pareto.png", "screen.json", "measure.json",
-                 "settings.json"):
+                 "settings.json", "rungs.json"):
         if is_real_folder(out / name):   # the user's: never replaced
             raise SearchError(f"--out {args.out}: {name} there is a folder; refusing to replace"
                               " it (move it away or choose another --out)")
-    for name in ("steps", "candidates", "train", "parents", "measure", "num_images"):
+    for name in ("candidates", "train", "parents", "measure", "num_images"):
         if getattr(args, name) < 1:
             raise SearchError(f"--{name.replace('_', '-')} must be at least 1")
+    _check_schedule(args)
     for name in ("rounds", "children"):
         if getattr(args, name) < 0:
             raise SearchError(f"--{name} must be at least 0")
@@ -272,6 +233,35 @@ def _check_args(args) -> None:
     args.references = parse_budget_x(args.budget_x)
     if not 0 < args.band <= 1:
         raise SearchError(f"--band must be in (0, 1], got {args.band}")
+
+
+def _check_schedule(args) -> None:
+    """--steps / --rungs / --promote / --seeds; afterwards ``args.rungs`` holds the rungs
+    (``[--steps]`` without --rungs) and ``args.steps`` the last."""
+    if args.rungs is not None and args.steps is not None:
+        raise SearchError("--steps and --rungs: give one (--rungs N is --steps N)")
+    if args.rungs is None:
+        if args.steps is not None and args.steps < 1:
+            raise SearchError("--steps must be at least 1")
+        args.rungs = [600 if args.steps is None else args.steps]
+    if any(r < 1 for r in args.rungs) or any(b <= a for a, b in zip(args.rungs, args.rungs[1:])):
+        raise SearchError(f"--rungs {' '.join(map(str, args.rungs))}: training steps per rung,"
+                          " each at least 1 and more than the one before")
+    args.steps = args.rungs[-1]
+    if not math.isfinite(args.promote) or not 0 < args.promote <= 1:
+        raise SearchError(f"--promote must be a fraction in (0, 1], got {args.promote}")
+    if not 1 <= args.seeds <= MAX_SEEDS:
+        raise SearchError(f"--seeds must be from 1 to {MAX_SEEDS}, got {args.seeds}")
+
+
+def schedule_of(args) -> Schedule:
+    """The rungs, promotion and seeds of a checked ``args``; the training settings are read
+    (without TensorFlow) for their seed, which the extra seeds and the retries count from."""
+    try:
+        config = load_train_config(args.train_config, args.train_set)
+    except (TrainConfigError, OSError) as e:
+        raise SearchError(f"--train-config {args.train_config}: {first_line(e)}") from None
+    return Schedule(tuple(args.rungs), args.promote, args.seeds, config.seed or 0)
 
 
 MAX_RATIO = 100.0
@@ -331,8 +321,32 @@ def judge_budgets(budgets: list[dict], ms: dict) -> list[dict]:
     return budgets
 
 
+def train_stage(space, screened: dict, budgets: list[dict], trainer: Trainer, args, predict,
+                schedule: Schedule) -> tuple[dict, dict, dict]:
+    """Every budget's candidates and the family at the first rung, then up the rungs:
+    ``(per_budget, family, ladder)`` (budget label -> keys trained at the first rung; family
+    key -> its record; :func:`edetgraph.nas.rungs.climb`'s ladder)."""
+    per_budget = {b["label"]: train_for_budget(space, screened, b["predicted_ms"], trainer,
+                                               args, predict, schedule.rungs[0])
+                  for b in budgets}
+    family = train_family(space, trainer, predict, schedule.rungs[0])
+    return per_budget, family, climb(trainer, schedule, per_budget, list(family))
+
+
+def finalists(per_budget: dict, family: dict, ladder: dict, last: int, measure: int) -> list:
+    """What is exported and timed: the family, and per budget the ``measure`` most accurate
+    (mean AP) at the last rung; only models trained ok there."""
+    final = {k: m[last] for k, m in ladder["models"].items() if m.get(last, {}).get("ok")}
+    chosen = list(family)
+    for label in per_budget:
+        there = [k for k in ladder["promoted"][label].get(last, []) if k in final]
+        chosen += sorted(there, key=lambda k: -final[k]["AP"])[:measure]
+    return [k for k in dict.fromkeys(chosen) if k in final]
+
+
 def run(args) -> dict:
     _check_args(args)
+    schedule = schedule_of(args)
     try:
         space = space_mod.load_space(args.space)
     except space_mod.SpaceError as e:
@@ -356,24 +370,20 @@ def run(args) -> dict:
         else:
             screened = screen(space, predict, args.candidates, args.seed)
             write_json(screen_file, screened)
-        trainer = Trainer(out, args, data)
+        trainer = Trainer(out, args, data, schedule.rungs[-1])
         budgets = budgets_of_run(args, predict)
+        per_budget, family, ladder = train_stage(space, screened, budgets, trainer, args,
+                                                 predict, schedule)
+        write_json(out / "rungs.json", ladder)
         budgets_of: dict[str, list] = {}
-        per_budget = {}
-        for b in budgets:
-            per_budget[b["label"]] = train_for_budget(space, screened, b["predicted_ms"],
-                                                      trainer, args, predict)
-            for k in per_budget[b["label"]]:
-                budgets_of.setdefault(k, []).append(b["label"])
-        family = train_family(space, trainer, predict)
-        chosen = list(family)
-        for b, keys in per_budget.items():
-            ok = [k for k in keys if (trainer.result(k) or {}).get("ok")]
-            chosen += sorted(ok, key=lambda k: -trainer.result(k)["AP"])[:args.measure]
-        chosen = [k for k in dict.fromkeys(chosen) if (trainer.result(k) or {}).get("ok")]
+        for label, keys in per_budget.items():
+            for k in keys:
+                budgets_of.setdefault(k, []).append(label)
+        chosen = finalists(per_budget, family, ladder, schedule.rungs[-1], args.measure)
         if not chosen:
             raise SearchError(f"every training failed (the reasons are in {out}/candidates/*/"
-                              "result.json and train.log); nothing to compare")
+                              "result.json and train.log, and in steps*/ below them); "
+                              "nothing to compare")
         exports = {k: export(out, k, predict.backend, threads) for k in chosen}
         for ref in args.references:     # timed beside the candidates: the ratio budgets
             exports[ref["key"]] = export_reference(out, ref["key"], ref["name"],
@@ -387,13 +397,56 @@ def run(args) -> dict:
                                                "ms": ms})
         measured = json.loads((out / "measure.json").read_text())["ms"] \
             if (out / "measure.json").exists() else {}
-        summary = write_report(out, rows_of(out, budgets_of), judge_budgets(budgets, measured),
-                               space)
+        summary = write_report(out, rows_of(out, budgets_of, ladder),
+                               judge_budgets(budgets, measured), space)
+        summary.update(fidelity_summary(ladder, schedule, budgets_of))
         summary["wall_seconds_this_run"] = round(time.perf_counter() - t0, 1)
         write_json(out / "summary.json", summary)
         return summary
     finally:
         release_folder(out)
+
+
+def fidelity_summary(ladder: dict, schedule: Schedule, budgets_of: dict) -> dict:
+    """summary.json's keys about the rungs: the schedule, what each budget promoted, the
+    Kendall tau-b of AP between each pair of rungs over the candidates, the retries."""
+    return {"rungs": list(schedule.rungs), "promote": schedule.promote, "seeds": schedule.seeds,
+            "promoted": ladder["promoted"], "retried": ladder["retried"],
+            "trainings": ladder["trainings"],
+            "rank_correlation": rank_agreement(ladder, list(budgets_of), schedule.rungs)}
+
+
+def tell(summary: dict, out: Path) -> None:
+    """The report's printed lines: how far the cheap rungs rank as the dear ones, then per
+    budget the winner (mean ± std over its seeds), the family at its latency, the verdict."""
+    for agree in summary.get("rank_correlation", []):
+        a, b = agree["rungs"]
+        tau = "undefined" if agree["tau_b"] is None else f"{agree['tau_b']:+.3f}"
+        say(f"rank agreement of AP, {a} -> {b} steps: Kendall tau-b {tau} over "
+            f"{agree['n']} candidates trained at both")
+    if summary.get("retried"):
+        say(f"{len(summary['retried'])} collapsed training(s) retried with another seed "
+            "(summary.json: retried; pareto.csv: retried)")
+    for b, w in summary["winners"].items():
+        b = f"{b} ms" if b.replace(".", "", 1).isdigit() else b
+        if "key" not in w:
+            say(f"budget {b}: {w['note']}")
+            continue
+        cmp, judged = w["vs_family"], w["verdict"]
+        gain = (f"family AP at the same latency {cmp['family_AP_at_same_ms']:.4f}"
+                + _pm(judged.get("family_AP_std_at_same_ms"))
+                if cmp.get("family_AP_at_same_ms") is not None else cmp.get("note", ""))
+        seeds = f" over {w['seeds']} seeds" if (w.get("seeds") or 1) > 1 else ""
+        say(f"budget {b}: {w['spec']}: AP {w['AP']:.4f}{_pm(w.get('AP_std'))}{seeds} at "
+            f"{w.get('steps')} steps, measured {w['measured_ms']:.2f} ms (predicted "
+            f"{w['predicted_ms']:.2f}); {gain}")
+        say(f"budget {b}: verdict: {judged['verdict']} ({judged['reason']})")
+    say(f"table {out / 'pareto.csv'}, summary {out / 'summary.json'}"
+        + (f", plot {summary['plot']}" if summary.get("plot") else ""))
+
+
+def _pm(std) -> str:
+    return "" if std is None else f" ± {std:.4f}"
 
 
 def main(argv=None) -> int:
@@ -403,18 +456,7 @@ def main(argv=None) -> int:
     except SearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for b, w in summary["winners"].items():
-        b = f"{b} ms" if b.replace(".", "", 1).isdigit() else b
-        if "key" not in w:
-            say(f"budget {b}: {w['note']}")
-            continue
-        cmp = w["vs_family"]
-        gain = (f"family AP at the same latency {cmp['family_AP_at_same_ms']:.4f}"
-                if cmp.get("family_AP_at_same_ms") is not None else cmp.get("note", ""))
-        say(f"budget {b}: {w['spec']}: AP {w['AP']:.4f}, measured {w['measured_ms']:.2f} ms"
-             f" (predicted {w['predicted_ms']:.2f}); {gain}")
-    say(f"table {Path(args.out) / 'pareto.csv'}, summary {Path(args.out) / 'summary.json'}"
-         + (f", plot {summary['plot']}" if summary.get("plot") else ""))
+    tell(summary, Path(args.out))
     return 0
 
 

@@ -34,33 +34,46 @@ def _child_dies_with_parent():
 
 
 class Trainer:
-    """Trains one spec in a subprocess (``python -m edetgraph.train``) and reads its AP."""
+    """Trains one candidate in a subprocess (``python -m edetgraph.train``) and reads its AP.
 
-    def __init__(self, out: Path, args, data: dict):
-        self.out, self.args, self.data = out, args, data
+    One training is a candidate, a number of steps and a seed (None: the training settings'
+    own). Its folder is the candidate's own for the last rung's first seed (where a search
+    without --rungs and --seeds has always kept its one training, so an older --out resumes)
+    and ``steps<N>[-seed<S>]`` inside it for the others; each holds ``model/``,
+    ``train.log`` and ``result.json``. The spec is the candidate's ``spec.yaml``."""
 
-    def result(self, key: str) -> dict | None:
-        p = self.out / "candidates" / key / "result.json"
+    def __init__(self, out: Path, args, data: dict, last_steps: int):
+        self.out, self.args, self.data, self.last_steps = out, args, data, last_steps
+
+    def folder(self, key: str, steps: int, seed: int | None = None) -> Path:
+        home = self.out / "candidates" / key
+        if steps == self.last_steps and seed is None:
+            return home
+        return home / (f"steps{steps}" + ("" if seed is None else f"-seed{seed}"))
+
+    def result(self, key: str, steps: int, seed: int | None = None) -> dict | None:
+        p = self.folder(key, steps, seed) / "result.json"
         return json.loads(p.read_text()) if p.exists() else None
 
-    def train(self, key: str, data: dict, label: str) -> dict:
-        done = self.result(key)
+    def train(self, key: str, label: str, steps: int, seed: int | None = None) -> dict:
+        done = self.result(key, steps, seed)
         if done is not None:
             return done
-        folder = self.out / "candidates" / key
+        folder = self.folder(key, steps, seed)
         folder.mkdir(parents=True, exist_ok=True)
-        spec_file = folder / "spec.yaml"
-        write_atomic(spec_file, yaml.safe_dump(data, sort_keys=False))
+        spec_file = self.out / "candidates" / key / "spec.yaml"
         cmd = [sys.executable, "-m", "edetgraph.train", "--spec", str(spec_file),
                "--train-config", self.args.train_config, "--model-dir", str(folder / "model"),
-               "--train-set", f"steps={self.args.steps}"]
+               "--train-set", f"steps={steps}"]
         for item in self.args.train_set:
             cmd += ["--train-set", item]
+        if seed is not None:        # after the user's items: this one decides
+            cmd += ["--train-set", f"seed={seed}"]
         for flag in ("data", "val_data", "val_json"):
             if self.data.get(flag):
                 cmd += [f"--{flag.replace('_', '-')}", str(self.data[flag])]
         t0 = time.perf_counter()
-        say(f"train {label} ({self.args.steps} steps) -> {folder}/train.log")
+        say(f"train {label} ({steps} steps) -> {folder}/train.log")
         with open(folder / "train.log", "ab") as log:
             code = subprocess.run(cmd, check=False, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                   preexec_fn=_child_dies_with_parent).returncode
@@ -76,6 +89,14 @@ class Trainer:
         say(f"  {label}: " + (f"AP {rec['AP']:.4f} AP50 {rec['AP50']:.4f} "
                                f"({rec['train_seconds']:.0f} s)" if rec["ok"] else rec["reason"]))
         return rec
+
+
+def write_spec(out: Path, key: str, data: dict) -> None:
+    """A candidate's spec, once, as every training of it and its export read it."""
+    path = out / "candidates" / key / "spec.yaml"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def export(out: Path, key: str, backend: str, threads: int) -> dict:

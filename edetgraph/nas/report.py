@@ -11,6 +11,8 @@ import yaml
 
 from edetgraph.files import atomic_path
 from edetgraph.nas.common import say, write_atomic, write_json
+from edetgraph.nas.rungs import reached
+from edetgraph.nas.stats import verdict
 
 
 def pareto(points: list[tuple[float, float]]) -> list[bool]:
@@ -54,22 +56,25 @@ def family_comparison(row: dict, family: list[dict]) -> dict:
 
 CSV_FIELDS = ("key", "name", "kind", "phi", "budgets", "predicted_ms", "measured_ms", "AP",
               "AP50", "flops", "params", "pareto", "winner_for_ms", "export", "coverage",
-              "repeats", "channels", "image_size", "head_repeats", "edges", "fusion")
+              "repeats", "channels", "image_size", "head_repeats", "edges", "fusion",
+              # since --rungs / --seeds: the AP above is the mean over `seeds` trainings
+              # of `steps` steps (the last rung the model reached)
+              "steps", "seeds", "AP_std", "AP_runs", "AP_by_rung", "retried")
 
 
-def rows_of(out: Path, budgets_of: dict[str, list]) -> list[dict]:
-    """One row per trained candidate and family member, from their folders."""
+def rows_of(out: Path, budgets_of: dict[str, list], ladder: dict) -> list[dict]:
+    """One row per candidate and family member trained ok at some rung (``ladder``:
+    :func:`edetgraph.nas.rungs.climb`'s), with its AP at the last rung it reached."""
     measured = {}
     if (out / "measure.json").exists():
         measured = json.loads((out / "measure.json").read_text())["ms"]
     rows = []
     for folder in sorted((out / "candidates").iterdir()):
-        cand, res = folder / "candidate.json", folder / "result.json"
-        if not (cand.exists() and res.exists()):
+        model = ladder["models"].get(folder.name)
+        steps = reached(model) if model else None
+        if steps is None or not (folder / "candidate.json").exists():
             continue
-        c, r = json.loads(cand.read_text()), json.loads(res.read_text())
-        if not r.get("ok"):
-            continue
+        c, r = json.loads((folder / "candidate.json").read_text()), model[steps]
         exp = json.loads((folder / "export.json").read_text()) \
             if (folder / "export.json").exists() else {}
         g = c.get("genes") or {}
@@ -79,7 +84,15 @@ def rows_of(out: Path, budgets_of: dict[str, list]) -> list[dict]:
                "AP": r["AP"], "AP50": r["AP50"], "flops": c.get("flops"),
                "params": c.get("params"), "export": ("gate passed" if exp.get("ok") else
                                                      exp.get("reason", "")) if exp else "",
-               "coverage": exp.get("coverage") or "", "winner_for_ms": None}
+               "coverage": exp.get("coverage") or "", "winner_for_ms": None,
+               "steps": steps, "seeds": r["n"], "AP_std": r["AP_std"],
+               "AP_runs": [run["AP"] for run in r["runs"] if run["ok"]],
+               "AP_by_rung": ";".join(f"{s}:{model[s]['AP']:.4f}" for s in sorted(model)
+                                      if model[s]["ok"]),
+               "retried": ";".join(f"{s} steps seed {run['retried']['seed']} (AP "
+                                   f"{run['retried']['AP']:.4f}) -> seed {run['seed']}"
+                                   for s in sorted(model) for run in model[s]["runs"]
+                                   if "retried" in run)}
         if g:
             row.update(repeats=g["repeats"], channels=g["channels"], image_size=g["image_size"],
                        head_repeats=g["head_repeats"],
@@ -91,6 +104,24 @@ def rows_of(out: Path, budgets_of: dict[str, list]) -> list[dict]:
     for r in rows:
         r["pareto"] = next(flags) if r["measured_ms"] else ""
     return rows
+
+
+def judge(row: dict, family: list[dict], cmp: dict) -> dict:
+    """The verdict on a winner (:func:`edetgraph.nas.stats.verdict`) against the family's mean
+    and spread interpolated at its measured latency (``cmp``: :func:`family_comparison`'s)."""
+    at_ms = cmp.get("family_AP_at_same_ms")
+    if at_ms is None:
+        return {"verdict": "not judged", "reason": cmp.get("note") or
+                "the winner's latency is outside the measured family's"}
+    fam = [f for f in family if f.get("measured_ms") and f.get("AP") is not None]
+    stds = [f.get("AP_std") for f in fam]
+    std = None if None in stds else interpolate([f["measured_ms"] for f in fam], stds,
+                                                row["measured_ms"])
+    theirs = {"AP": at_ms, "AP_std": std, "n": min(f.get("seeds") or 1 for f in fam)}
+    out = verdict({"AP": row["AP"], "AP_std": row.get("AP_std"), "n": row.get("seeds") or 1},
+                  theirs)
+    out["family_AP_std_at_same_ms"] = None if std is None else round(std, 4)
+    return out
 
 
 def write_report(out: Path, rows: list[dict], budgets: list, space) -> dict:
@@ -118,6 +149,7 @@ def write_report(out: Path, rows: list[dict], budgets: list, space) -> dict:
         w = max(ok, key=lambda r: r["AP"])
         w["winner_for_ms"] = b if w["winner_for_ms"] is None else w["winner_for_ms"]
         cmp = family_comparison(w, family)
+        judged = judge(w, family, cmp)
         data = yaml.safe_load((out / "candidates" / w["key"] / "spec.yaml").read_text())
         within = (f"{label} ms" if ref is None else
                   f"{ref['ratio']:g} x {ref['spec']}'s measured {ref['measured_ms']:.2f} ms "
@@ -125,14 +157,17 @@ def write_report(out: Path, rows: list[dict], budgets: list, space) -> dict:
         data["name"] = f"search-{label}{'ms' if ref is None else ''}-{w['key']}"
         header = (f"# Found by edetgraph.search within {within} (measured {w['measured_ms']:.2f} ms"
                   f" on the latency model's backend, predicted {w['predicted_ms']:.2f} ms)\n"
-                  f"# AP {w['AP']:.4f} / AP50 {w['AP50']:.4f} after the search's training;"
-                  f" family comparison: {json.dumps(cmp)}\n")
+                  f"# AP {w['AP']:.4f} / AP50 {w['AP50']:.4f} after the search's training"
+                  f"{_spread(w)}; family comparison: {json.dumps(cmp)}\n"
+                  f"# verdict against the family: {judged['verdict']} ({judged['reason']})\n")
         path = out / "winners" / f"budget-{label}{'ms' if ref is None else ''}.yaml"
         write_atomic(path, header + yaml.safe_dump(data, sort_keys=False))
         winners[label] = {"key": w["key"], "spec": str(path), "AP": w["AP"],
                           "AP50": w["AP50"], "measured_ms": w["measured_ms"],
                           "predicted_ms": w["predicted_ms"], "measured_limit_ms": round(b, 4),
-                          "vs_family": cmp}
+                          "vs_family": cmp, "AP_std": w.get("AP_std"),
+                          "AP_runs": w.get("AP_runs"), "seeds": w.get("seeds"),
+                          "steps": w.get("steps"), "verdict": judged}
         if ref is not None:
             winners[label]["reference"] = ref
     with atomic_path(out / "pareto.csv") as tmp, open(tmp, "w", newline="") as f:
@@ -141,14 +176,22 @@ def write_report(out: Path, rows: list[dict], budgets: list, space) -> dict:
         for r in sorted(rows, key=lambda r: (r["measured_ms"] or math.inf, -r["AP"])):
             wr.writerow({k: ("|".join(map(str, v)) if isinstance(v, list) else v)
                          for k, v in r.items()})
-    summary = {"winners": winners, "family": [{k: r[k] for k in ("key", "phi", "AP",
-               "measured_ms", "predicted_ms")} for r in family],
+    summary = {"winners": winners, "family": [{k: r.get(k) for k in (
+               "key", "phi", "AP", "measured_ms", "predicted_ms", "AP_std", "AP_runs", "seeds",
+               "steps")} for r in family],
                "budgets": budgets, "trained": len(rows), "space": space.source}
     write_json(out / "summary.json", summary)
     plot = _plot(out / "pareto.png", rows, family, [b["ms"] for b in budgets if b["ms"]])
     if plot:
         summary["plot"] = plot
     return summary
+
+
+def _spread(row: dict) -> str:
+    """`` (mean ± std of 3 seeds, 4000 steps)``, or nothing for one seed."""
+    if row.get("AP_std") is None:
+        return ""
+    return f" (mean ± std {row['AP_std']:.4f} of {row['seeds']} seeds, {row['steps']} steps)"
 
 
 def _plot(path: Path, rows, family, budgets) -> str | None:
