@@ -21,20 +21,32 @@ model loses its accuracy. Which layers those are is measured, not guessed:
    the fewest that bring the loss within the bound (doubling, then bisecting; each
    candidate is a real conversion measured on the evaluation data);
 5. report the float layers and why.
+
+That is :class:`Triage`, the first file within the bound (the ONNX triage's rule). A file
+within the bound can still be no faster than the float one (on a swish + SE model the heads
+kept float ran at 0.95x the fp32 file's time), so TFLite's :class:`TFLiteTriage` chooses
+instead: it times every candidate beside the fp32 file, tries the few worst layers on their
+own before the heads group, and w8a16 (16-bit activations) as one more step, and keeps the
+fastest file within the bound (or the most accurate, ``--triage-goal accuracy``), listing
+every candidate with its time, float ops and AP loss.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
 from edetgraph.cli import quiet_native
+from edetgraph.verify import coverage
 from edetgraph.verify.accuracy import measure
 from edetgraph.verify.runners import make_runner
-from exporters.float_heads import convert_keeping_float
+from exporters.float_heads import convert_keeping_float, precisions
 from exporters.options import ExportFailed
 
 MAX_TRIALS = 12      # conversions the search may spend after the full int8 one
@@ -144,7 +156,9 @@ class Triage:
             self._heads = self._heads()
         return list(self._heads)
 
-    def _ap_drop(self, flatbuffer: bytes, k: int) -> float:
+    def _ap_drop(self, flatbuffer: bytes, k: int, label: str | None = None) -> float:
+        """The file's AP loss on the evaluation data, recorded as a trial; ``label`` names
+        the candidate in the progress line (default: its ``k`` float layers)."""
         with tempfile.TemporaryDirectory(prefix="edetgraph-triage-") as tmp:
             path = os.path.join(tmp, "candidate" + self.suffix)
             with open(path, "wb") as f:
@@ -157,8 +171,10 @@ class Triage:
         drop = r["ap_drop_points"]
         self.trials.append({"float_layers": k, "ap_drop_points": round(drop, 3),
                             "ap": r["file"]["AP"], "tf_ap": r["tf"]["AP"]})
-        self.say(f"  triage: {k} layer(s) in float -> AP loss {drop:+.2f} points "
-                 f"(bound {self.bound:g})")
+        if label is not None:
+            self.trials[-1]["variant"] = label
+        self.say(f"  triage: {label or f'{k} layer(s) in float'} -> AP loss {drop:+.2f} "
+                 f"points (bound {self.bound:g})")
         return drop
 
     def run(self) -> tuple[bytes, dict]:
@@ -203,26 +219,322 @@ class Triage:
         return convert_keeping_float(self.make_converter(), self.calibration, nodes)
 
     def _search(self, ranked: list):
-        lo, hi, found = 0, None, None
-        k = 1
-        while hi is None and len(self.trials) <= MAX_TRIALS:
-            k = min(k, len(ranked))
-            model = self._convert(ranked[:k])
-            if self._ap_drop(model, len(self.base) + k) <= self.bound:
-                hi, found = k, model
-            elif k == len(ranked):
-                break
-            else:
-                lo, k = k, k * 2
-        if found is None:
+        models = {}
+
+        def accurate(k):
+            models[k] = self._convert(ranked[:k])
+            return self._ap_drop(models[k], len(self.base) + k) <= self.bound
+
+        k = fewest(accurate, len(ranked), lambda: len(self.trials) <= MAX_TRIALS)
+        if k is None:
             heads = "the heads and " if self.base else ""
-            raise ExportFailed(f"int8 triage: even {heads}{k} float layer(s) leave the AP loss "
-                               f"above {self.bound:g} points; use fp16, or --max-ap-drop")
-        while hi - lo > 1 and len(self.trials) <= MAX_TRIALS:
-            mid = (lo + hi) // 2
-            model = self._convert(ranked[:mid])
-            if self._ap_drop(model, len(self.base) + mid) <= self.bound:
-                hi, found = mid, model
+            raise ExportFailed(f"int8 triage: even {heads}{max(models, default=0)} float "
+                               f"layer(s) leave the AP loss above {self.bound:g} points; use "
+                               "fp16, or --max-ap-drop")
+        return models[k], k
+
+
+def fewest(accurate, n: int, may_try) -> int | None:
+    """The fewest ``k`` in ``1..n`` for which ``accurate(k)`` holds, taking more to be never
+    worse: ``k`` doubles from 1 until it holds, then the gap is bisected. ``accurate(k)``
+    may answer None to end the search (a candidate that could not be chosen anyway), and
+    ``may_try()`` false ends it too; None when no ``k`` held."""
+    lo, hi, k = 0, None, 1
+    while hi is None and may_try():
+        k = min(k, n)
+        ok = accurate(k)
+        if ok is None:
+            return None
+        if ok:
+            hi = k
+        elif k == n:
+            break
+        else:
+            lo, k = k, k * 2
+    while hi is not None and hi - lo > 1 and may_try():
+        mid = (lo + hi) // 2
+        ok = accurate(mid)
+        if ok is None:
+            break
+        if ok:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+# ---------------------------------------------------- the TFLite triage that chooses by speed
+
+FEW_LAYERS = 4       # the worst-SQNR layers tried float on their own before the heads group
+SAME_SPEED = 0.05    # times this close (relative) are a tie on a shared machine: the
+#                      smaller AP loss breaks it
+TIMED_ROUNDS = 5     # timed calls of a candidate (each beside one of the fp32 file) ...
+TIME_BUDGET_S = 3.0  # ... or fewer once this much time went into them
+W8A16_PER_LAYER = (
+    "not tried per layer: the converter's 16x8 mode (its older quantizer) takes no per-layer "
+    "selection, and its MLIR quantizer, which does, fails on these models in 16 bits (a "
+    "multiply of a 16-bit activation by an int8 constant: 'binary op operands have same "
+    "element type'); ai-edge-quantizer's regex recipes could mix int8 and w8a16 layers")
+
+
+class NotApplicable(Exception):
+    """A candidate the conversion cannot make for this request (the message says why):
+    reported as not tried."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """How the TFLite triage chooses among the files it tries (``to_tflite --triage-goal``,
+    ``--no-w8a16``)."""
+    goal: str = "speed"     # speed: the fastest file within the bound; accuracy: the one
+    #                         losing the least AP (every candidate's AP measured)
+    w8a16: bool = True      # also try int8 weights with 16-bit activations (whole model)
+
+
+def choose(variants: list, goal: str) -> dict | None:
+    """The variant to keep, of those within the bound (None: none is). ``speed``: the
+    fastest; times within :data:`SAME_SPEED` of it count as ties, which the smaller AP loss
+    breaks. ``accuracy``: the smallest AP loss, the faster of equal ones."""
+    if goal not in ("speed", "accuracy"):
+        raise ValueError(f"triage goal {goal!r}: speed or accuracy")
+    within = [v for v in variants if v.get("within_bound")]
+    if not within:
+        return None
+    if goal == "speed":
+        fastest = min(v["time_vs_fp32"] for v in within)
+        within = [v for v in within if v["time_vs_fp32"] <= fastest * (1 + SAME_SPEED)]
+    return min(within, key=lambda v: (v["ap_drop_points"], v["time_vs_fp32"]))
+
+
+def time_beside(reference, run, x, rounds: int = TIMED_ROUNDS,
+                budget_s: float = TIME_BUDGET_S) -> tuple[float, float]:
+    """Median ms of ``run(x)`` and of ``reference(x)``, called in turn round by round after
+    one untimed call each, so that the load of a shared machine falls on both alike; at
+    least one round, and no new one after ``budget_s`` seconds."""
+    reference(x)
+    run(x)
+    own, ref = [], []
+    start = time.perf_counter()
+    for _ in range(rounds):
+        for call, into in ((reference, ref), (run, own)):
+            t0 = time.perf_counter()
+            call(x)
+            into.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
+    return 1e3 * float(np.median(own)), 1e3 * float(np.median(ref))
+
+
+class TFLiteTriage(Triage):
+    """The TFLite int8 triage that chooses among the files it tries: each candidate is
+    converted, timed beside the fp32 file and, when it could still be chosen, measured on
+    the evaluation data; the fastest within the bound is kept (``Choice.goal`` speed), or
+    the one losing the least AP (accuracy). Candidates, in the order tried:
+
+    1. full int8; under the speed goal a full int8 file within the bound ends the search
+       (every other candidate computes more in float or in 16 bits: none is expected to
+       be faster);
+    2. the few worst-SQNR layers float (1, 2, 4 of them: the fewest that hold), single
+       layers before any group;
+    3. the class/box heads float as one group; beyond the bound, the heads and the fewest
+       more layers (the search of :class:`Triage`);
+    4. w8a16: int8 weights, 16-bit activations for the whole model (the converter's 16x8
+       mode; ops it has no 16-bit kernel for stay float32). A conversion or a file that
+       fails is reported with its reason, not fatal.
+
+    Under the speed goal a candidate timed slower than a file already within the bound
+    (beyond :data:`SAME_SPEED`) is not measured on the evaluation data: it could not be
+    chosen, and its ladder ends there (more float layers would be slower still).
+    """
+
+    def __init__(self, *args, choice: Choice = Choice(), reference=None, w8a16=None,
+                 threads=None, **kw):
+        super().__init__(*args, **kw)
+        self.choice, self.threads = choice, threads
+        self.reference = reference      # () -> the fp32 file's bytes (None: not timed)
+        self.make_w8a16 = w8a16         # () -> the w8a16 file's bytes (None: not offered)
+        self.variants: list = []
+        self._kept: dict = {}           # within the bound: name -> (flatbuffer, layers
+        #                                 asked float, names of its float ops)
+        self._fp32 = self._x = None
+        self._fp32_ms: list = []
+
+    def run(self) -> tuple[bytes, dict]:
+        """``(flatbuffer, report)`` of the file chosen; ExportFailed when none is within."""
+        self.say("triage: measuring every quantised layer's error on the calibration images")
+        stats = {n: s for n, s in self.statistics().items() if n not in self.always_float}
+        ranked = sorted(stats, key=lambda n: stats[n]["sqnr_db"])
+        with self._clock():
+            full = self._try("int8", "int8", [])
+            if full and self.choice.goal == "speed":
+                self._not_tried("the full int8 file is within the bound: every other "
+                                "candidate computes more in float or 16 bits")
             else:
-                lo = mid
-        return found, hi
+                self._ladders(ranked)
+                self._w8a16()
+        chosen = choose(self.variants, self.choice.goal)
+        if chosen is None:
+            raise ExportFailed(self._nothing_within())
+        return self._kept[chosen["name"]][0], self._report(chosen, stats, ranked)
+
+    def _ladders(self, ranked: list) -> None:
+        """Single sensitive layers first, then the heads as a group, then heads + layers."""
+        few = ranked[:FEW_LAYERS]
+        if few:
+            self.say(f"triage: the {len(few)} worst-SQNR layers in float, fewest first")
+            fewest(lambda k: self._try(f"int8, {k} layer(s) float", "layers", few[:k]),
+                   len(few), self._budget())
+        heads = self.heads
+        if not heads:
+            return
+        self.say(f"triage: the class/box heads ({len(heads)} ops) in float as one group")
+        if self._try("int8, heads float", "heads", heads) is not False:
+            return      # within the bound, or it could not be chosen: no more float layers
+        rest = [n for n in ranked if n not in heads]
+        fewest(lambda k: self._try(f"int8, heads + {k} layer(s) float", "heads+layers",
+                                   heads + rest[:k]), len(rest), self._budget())
+
+    def _budget(self):
+        start = len(self.trials)
+        return lambda: len(self.trials) - start < MAX_TRIALS
+
+    def _w8a16(self) -> None:
+        if not self.choice.w8a16:
+            self._not_tried("--no-w8a16", ["w8a16"])
+        elif self.make_w8a16 is None:
+            self._not_tried("not offered by this export", ["w8a16"])
+        else:
+            self.say("triage: w8a16 (int8 weights, 16-bit activations) for the whole model")
+            self._try("w8a16", "w8a16", [], self.make_w8a16)
+
+    def _not_tried(self, why: str, kinds=("layers", "heads", "w8a16")) -> None:
+        names = {"layers": "int8, worst layers float", "heads": "int8, heads float"}
+        for kind in kinds:
+            self.variants.append({"name": names.get(kind, kind), "kind": kind,
+                                  "status": "not tried", "why": why})
+
+    def _try(self, name: str, kind: str, layers: list, convert=None) -> bool | None:
+        """Convert, cost and (if it could be chosen) measure one candidate: True within the
+        bound, False beyond it, None not measured (it failed, or could not be chosen)."""
+        v = {"name": name, "kind": kind, "float_layers": len(layers)}
+        self.variants.append(v)
+        try:
+            flatbuffer = convert() if convert is not None else self._convert(layers)
+            v.update(self._cost(flatbuffer))
+            float_names = v.pop("float_names")
+        except NotApplicable as e:
+            v.update(status="not tried", why=str(e))
+            self.say(f"triage: {name}: not tried: {e}")
+            return None
+        except Exception as e:  # a converter or runtime that cannot do it: said, not fatal
+            v.update(status="failed", why=str(e).strip().splitlines()[0][:300] if str(e).strip()
+                     else type(e).__name__)
+            self.say(f"triage: {name}: failed: {v['why']}")
+            return None
+        self.say(f"triage: {name}: {v['time_vs_fp32']:.2f}x the fp32 file's time "
+                 f"({v['ms']:.1f} vs {v['fp32_ms']:.1f} ms), {v['float_ops']} of {v['ops']} "
+                 f"ops float" + (f", {v['int16_ops']} int16" if v.get("int16_ops") else "") +
+                 (f", {v['reference_kernel_ops']} on the reference kernels"
+                  if v.get("reference_kernel_ops") else ""))
+        rival = self._faster_within(v)
+        if rival is not None:
+            v.update(status="not measured",
+                     why=f"slower than {rival['name']} ({rival['time_vs_fp32']:.2f}x), which "
+                         "is within the bound: it could not be chosen")
+            self.say(f"  triage: {name}: AP not measured: {v['why']}")
+            return None
+        drop = self._ap_drop(flatbuffer, len(layers), name)
+        within = drop <= self.bound
+        v.update(ap_drop_points=round(drop, 3), within_bound=within,
+                 status="within the bound" if within else "beyond the bound")
+        if within:
+            self._kept[name] = (flatbuffer, list(layers), float_names)
+        return within
+
+    def _faster_within(self, v: dict) -> dict | None:
+        """Under the speed goal, a file within the bound that ``v`` is slower than."""
+        if self.choice.goal != "speed":
+            return None
+        within = [u for u in self.variants if u.get("within_bound")]
+        best = min(within, key=lambda u: u["time_vs_fp32"], default=None)
+        if best is not None and v["time_vs_fp32"] > best["time_vs_fp32"] * (1 + SAME_SPEED):
+            return best
+        return None
+
+    @contextlib.contextmanager
+    def _clock(self):
+        """The fp32 file, loaded once, that every candidate is timed beside."""
+        if self.reference is None:
+            yield
+            return
+        with tempfile.TemporaryDirectory(prefix="edetgraph-triage-") as tmp:
+            path = os.path.join(tmp, "fp32" + self.suffix)
+            with open(path, "wb") as f:
+                f.write(self.reference())
+            self._fp32 = make_runner(self.runner_kind, path, self.threads)
+            self._x = next(iter(self.calibration()))[0]
+            self.say(f"triage: each candidate timed beside the fp32 file ("
+                     f"{self.threads or 'default'} thread(s), median of up to {TIMED_ROUNDS} "
+                     "calls)")
+            try:
+                yield
+            finally:
+                self._fp32 = None
+
+    def _cost(self, flatbuffer: bytes) -> dict:
+        """The file's op precisions (:func:`~exporters.float_heads.precisions`), XNNPACK
+        coverage and time beside the fp32 file."""
+        facts = precisions(flatbuffer)
+        with tempfile.TemporaryDirectory(prefix="edetgraph-triage-") as tmp:
+            path = os.path.join(tmp, "candidate" + self.suffix)
+            with open(path, "wb") as f:
+                f.write(flatbuffer)
+            facts["reference_kernel_ops"] = sum(coverage.tflite(path)["not_delegated"].values())
+            runner = make_runner(self.runner_kind, path, self.threads)
+            ms, fp32_ms = time_beside(self._fp32.run_shared, runner.run_shared, self._x)
+        self._fp32_ms.append(fp32_ms)
+        return {**facts, "ms": round(ms, 3), "fp32_ms": round(fp32_ms, 3),
+                "time_vs_fp32": round(ms / fp32_ms, 3)}
+
+    def _nothing_within(self) -> str:
+        tried = "; ".join(f"{v['name']} " + (f"{v['ap_drop_points']:+.2f}"
+                                             if "ap_drop_points" in v else v["status"])
+                          for v in self.variants if v["status"] != "not tried")
+        return (f"int8 triage: no file tried leaves the AP loss within {self.bound:g} points "
+                f"({tried}); use fp16, or --max-ap-drop")
+
+    def _report(self, chosen: dict, stats: dict, ranked: list) -> dict:
+        within = [v for v in self.variants if v.get("within_bound")]
+        if self.choice.goal == "speed":
+            why = (f"the fastest of the {len(within)} file(s) within the bound "
+                   f"({chosen['time_vs_fp32']:.2f}x the fp32 file's time; times within "
+                   f"{SAME_SPEED:.0%} are ties, the smaller AP loss wins)")
+        else:
+            why = (f"the smallest AP loss of the {len(within)} file(s) within the bound "
+                   f"({chosen['ap_drop_points']:+.2f} points)")
+        if chosen["time_vs_fp32"] >= 1:
+            why += ("; SLOWER than the fp32 file: no file within the bound is faster here, "
+                    "so the fp32 file is the better choice on this machine")
+        for v in self.variants:
+            v["chosen"] = v is chosen
+        chosen["why"] = why
+        self.say(f"triage: chose {chosen['name']}: {why}")
+        _, layers, float_names = self._kept[chosen["name"]]
+        heads = set(self.heads) if chosen["kind"] in ("heads", "heads+layers") else set()
+        if chosen["kind"] == "w8a16":
+            float_layers = [{"layer": n, "why": "no 16-bit kernel in the converter's 16x8 "
+                             "mode: computed in float32"} for n in float_names]
+        else:
+            float_layers = [_head_why(n) if n in heads or n not in stats else _why(n, stats[n])
+                            for n in layers]
+        return {"bound_points": self.bound, "layers_measured": len(stats),
+                "heads_float": bool(heads), "float_layers": float_layers,
+                "most_sensitive": [_why(n, stats[n]) for n in ranked[:10]],
+                "trials": self.trials, "goal": self.choice.goal, "chosen": chosen["name"],
+                "why": why, "variants": self.variants,
+                "fp32_ms": round(float(np.median(self._fp32_ms)), 3) if self._fp32_ms else None,
+                "timing": {"threads": self.threads, "rounds": TIMED_ROUNDS,
+                           "budget_s": TIME_BUDGET_S, "ties_within": SAME_SPEED,
+                           "how": "median of each candidate's calls, each call beside one "
+                                  "of the fp32 file, after one untimed call of each"},
+                "w8a16_per_layer": W8A16_PER_LAYER}
