@@ -20,7 +20,7 @@ from edetgraph.graph import outputs
 from edetgraph.nn import targets
 from edetgraph.task.anchors import spec_anchors
 from edetgraph.task.postprocess import make_tflite_detection_postprocess
-from edetgraph.task.serving import detection_op_inputs
+from edetgraph.task.serving import detection_op_inputs, make_serving_fn
 from edetgraph.verify import coverage
 from edetgraph.verify.file_metadata import read_metadata
 from edetgraph.verify.gate import Probe
@@ -29,13 +29,14 @@ from edetgraph.verify.runners import tflite_interpreter
 from edetgraph.verify.ties import NmsRule
 from exporters.calibration import calibration_batches, representative_images
 from exporters.cli import log
-from exporters.float_heads import (convert_keeping_chosen_float, convert_with_float_heads,
-                                   detection_tail_nodes, float_graph, head_nodes)
+from exporters.float_heads import (convert_keeping_chosen_float, convert_w8a16,
+                                   convert_with_float_heads, detection_tail_nodes, float_graph,
+                                   head_nodes)
 from exporters.model_facts import description, edetgraph_version, model_facts
 from exporters.options import ExportFailed, ExportOptions, TFLiteOptions
 from exporters.pipeline import Format
 from exporters.tflite_metadata import populate
-from exporters.triage import Triage
+from exporters.triage import Choice, NotApplicable, TFLiteTriage
 
 QUANTS = ("fp32", "fp16", "dynamic", "int8")
 
@@ -44,8 +45,8 @@ class TFLiteFormat(Format):
     name, prog, runner, target = "tflite", "to_tflite", "tflite", "tflite"
     versions = ("tensorflow-cpu", "tensorflow", "ai-edge-litert")
 
-    def __init__(self, options: TFLiteOptions = TFLiteOptions()):
-        self.tfl = options
+    def __init__(self, options: TFLiteOptions = TFLiteOptions(), choice: Choice = Choice()):
+        self.tfl, self.choice = options, choice
 
     def kind(self) -> str:
         return self.tfl.quant
@@ -142,12 +143,13 @@ class TFLiteFormat(Format):
                 graph = float_graph(serve, model) if tail_of is not None else None
                 bound = (AP_DROP["int8"] if opts.eval.max_ap_drop is None
                          else opts.eval.max_ap_drop)
-                flatbuffer, report = Triage(converter, calibration, spec, serve, opts.eval,
-                                            opts.input, opts.batch, bound, say,
-                                            self.box_scale(spec, opts),
-                                            tail_of(graph) if graph else [],
-                                            lambda: head_nodes(graph or float_graph(
-                                                serve, model))).run()
+                flatbuffer, report = TFLiteTriage(
+                    converter, calibration, spec, serve, opts.eval, opts.input, opts.batch,
+                    bound, say, self.box_scale(spec, opts), tail_of(graph) if graph else [],
+                    lambda: head_nodes(graph or float_graph(serve, model)), choice=self.choice,
+                    reference=lambda: self._fp32_file(model, spec, opts),
+                    w8a16=lambda: _w8a16(serve, model, t.io, opts, calibration),
+                    threads=opts.gate.threads).run()
                 return flatbuffer, None, report
             with quiet_native():    # the int8 quantizer's settings line
                 return converter().convert(), None, None
@@ -156,6 +158,14 @@ class TFLiteFormat(Format):
         except Exception as e:  # ConverterError and friends
             raise ExportFailed(f"TFLite converter failed ({t.quant}): "
                                f"{str(e).strip().splitlines()[0][:300]}") from None
+
+    def _fp32_file(self, model, spec, opts: ExportOptions) -> bytes:
+        """What ``--quant fp32`` would write (its own lowering), without metadata: the file
+        the triage times every candidate beside."""
+        serve = make_serving_fn(model, spec, opts.batch, opts.input, self.head(spec, opts),
+                                target=targets.TFLiteTarget(element_bytes=4))
+        return _quiet_convert(_converter(serve, model, "fp32", "float", opts.input,
+                                         opts.postprocess, None))
 
     def write(self, converted, path: str) -> None:
         with open(path, "wb") as f:
@@ -203,6 +213,24 @@ def _converter(serve, model, quant, io, input_kind, postprocess, representative)
         if io_type is not None and postprocess == "none":
             conv.inference_output_type = io_type
     return conv
+
+
+def _w8a16(serve, model, io, opts: ExportOptions, calibration) -> bytes:
+    """The triage's w8a16 candidate, where the converter can make one for this request."""
+    if io != "float":
+        raise NotApplicable(f"--io {io}: a 16x8 file's integer inputs and outputs are int16")
+    if opts.postprocess == "fast":    # measured with TF 2.21
+        raise NotApplicable("--postprocess fast: the 16x8 quantizer cannot quantise what "
+                            "follows the NMS op ('Max and min for dynamic tensors should be "
+                            "recorded during calibration') and has no way to keep it float")
+    return convert_w8a16(_converter(serve, model, "fp32", io, opts.input, opts.postprocess,
+                                    None), calibration)
+
+
+def _quiet_convert(converter) -> bytes:
+    with warnings.catch_warnings(), quiet_native():   # the quantizer's settings line
+        warnings.simplefilter("ignore")
+        return converter.convert()
 
 
 def op_histogram(path) -> dict:

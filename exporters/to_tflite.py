@@ -38,6 +38,7 @@ from exporters.options import ExportError, TFLiteOptions  # noqa: E402
 
 PROG = "to_tflite"
 QUANTS = ("fp32", "fp16", "dynamic", "int8")
+TRIAGE_GOALS = ("speed", "accuracy")
 
 
 def build_parser() -> OneLineParser:
@@ -55,9 +56,26 @@ def build_parser() -> OneLineParser:
     add_calibration_args(p)
     p.add_argument("--no-triage", dest="triage", action="store_false",
                    help="int8 with --eval-data: refuse a file beyond the AP bound as it is, "
-                   "instead of keeping its most sensitive layers in float32 (by default the "
-                   "fewest such layers are searched for, on the evaluation data, and reported "
-                   "in the summary with the range statistics that made them sensitive)")
+                   "instead of searching for one within it (by default candidates keeping its "
+                   "most sensitive layers in float32, or with 16-bit activations, are tried on "
+                   "the evaluation data and the one --triage-goal asks for is kept; the float "
+                   "layers are reported in the summary with the range statistics that made "
+                   "them sensitive)")
+    p.add_argument("--triage-goal", default="speed", choices=TRIAGE_GOALS,
+                   help="int8 triage: which file within the AP bound to keep. speed (default): "
+                   "the fastest, each candidate timed beside the fp32 file on this machine "
+                   "(--threads); a candidate slower than one already within the bound is not "
+                   "measured on the evaluation data. accuracy: the one losing the least AP, "
+                   "every candidate measured (slower). Candidates: full int8, the 1/2/4 "
+                   "worst-SQNR layers float, the class/box heads float (then with the fewest "
+                   "more layers), w8a16; all are listed side by side in the summary's "
+                   "options.triage.variants")
+    p.add_argument("--no-w8a16", dest="w8a16", action="store_false",
+                   help="int8 triage: do not try w8a16 (int8 weights, 16-bit activations, "
+                   "the converter's 16x8 mode, whole model; ops without a 16-bit kernel stay "
+                   "float32). It is tried by default when full int8 is beyond the bound; "
+                   "XNNPACK runs none of its 16-bit ops, so on a CPU it is usually many "
+                   "times slower than the fp32 file, and its AP check slow too")
     p.add_argument("--float-heads", action="store_true",
                    help="int8 only: keep the class and box heads in float32 and quantise the "
                    "rest: for swish models, whose head activations have a few channels far "
@@ -107,11 +125,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     spec, batch = check_request(args)
     quiet_tensorflow()
-    from exporters import pipeline, tflite_format  # deferred: TensorFlow starts after the checks
+    from exporters import pipeline, tflite_format, triage  # deferred: TF after the checks
     fmt = tflite_format.TFLiteFormat(TFLiteOptions(
         quant=args.quant, io=args.io, representative=args.representative_data,
         calibration_images=args.calibration_images, float_heads=args.float_heads,
-        triage=args.triage))
+        triage=args.triage), triage.Choice(goal=args.triage_goal, w8a16=args.w8a16))
     return pipeline.run(spec, args.out, fmt, export_options(args, batch))
 
 
