@@ -102,21 +102,35 @@ def convert_keeping_chosen_float(converter, choose) -> tuple[bytes | None, list]
     calibration, then the quantizer with those nodes denylisted), without the two
     conversions that path costs besides: a float conversion only to learn the op names,
     and the QuantizationDebugger's numeric-verify model, which nothing here reads."""
-    from tensorflow.lite.python import convert as lite_convert  # private API: only here
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                           tf.lite.OpsSet.TFLITE_BUILTINS]
-    converter.experimental_mlir_quantizer = True
-    converter._experimental_calibrate_only = True   # as the debugger sets it
-    with warnings.catch_warnings(), quiet_native():   # the quantizer's settings line
-        warnings.simplefilter("ignore")
-        calibrated = converter.convert()
-        nodes = list(choose(graph_of(calibrated)))
-        if not nodes:
-            return None, []
-        return lite_convert.mlir_quantize(
-            calibrated, disable_per_channel=converter._experimental_disable_per_channel,
-            fully_quantize=False, enable_numeric_verify=False, denylisted_ops=None,
-            denylisted_nodes=nodes), nodes
+    calibrated = Calibrated(converter)
+    nodes = list(choose(graph_of(calibrated.model)))
+    if not nodes:
+        return None, []
+    return calibrated.keeping_float(nodes), nodes
+
+
+class Calibrated:
+    """An int8 conversion's model calibrated on its representative data, before
+    quantisation: quantised again with any nodes kept float32 without calibrating again."""
+
+    def __init__(self, converter):
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                               tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.experimental_mlir_quantizer = True
+        converter._experimental_calibrate_only = True   # as the QuantizationDebugger sets it
+        self.per_channel_off = converter._experimental_disable_per_channel
+        with warnings.catch_warnings(), quiet_native():   # the quantizer's settings line
+            warnings.simplefilter("ignore")
+            self.model = converter.convert()
+
+    def keeping_float(self, nodes) -> bytes:
+        """What :func:`convert_keeping_float` gives for ``nodes``, byte for byte."""
+        from tensorflow.lite.python import convert as lite_convert  # private API: only here
+        with warnings.catch_warnings(), quiet_native():   # the quantizer's settings line
+            warnings.simplefilter("ignore")
+            return lite_convert.mlir_quantize(
+                self.model, disable_per_channel=self.per_channel_off, fully_quantize=False,
+                enable_numeric_verify=False, denylisted_ops=None, denylisted_nodes=list(nodes))
 
 
 def convert_with_float_heads(converter, also=None) -> tuple[bytes, int]:

@@ -46,7 +46,7 @@ from edetgraph.cli import quiet_native
 from edetgraph.verify import coverage
 from edetgraph.verify.accuracy import measure
 from edetgraph.verify.runners import make_runner
-from exporters.float_heads import convert_keeping_float, precisions
+from exporters.float_heads import Calibrated, convert_keeping_float, precisions
 from exporters.options import ExportFailed
 
 MAX_TRIALS = 12      # conversions the search may spend after the full int8 one
@@ -356,7 +356,7 @@ class TFLiteTriage(Triage):
         self.variants: list = []
         self._kept: dict = {}           # within the bound: name -> (flatbuffer, layers
         #                                 asked float, names of its float ops)
-        self._fp32 = self._x = None
+        self._fp32 = self._x = self._calibrated = None
         self._fp32_ms: list = []
 
     def run(self) -> tuple[bytes, dict]:
@@ -393,6 +393,16 @@ class TFLiteTriage(Triage):
         rest = [n for n in ranked if n not in heads]
         fewest(lambda k: self._try(f"int8, heads + {k} layer(s) float", "heads+layers",
                                    heads + rest[:k]), len(rest), self._budget())
+
+    def _convert(self, float_layers: list) -> bytes:
+        """As :meth:`Triage._convert`, calibrated once for all the candidates (each
+        :class:`Triage` conversion calibrates again on every calibration image)."""
+        nodes = list(dict.fromkeys(self.base + list(float_layers) + self.always_float))
+        if not nodes:
+            return super()._convert([])
+        if self._calibrated is None:
+            self._calibrated = Calibrated(self.make_converter())
+        return self._calibrated.keeping_float(nodes)
 
     def _budget(self):
         start = len(self.trials)
@@ -473,9 +483,9 @@ class TFLiteTriage(Triage):
                 f.write(self.reference())
             self._fp32 = make_runner(self.runner_kind, path, self.threads)
             self._x = next(iter(self.calibration()))[0]
-            self.say(f"triage: each candidate timed beside the fp32 file ("
-                     f"{self.threads or 'default'} thread(s), median of up to {TIMED_ROUNDS} "
-                     "calls)")
+            threads = f"{self.threads} thread(s)" if self.threads else "default threads"
+            self.say(f"triage: each candidate timed beside the fp32 file ({threads}, median "
+                     f"of up to {TIMED_ROUNDS} calls)")
             try:
                 yield
             finally:

@@ -50,6 +50,9 @@ def test_layer_statistics_and_keeping_layers_float():
     ops = lambda fb: [o["op_name"] for o in tflite_interpreter(  # noqa: E731
         None, model_content=fb, no_delegates=True)._get_ops_details()]
     assert "DEQUANTIZE" in ops(kept) and ops(kept) != ops(full)
+    # the choosing triage calibrates once and quantises again per candidate: the same file
+    from exporters.float_heads import Calibrated
+    assert Calibrated(make()).keeping_float([worst]) == kept
 
 
 class _Planted(triage.Triage):
