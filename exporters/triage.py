@@ -515,12 +515,15 @@ class TFLiteTriage(Triage):
 
     def _report(self, chosen: dict, stats: dict, ranked: list) -> dict:
         within = [v for v in self.variants if v.get("within_bound")]
-        if self.choice.goal == "speed":
-            why = (f"the fastest of the {len(within)} file(s) within the bound "
+        if len(within) == 1:
+            why = (f"the only file tried within the bound ({chosen['time_vs_fp32']:.2f}x the "
+                   "fp32 file's time)")
+        elif self.choice.goal == "speed":
+            why = (f"the fastest of the {len(within)} files within the bound "
                    f"({chosen['time_vs_fp32']:.2f}x the fp32 file's time; times within "
                    f"{SAME_SPEED:.0%} are ties, the smaller AP loss wins)")
         else:
-            why = (f"the smallest AP loss of the {len(within)} file(s) within the bound "
+            why = (f"the smallest AP loss of the {len(within)} files within the bound "
                    f"({chosen['ap_drop_points']:+.2f} points)")
         if chosen["time_vs_fp32"] >= 1:
             why += ("; SLOWER than the fp32 file: no file within the bound is faster here, "
