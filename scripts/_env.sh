@@ -13,8 +13,8 @@ STAMP="$VENV/.edetgraph-installed"
 WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     echo "[setup] installing edetgraph and its dependencies into $VENV (first run takes a few minutes)" >&2
-    "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[all]" >&2
+    "$VENV/bin/python" -m pip install -q --no-compile --upgrade pip >&2
+    "$VENV/bin/python" -m pip install -q --no-compile -e "$ROOT[all]" >&2
     echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"
