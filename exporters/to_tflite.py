@@ -73,7 +73,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--no-w8a16", dest="w8a16", action="store_false",
                    help="int8 triage: do not try w8a16 (int8 weights, 16-bit activations, "
                    "the converter's 16x8 mode, whole model; ops without a 16-bit kernel stay "
-                   "float32). It is tried by default when full int8 is beyond the bound; "
+                   "float32; float I/O and no in-graph NMS only). It is tried by default "
+                   "when full int8 is beyond the bound (always with --triage-goal accuracy); "
                    "XNNPACK runs none of its 16-bit ops, so on a CPU it is usually many "
                    "times slower than the fp32 file, and its AP check slow too")
     p.add_argument("--float-heads", action="store_true",

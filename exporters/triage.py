@@ -477,15 +477,15 @@ class TFLiteTriage(Triage):
         if self.reference is None:
             yield
             return
+        threads = f"{self.threads} thread(s)" if self.threads else "default threads"
+        self.say(f"triage: converting the fp32 file every candidate is timed beside "
+                 f"({threads}, median of up to {TIMED_ROUNDS} calls each)")
         with tempfile.TemporaryDirectory(prefix="edetgraph-triage-") as tmp:
             path = os.path.join(tmp, "fp32" + self.suffix)
             with open(path, "wb") as f:
                 f.write(self.reference())
             self._fp32 = make_runner(self.runner_kind, path, self.threads)
             self._x = next(iter(self.calibration()))[0]
-            threads = f"{self.threads} thread(s)" if self.threads else "default threads"
-            self.say(f"triage: each candidate timed beside the fp32 file ({threads}, median "
-                     f"of up to {TIMED_ROUNDS} calls)")
             try:
                 yield
             finally:
