@@ -268,8 +268,9 @@ def fewest(accurate, n: int, may_try) -> int | None:
 FEW_LAYERS = 4       # the worst-SQNR layers tried float on their own before the heads group
 SAME_SPEED = 0.05    # times this close (relative) are a tie on a shared machine: the
 #                      smaller AP loss breaks it
-TIMED_ROUNDS = 5     # timed calls of a candidate (each beside one of the fp32 file) ...
-TIME_BUDGET_S = 3.0  # ... or fewer once this much time went into them
+TIMED_ROUNDS = 30    # timed calls of a candidate at most (each beside one of the fp32 file),
+TIME_BUDGET_S = 1.5  # no new one after this many seconds: a few ms files get many calls (5
+#                      calls of a 5 ms file on a shared 2-core machine gave medians 30 % off)
 W8A16_PER_LAYER = (
     "not tried per layer: the converter's 16x8 mode (its older quantizer) takes no per-layer "
     "selection, and its MLIR quantizer, which does, fails on these models in 16 bits (a "
@@ -307,10 +308,10 @@ def choose(variants: list, goal: str) -> dict | None:
 
 
 def time_beside(reference, run, x, rounds: int = TIMED_ROUNDS,
-                budget_s: float = TIME_BUDGET_S) -> tuple[float, float]:
+                budget_s: float = TIME_BUDGET_S) -> tuple[float, float, int]:
     """Median ms of ``run(x)`` and of ``reference(x)``, called in turn round by round after
-    one untimed call each, so that the load of a shared machine falls on both alike; at
-    least one round, and no new one after ``budget_s`` seconds."""
+    one untimed call each, so that the load of a shared machine falls on both alike, and
+    the number of rounds: at least one, and no new one after ``budget_s`` seconds."""
     reference(x)
     run(x)
     own, ref = [], []
@@ -322,7 +323,7 @@ def time_beside(reference, run, x, rounds: int = TIMED_ROUNDS,
             into.append(time.perf_counter() - t0)
         if time.perf_counter() - start > budget_s:
             break
-    return 1e3 * float(np.median(own)), 1e3 * float(np.median(ref))
+    return 1e3 * float(np.median(own)), 1e3 * float(np.median(ref)), len(own)
 
 
 class TFLiteTriage(Triage):
@@ -479,7 +480,8 @@ class TFLiteTriage(Triage):
             return
         threads = f"{self.threads} thread(s)" if self.threads else "default threads"
         self.say(f"triage: converting the fp32 file every candidate is timed beside "
-                 f"({threads}, median of up to {TIMED_ROUNDS} calls each)")
+                 f"({threads}, the median of up to {TIMED_ROUNDS} calls each, "
+                 f"{TIME_BUDGET_S:g} s at most)")
         with tempfile.TemporaryDirectory(prefix="edetgraph-triage-") as tmp:
             path = os.path.join(tmp, "fp32" + self.suffix)
             with open(path, "wb") as f:
@@ -501,10 +503,11 @@ class TFLiteTriage(Triage):
                 f.write(flatbuffer)
             facts["reference_kernel_ops"] = sum(coverage.tflite(path)["not_delegated"].values())
             runner = make_runner(self.runner_kind, path, self.threads)
-            ms, fp32_ms = time_beside(self._fp32.run_shared, runner.run_shared, self._x)
+            ms, fp32_ms, calls = time_beside(self._fp32.run_shared, runner.run_shared,
+                                             self._x)
         self._fp32_ms.append(fp32_ms)
         return {**facts, "ms": round(ms, 3), "fp32_ms": round(fp32_ms, 3),
-                "time_vs_fp32": round(ms / fp32_ms, 3)}
+                "time_vs_fp32": round(ms / fp32_ms, 3), "timed_calls": calls}
 
     def _nothing_within(self) -> str:
         tried = "; ".join(f"{v['name']} " + (f"{v['ap_drop_points']:+.2f}"
@@ -549,5 +552,6 @@ class TFLiteTriage(Triage):
                 "timing": {"threads": self.threads, "rounds": TIMED_ROUNDS,
                            "budget_s": TIME_BUDGET_S, "ties_within": SAME_SPEED,
                            "how": "median of each candidate's calls, each call beside one "
-                                  "of the fp32 file, after one untimed call of each"},
+                                  "of the fp32 file, after one untimed call of each; no new "
+                                  "call after budget_s"},
                 "w8a16_per_layer": W8A16_PER_LAYER}

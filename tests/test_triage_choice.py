@@ -39,7 +39,7 @@ class _Planted(triage.TFLiteTriage):
         ratio = self.times(file)
         return {"ops": 100, "float_ops": 0 if file == W8A16 else len(file), "int16_ops":
                 90 if file == W8A16 else 0, "reference_kernel_ops": 0, "ms": 10 * ratio,
-                "fp32_ms": 10.0, "time_vs_fp32": ratio, "float_names": []}
+                "fp32_ms": 10.0, "time_vs_fp32": ratio, "timed_calls": 5, "float_names": []}
 
     def _ap_drop(self, file, k, label=None):
         drop = self.losses(file)
@@ -90,12 +90,14 @@ def test_time_beside_alternates_the_two_files_and_takes_medians(monkeypatch):
             clock[0] += seconds
         return run
     monkeypatch.setattr(triage.time, "perf_counter", lambda: clock[0])
-    ms, fp32_ms = triage.time_beside(call("fp32", 0.010), call("file", 0.004), None, rounds=5)
-    assert (round(ms, 6), round(fp32_ms, 6)) == (4.0, 10.0)
+    ms, fp32_ms, rounds = triage.time_beside(call("fp32", 0.010), call("file", 0.004), None,
+                                             rounds=5)
+    assert (round(ms, 6), round(fp32_ms, 6), rounds) == (4.0, 10.0, 5)
     assert calls == ["fp32", "file"] * 6        # one untimed call each, then 5 rounds in turn
     calls.clear()
-    triage.time_beside(call("fp32", 0.1), call("file", 2.0), None, rounds=5, budget_s=3.0)
-    assert calls == ["fp32", "file"] * 3        # no new round after the budget
+    rounds = triage.time_beside(call("fp32", 0.1), call("file", 2.0), None, rounds=5,
+                                budget_s=3.0)[2]
+    assert calls == ["fp32", "file"] * 3 and rounds == 2    # no new round after the budget
 
 
 # ------------------------------------------------------------------- the search, planted
@@ -306,6 +308,7 @@ def test_w8a16_of_the_small_model_runs_and_passes_the_gate(small_tf, tmp_path):
     with t._clock():
         cost = t._cost(flatbuffer)
     assert cost["int16_ops"] == facts["int16_ops"] and cost["ms"] > 0 and cost["fp32_ms"] > 0
+    assert 1 <= cost["timed_calls"] <= triage.TIMED_ROUNDS
     assert 0 <= cost["reference_kernel_ops"] <= cost["ops"]
     print("small D0 w8a16:", {k: v for k, v in cost.items() if k != "float_names"},
           {h: round(f["nrmse"], 4) for h, f in parity["heads"].items()})
