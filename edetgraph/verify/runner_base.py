@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SUFFIX = {"onnxruntime": (".onnx",), "tflite": (".tflite",), "openvino": (".onnx", ".xml"),
-          "mnn": (".mnn",)}
+          "mnn": (".mnn",), "ncnn": (".param",)}
 _DISTRIBUTION = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime",
                  "tensorflow": "tensorflow", "onnxruntime": "onnxruntime", "openvino": "openvino"}
 

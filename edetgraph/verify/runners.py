@@ -17,6 +17,7 @@ import numpy as np
 
 from edetgraph.cli import quiet_native
 from edetgraph.verify.mnn_runner import MnnRunner
+from edetgraph.verify.ncnn_runner import NcnnRunner
 from edetgraph.verify.ov_runner import OpenVinoRunner
 from edetgraph.verify.runner_base import (SUFFIX, Runner, RunnerError, TensorInfo,  # noqa: F401
                                           check_file, first_line, version)
@@ -268,20 +269,21 @@ class TFRunner(Runner):
 
 
 RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "tflite": TFLiteRunner, "tf": TFRunner,
-           "openvino": OpenVinoRunner, "mnn": MnnRunner}
+           "openvino": OpenVinoRunner, "mnn": MnnRunner, "ncnn": NcnnRunner}
 
 
 def kind_for_path(path) -> str:
     """Backend kind from a file name: .onnx -> onnxruntime, .tflite -> tflite, .xml (an
-    OpenVINO IR) -> openvino, .mnn -> mnn, a folder -> tf (a SavedModel)."""
+    OpenVINO IR) -> openvino, .mnn -> mnn, .param (with its .bin) -> ncnn, a folder -> tf (a
+    SavedModel)."""
     path = os.fspath(path)
     for kind, suffixes in SUFFIX.items():
         if path.endswith(suffixes):
             return kind
     if os.path.isdir(path):
         return "tf"
-    raise RunnerError(f"{path}: unknown model type (expected .onnx, .tflite, .xml, .mnn or "
-                      "a SavedModel dir)")
+    raise RunnerError(f"{path}: unknown model type (expected .onnx, .tflite, .xml, .mnn, "
+                      ".param or a SavedModel dir)")
 
 
 def make_runner(kind, path=None, threads=None, **opts):
@@ -290,7 +292,7 @@ def make_runner(kind, path=None, threads=None, **opts):
     Options: onnxruntime ``providers=[...]``; tflite ``delegate=PATH``, ``raw=True`` (no
     (de)quantization); tf ``fn=callable`` or a SavedModel ``path`` and ``signature=``;
     openvino ``precision=`` f32 | bf16 (an .onnx file or an int8 .xml IR); mnn
-    ``precision=`` high | normal | low.
+    ``precision=`` high | normal | low; ncnn ``precision=`` fp32 | fp16.
     """
     if kind == "auto":
         kind = kind_for_path(path)
