@@ -36,6 +36,8 @@ class Backend:
             return f"{e2e}_ov_{self.quant}.xml"
         if self.export == "mnn":
             return f"{e2e}.mnn"
+        if self.export == "ncnn":
+            return f"{e2e}.ncnn.param"
         return f"{e2e}_{self.quant}{'fh' if self.float_heads else ''}.tflite"
 
 
@@ -49,6 +51,7 @@ _TABLE = (
     Backend("openvino-bf16", "openvino", "onnx", kind="bf16", precision="bf16"),
     Backend("openvino-int8", "openvino", "openvino", "int8", "int8", precision="f32"),
     Backend("mnn-fp32", "mnn", "mnn"),
+    Backend("ncnn-fp32", "ncnn", "ncnn"),
     Backend("tflite-fp32", "tflite", "tflite", "fp32"),
     Backend("tflite-fp16", "tflite", "tflite", "fp16", "fp16"),
     Backend("tflite-int8", "tflite", "tflite", "int8", "int8"),
@@ -85,6 +88,10 @@ def runtime_missing(backend: str) -> str | None:
         return "onnxruntime is not installed here"
     if b.runner == "mnn" and not have("MNN"):
         return "MNN is not installed here (pip install mnn)"
+    if b.runner == "ncnn" and not have("ncnn"):
+        return "ncnn is not installed here (pip install ncnn)"
+    if b.export == "ncnn" and not have("pnnx"):
+        return "pnnx is not installed here (pip install --no-deps pnnx), needed to export NCNN"
     if b.runner == "openvino" and not have("openvino"):
         return "openvino is not installed here (pip install openvino)"
     if b.export == "openvino" and not have("nncf"):

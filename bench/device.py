@@ -16,7 +16,8 @@ REQUIRED = ("label", "timestamp", "model.name", "model.bytes", "model.sha256", "
             "runtime.name", "runtime.version", "latency.runs", "environment.device",
             "environment.machine", "environment.system", "init_ms") + tuple(
                 f"latency.{k}" for k in STAT_KEYS)
-BACKEND = {"tflite": "tflite", "onnx": "onnxruntime", "xml": "openvino", "mnn": "mnn"}
+BACKEND = {"tflite": "tflite", "onnx": "onnxruntime", "xml": "openvino", "mnn": "mnn",
+           "param": "ncnn"}
 
 
 class DeviceResultError(ValueError):

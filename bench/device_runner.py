@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Time one .tflite, .onnx or .mnn model on this device and print the result as JSON.
+"""Time one .tflite, .onnx, .mnn or NCNN .param model on this device and print the result as
+JSON.
 
 Self-contained on purpose: copy this single file to a phone (Termux), a Raspberry Pi
 or an edge box that has Python, numpy and ONE of ai-edge-litert, tflite-runtime,
-onnxruntime or MNN, run it, and bring the JSON back for the report (bench.device merges it).
+onnxruntime, MNN or ncnn, run it, and bring the JSON back for the report (bench.device merges it).
 It never imports TensorFlow or anything from edetgraph.
 """
 import argparse
@@ -343,17 +344,74 @@ class MnnModel:
         return [np.array(mnn.expr.convert(o, mnn.expr.NCHW).read()) for o in outputs]
 
 
+class NcnnModel:
+    """ncnn's Net on the CPU (optional: `pip install ncnn`), float16/bfloat16 off: a .param
+    file with its .bin beside it, one image per call (an NCNN model has no batch axis)."""
+    LOW_PRECISION = ("use_fp16_storage", "use_fp16_arithmetic", "use_fp16_packed",
+                     "use_bf16_storage", "use_bf16_packed")
+
+    def __init__(self, path, threads):
+        try:
+            import ncnn  # deferred: a device needs only one runtime
+        except ImportError:
+            raise Failure("ncnn is not installed: pip install ncnn") from None
+        self.ncnn, self.net = ncnn, ncnn.Net()
+        self.net.opt.num_threads = threads or 1
+        for option in self.LOW_PRECISION:
+            setattr(self.net.opt, option, False)
+        weights = path[:-len(".param")] + ".bin"
+        if not os.path.isfile(weights):
+            raise Failure(f"{path}: its weights {os.path.basename(weights)} are not beside it")
+        if self.net.load_param(path) or self.net.load_model(weights):
+            raise Failure(f"{path}: ncnn cannot load it (with {os.path.basename(weights)})")
+        self.runtime, self.version = "ncnn", ncnn.__version__
+        self.accelerator = {"providers": ["CPU fp32"]}
+        shape = self._input_shape(path)
+        if len(self.net.input_names()) != 1 or not all(shape):
+            raise Failure(f"{path}: one input with its shape in the Input layer expected "
+                          "(as exporters/to_ncnn.py writes it)")
+        self.inputs = [_signature(self.net.input_names()[0], [1, *shape], "float32")]
+        self.outputs = [_signature(n, [], "float32") for n in self.net.output_names()]
+
+    @staticmethod
+    def _input_shape(path):
+        """(c, h, w) from the Input layer's 2=, 1=, 0= (our NHWC image without its batch)."""
+        with open(path, errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                if fields and fields[0] == "Input" and len(fields) >= 5:
+                    params = dict(p.split("=", 1) for p in fields[5:] if "=" in p)
+                    return [int(params.get(k, 0)) for k in ("2", "1", "0")]
+        return [0]
+
+    def prepare(self, values):
+        return [np.ascontiguousarray(v, np.float32) for v in values]
+
+    def run(self, ready):
+        (images,), per_image = ready, []
+        for image in images:
+            with self.net.create_extractor() as ex:
+                ex.input(self.inputs[0]["name"], self.ncnn.Mat(image))
+                per_image.append([ex.extract(s["name"])[1] for s in self.outputs])
+        return per_image
+
+    def dequantize(self, outputs):
+        return [np.stack([np.array(image[i]) for image in outputs])
+                for i in range(len(self.outputs))]
+
+
 def load_model(path, threads=None, delegate=None, provider=None, openvino=None):
     """The model wrapper for ``path``'s extension, with one-line failures."""
-    if not path.endswith((".tflite", ".onnx", ".xml", ".mnn")):
-        raise Failure(f"{path}: expected a .tflite, .onnx, .mnn or OpenVINO .xml file")
+    if not path.endswith((".tflite", ".onnx", ".xml", ".mnn", ".param")):
+        raise Failure(f"{path}: expected a .tflite, .onnx, .mnn, NCNN .param or OpenVINO .xml "
+                      "file")
     if not os.path.isfile(path):
         raise Failure(f"{path}: no such file")
-    if path.endswith(".mnn"):
+    if path.endswith((".mnn", ".param")):
         if delegate or provider or openvino:
-            raise Failure(f"{path}: --delegate, --provider and --openvino are not for .mnn "
-                          "models")
-        return MnnModel(path, threads)
+            raise Failure(f"{path}: --delegate, --provider and --openvino are not for "
+                          f".{path.rsplit('.', 1)[-1]} models")
+        return MnnModel(path, threads) if path.endswith(".mnn") else NcnnModel(path, threads)
     if openvino or path.endswith(".xml"):
         if path.endswith(".tflite"):
             raise Failure(f"{path}: --openvino runs .onnx files and OpenVINO .xml IRs")
@@ -473,6 +531,9 @@ def file_says(path):
             with quiet_mnn_notices():
                 import MNN  # deferred: each model needs only its own runtime
                 text = MNN.nn.load_module_from_file(path, [], []).get_info().get("bizCode")
+        elif path.endswith(".param"):      # NCNN: the metadata is NAME.json beside NAME.param
+            with open(path[:-len(".param")] + ".json", encoding="utf-8") as f:
+                text = f.read(1 << 20)
         facts = json.loads(text) if text else None
     except Exception:  # no zip, no key, no runtime: the file says nothing
         return None
@@ -543,11 +604,13 @@ def benchmark(args):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] + " Needs only Python 3, numpy and one runtime "
-        "(ai-edge-litert or tflite-runtime for .tflite, onnxruntime for .onnx, mnn for .mnn).",
+        "(ai-edge-litert or tflite-runtime for .tflite, onnxruntime for .onnx, mnn for .mnn, "
+        "ncnn for .param).",
         epilog="Example: python device_runner.py d0_int8.tflite --threads 4 --runs 100 "
                "--label pixel7 --out pixel7_d0_int8.json. The JSON goes to stdout (and --out); "
                "progress and errors go to stderr; a failure exits with status 2.")
-    p.add_argument("model", help="model file, .tflite, .onnx, .mnn or OpenVINO .xml")
+    p.add_argument("model", help="model file, .tflite, .onnx, .mnn, NCNN .param (its .bin "
+                   "beside it) or OpenVINO .xml")
     p.add_argument("--runs", type=int, metavar="N", default=50, help="timed runs (default 50)")
     p.add_argument("--warmup", type=int, metavar="N", default=10,
                    help="untimed warm-up runs (default 10)")

@@ -18,7 +18,9 @@ import os
 from bench.config import TABLE, Backend
 from edetgraph.data.synthetic import generate
 from edetgraph.files import write_text
+from edetgraph.verify.ncnn_runner import companions as ncnn_companions
 from exporters.mnn_format import MnnFormat
+from exporters.ncnn_format import NcnnFormat
 from exporters.onnx_format import OnnxFormat
 from exporters.openvino_format import OpenVinoFormat
 from exporters.options import (EvalOptions, ExportOptions, GateOptions, ModelCard, OnnxOptions,
@@ -65,7 +67,7 @@ def _wanted(cfg, backend: str, representative: str | None) -> dict:
     options = {"batch": cfg.batch, "input": "uint8" if b.e2e else "float",
                "postprocess": _postprocess(b)}
     options.update({"quant": b.quant} if b.export in ("tflite", "openvino") or b.quant else {})
-    options.update({"opset": OPSET} if b.export in ("onnx", "openvino", "mnn") else {})
+    options.update({"opset": OPSET} if b.export in ("onnx", "openvino", "mnn", "ncnn") else {})
     if b.quant == "int8":
         options.update(representative_data=representative,
                        calibration_images=cfg.calibration_images)
@@ -98,7 +100,7 @@ def stale_reason(path: str, wanted: dict) -> str | None:
             key = json.load(f)
     except (OSError, ValueError):
         return "no export yet"
-    companions = [path[:-4] + ".bin"] if path.endswith(".xml") else []
+    companions = _companions(path)
     if not all(os.path.isfile(p) for p in [path, *companions]) or \
             file_facts(path, companions)["sha256"] != summary.get("file", {}).get("sha256"):
         return "the file does not match its summary"
@@ -140,7 +142,7 @@ def ensure_export(cfg, backend: str, row: dict, say) -> str:
         row["export"] = {"reused": True, "summary": path + ".json"}
         return path
     say(f"{backend}: exporting {os.path.basename(path)} ({why})")
-    companions = [path[:-4] + ".bin"] if path.endswith(".xml") else []
+    companions = _companions(path)
     for stale in (path, path + ".json", path + ".bench.json", *companions):
         if os.path.exists(stale):
             os.remove(stale)  # never run a file that no longer matches the request
@@ -204,6 +206,8 @@ def _format(b: Backend, representative: str | None, calibration_images: int):
                                       calibration_images))
     if b.export == "mnn":
         return MnnFormat(OnnxOptions(OPSET))
+    if b.export == "ncnn":
+        return NcnnFormat(OnnxOptions(OPSET))
     if b.export == "openvino":
         return OpenVinoFormat(OpenVinoOptions(quant=b.quant, representative=representative,
                                               calibration_images=calibration_images))
@@ -234,6 +238,14 @@ def representative_source(cfg, say) -> str:
         generate(folder, cfg.calibration_images, size, seed=cfg.seed, val_fraction=0.0)
         write_text(marker, json.dumps(made_for))
     return images
+
+
+def _companions(path: str) -> list:
+    """The files an export writes beside ``path`` that belong to it (an OpenVINO IR's .bin,
+    an NCNN model's .bin and metadata)."""
+    if path.endswith(".xml"):
+        return [path[:-4] + ".bin"]
+    return ncnn_companions(path) if path.endswith(".param") else []
 
 
 def _same_json(path: str, value) -> bool:

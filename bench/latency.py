@@ -146,6 +146,8 @@ elif kind == "mnn":
     from edetgraph.verify.mnn_runner import quiet_stdout
     with quiet_stdout():
         import MNN
+elif kind == "ncnn":
+    import ncnn
 elif kind == "tflite":
     runners._load_tflite_module()
 base = latency.peak_rss_mb()
@@ -170,7 +172,7 @@ def measure_peak_memory(kind: str, path, threads: int = None, runs: int = 5,
     is used because a high-water mark never goes down within one process. The ``tf`` kind
     (an in-process callable) is not supported here.
     """
-    if kind not in ("onnxruntime", "tflite", "openvino", "mnn"):
+    if kind not in ("onnxruntime", "tflite", "openvino", "mnn", "ncnn"):
         raise ValueError(f"measure_peak_memory: backend {kind} is not supported "
                          "(file runners only)")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -52,6 +52,9 @@ class NcnnFormat(Format):
 
     def convert(self, serve, model, spec, opts: ExportOptions, say):
         """``(param text, bin bytes, facts)``."""
+        if opts.batch != 1:
+            raise ExportFailed(f"batch {opts.batch}: an NCNN model has no batch dimension "
+                               "(ncnn runs one image per call); export it with batch 1")
         facts = model_facts(spec, opts, "ncnn", dict(opts.card.labels), opts.card.labels_source,
                             None)
         param, weights = pnnx_convert(onnx_convert(serve, self.onnx.opset))
