@@ -371,7 +371,8 @@ class NcnnModel:
             raise Failure(f"{path}: one input with its shape in the Input layer expected "
                           "(as exporters/to_ncnn.py writes it)")
         self.inputs = [_signature(self.net.input_names()[0], [1, *shape], "float32")]
-        self.outputs = [_signature(n, [], "float32") for n in self.net.output_names()]
+        # in name order, as ONNX files from TF list them: a .param records no output order
+        self.outputs = [_signature(n, [], "float32") for n in sorted(self.net.output_names())]
 
     @staticmethod
     def _input_shape(path):

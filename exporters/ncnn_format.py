@@ -118,8 +118,9 @@ def pnnx_convert(model: onnx.ModelProto) -> tuple[str, bytes]:
             raise ExportFailed(f"pnnx did not finish in {CONVERT_TIMEOUT_S} s") from None
         said = [ln.strip() for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
         param, weights = out["ncnnparam"], out["ncnnbin"]
-        if done.returncode != 0 or not all(os.path.isfile(p) and os.path.getsize(p)
-                                           for p in (param, weights)):
+        # a model without weights has an empty .bin, never an empty .param
+        if done.returncode != 0 or not os.path.isfile(weights) or not (
+                os.path.isfile(param) and os.path.getsize(param)):
             last = next((ln for ln in reversed(said) if "rror" in ln or "fail" in ln),
                         said[-1] if said else "")
             raise ExportFailed(f"pnnx failed (exit {done.returncode}): {last[:300]}")

@@ -103,7 +103,7 @@ class NcnnRunner(Runner):
             raise RunnerError(f"{self.path}: ncnn runs one input of known shape here; the "
                               f"file has inputs {names} with shapes {shapes}")
         self.input_details = [TensorInfo(names[0], (1, *shapes[names[0]]), "float32")]
-        self._names = list(self.net.output_names())
+        self._names = sorted(self.net.output_names())   # a .param records no output order
         # ncnn states no output shapes before a run: one run on zeros tells them
         first = self.run(np.zeros(self.input_details[0].shape, np.float32))
         self.output_details = [TensorInfo(n, tuple(first[n].shape), "float32")
