@@ -61,7 +61,7 @@ def pytest_configure(config):
 LONGEST_FIRST = ["test_train.py", "test_search.py", "test_bench_run.py", "test_replicas.py",
                  "test_every_spec.py", "test_export_tflite.py", "test_export_official.py",
                  "test_deployable.py", "test_robustness_training.py", "test_robustness_noise.py",
-                 "test_export_mnn.py", "test_export_onnx_quant.py",
+                 "test_export_mnn.py", "test_export_ncnn.py", "test_export_onnx_quant.py",
                  "test_export_onnx.py", "test_infer.py", "test_augment.py", "test_saved_model.py",
                  "test_export_ap.py", "test_checkpoint.py", "test_targets.py",
                  "test_robustness_gates.py", "test_robustness_probes.py"]

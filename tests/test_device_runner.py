@@ -53,11 +53,33 @@ def _mnn_file(models, folder):
     return path
 
 
+HAVE_NCNN = all(__import__("importlib.util").util.find_spec(m) for m in ("ncnn", "pnnx"))
+
+
+def _ncnn_file(models, folder):
+    """The tiny ONNX model converted by pnnx (as exporters/to_ncnn.py does), its metadata
+    beside it as the exporter writes it."""
+    import onnx
+
+    from exporters.ncnn_format import pnnx_convert
+    param, weights = pnnx_convert(onnx.load(str(models["onnx"])))
+    path = folder / "tiny.param"
+    path.write_text(param)
+    (folder / "tiny.bin").write_bytes(weights)
+    (folder / "tiny.json").write_text(json.dumps({"model": "tiny", "num_classes": 2}))
+    return path
+
+
 @pytest.mark.parametrize("variant", ["onnx", "tflite", "tflite_int8", pytest.param(
-    "mnn", marks=pytest.mark.skipif(not HAVE_MNN, reason="MNN is not installed (pip install mnn)"))])
+    "mnn", marks=pytest.mark.skipif(not HAVE_MNN, reason="MNN is not installed (pip install mnn)")),
+    pytest.param("ncnn", marks=pytest.mark.skipif(
+        not HAVE_NCNN, reason="ncnn or pnnx is not installed (pip install ncnn; pip install "
+        "--no-deps pnnx)"))])
 def test_device_runner_without_tensorflow(models, device_dir, tmp_path, variant):
     if variant == "mnn":
         models = dict(models, mnn=_mnn_file(models, tmp_path))
+    if variant == "ncnn":
+        models = dict(models, ncnn=_ncnn_file(models, tmp_path))
     x = tiny.sample_input(11)
     np.save(tmp_path / "x.npy", x)
     out_json, out_npz = tmp_path / f"{variant}.json", tmp_path / "outputs.npz"
@@ -71,8 +93,8 @@ def test_device_runner_without_tensorflow(models, device_dir, tmp_path, variant)
     assert result == json.loads(out_json.read_text())
     validate_device_result(result)
     assert result["latency"]["runs"] == 4 and result["runtime"]["threads"] == 1
-    assert result["runtime"]["name"] == {"onnx": "onnxruntime", "mnn": "mnn"}.get(
-        variant, "ai_edge_litert")
+    assert result["runtime"]["name"] == {"onnx": "onnxruntime", "mnn": "mnn",
+                                         "ncnn": "ncnn"}.get(variant, "ai_edge_litert")
     assert result["model"]["bytes"] == models[variant].stat().st_size
     assert [s["shape"] for s in result["inputs"]] == [list(tiny.INPUT_SHAPE)]
     assert result["environment"]["numpy"] == np.__version__
@@ -86,7 +108,10 @@ def test_device_runner_without_tensorflow(models, device_dir, tmp_path, variant)
 
     [row] = load_device_results([out_json])
     assert row["label"] == "ci-box" and row["host"] is False
-    assert row["backend"] == {"onnx": "onnxruntime", "mnn": "mnn"}.get(variant, "tflite")
+    assert row["backend"] == {"onnx": "onnxruntime", "mnn": "mnn", "ncnn": "ncnn"}.get(
+        variant, "tflite")
+    if variant == "ncnn":   # the metadata beside the .param is read as the file's own
+        assert result["file_says"]["model"] == "tiny" and result["file_says"]["num_classes"] == 2
     assert row["runtime"].startswith(result["runtime"]["name"] + " ")
     assert all(row[k] == result["latency"][k] for k in STAT_KEYS)
 
@@ -104,7 +129,7 @@ def test_device_runner_clear_errors(models, tmp_path, capsys):
     cases = [
         ([tmp_path / "missing.tflite"], "missing.tflite: no such file"),
         ([tmp_path / "model.pb"],
-         "model.pb: expected a .tflite, .onnx, .mnn or OpenVINO .xml file"),
+         "model.pb: expected a .tflite, .onnx, .mnn, NCNN .param or OpenVINO .xml file"),
         ([tmp_path / "junk.tflite"], "junk.tflite: ai_edge_litert cannot load it"),
         ([models["tflite"], "--input", tmp_path / "small.npy"],
          "small.npy: shape [1, 8, 8, 3] does not fit input 'images' [1, 16, 16, 3]"),
@@ -119,13 +144,16 @@ def test_device_runner_clear_errors(models, tmp_path, capsys):
 
 def test_device_runner_missing_runtime(models, capsys, monkeypatch):
     for name in ("ai_edge_litert", "ai_edge_litert.interpreter", "tflite_runtime",
-                 "tflite_runtime.interpreter", "onnxruntime", "MNN"):
+                 "tflite_runtime.interpreter", "onnxruntime", "MNN", "ncnn"):
         monkeypatch.setitem(sys.modules, name, None)
     assert "no TFLite runtime installed" in _error_line(capsys, [models["tflite"]])
     assert "onnxruntime is not installed" in _error_line(capsys, [models["onnx"]])
     fake = Path(models["onnx"]).with_suffix(".mnn")
     fake.write_bytes(b"x")
     assert "MNN is not installed: pip install mnn" in _error_line(capsys, [fake])
+    fake = Path(models["onnx"]).with_suffix(".param")
+    fake.write_text("7767517\n")
+    assert "ncnn is not installed: pip install ncnn" in _error_line(capsys, [fake])
 
 
 def test_device_runner_help_and_bad_counts(capsys):

@@ -85,6 +85,7 @@ def _one_line_refusal(r, *words):
 
 @pytest.mark.parametrize("tool,name", [("to_onnx", "model.onnx"), ("to_tflite", "model.tflite"),
                                        ("to_openvino", "model.xml"), ("to_mnn", "model.mnn"),
+                                       ("to_ncnn", "model.param"),
                                        ("to_onnx", "model.onnx.json"),
                                        ("to_openvino", "model.bin")])
 def test_an_exporter_refuses_a_folder_at_its_output_names(tmp_path, capsys, tool, name):

@@ -250,6 +250,10 @@ PROBES = [
      exporter("to_openvino", "m.xml", "m.xml", "--quant", "fp32"), "openvino", False),
     ("folder", "to_mnn --out X.mnn, an existing folder", exporter("to_mnn", "m.mnn", "m.mnn"),
      "MNN", False),
+    ("folder", "to_ncnn --out X.param, an existing folder",
+     exporter("to_ncnn", "m.param", "m.param"), "ncnn", False),
+    ("folder", "to_ncnn: X.bin beside --out, an existing folder",
+     exporter("to_ncnn", "m.param", "m.bin"), "ncnn", False),
     ("folder", "infer: OUT/detections.json, an existing folder",
      folder_probe("-m", "edetgraph.infer", *DEMO, "--image", ROOT / "edetgraph" / "resources" /
                   "street.jpg", "--out", "out", name="out/detections.json"), None, False),
