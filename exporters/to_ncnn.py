@@ -27,8 +27,8 @@ from edetgraph.cli import OneLineParser, quiet_tensorflow  # noqa: E402 (after t
 from edetgraph.files import is_real_folder  # noqa: E402
 from edetgraph.verify.ncnn_runner import companions  # noqa: E402
 from edetgraph.verify.parity import AP_DROP_WHY, TOLERANCES  # noqa: E402
-from exporters.cli import (add_eval_args, add_model_args, check_common, export_options,  # noqa: E402
-                           run_cli)
+from exporters.cli import (add_eval_args, add_model_args,  # noqa: E402
+                           check_common, export_options, run_cli)
 from exporters.options import ExportError, OnnxOptions  # noqa: E402
 from exporters.to_onnx import MAX_OPSET, MIN_OPSET  # noqa: E402
 
