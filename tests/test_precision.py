@@ -150,6 +150,35 @@ def test_recompute_replays_drop_connect_masks_and_gives_their_gradient():
     np.testing.assert_allclose(gw, tf.reduce_sum(kept * x / 0.5, [0, 1, 2]), rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [tf.bfloat16, tf.float16])
+def test_a_16_bit_conv_bias_gradient_is_summed_in_float32(dtype):
+    """A conv bias before a batch norm has a zero true gradient. Its gradient, the output
+    gradient summed over batch and space, must be that sum in float32 (TensorFlow's CPU
+    BiasAddGrad sums bfloat16 in bfloat16: 16.5 for a float32 sum of 0.24 here)."""
+    from edetgraph.nn.layers import BatchNorm, Conv
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 64, 64, 32)), dtype)
+    r = tf.constant(rng.normal(size=(2, 64, 64, 48)), tf.float32)
+    conv, bn = Conv("c", 32, 48, 1, bias=True), BatchNorm("c/bn", 48)
+
+    @tf.function
+    def grads():
+        with tf.GradientTape() as tape:
+            y = conv(x, True)
+            tape.watch(y)
+            loss = tf.reduce_sum(tf.cast(tf.nn.swish(bn(y, True)), tf.float32) * r)
+        return tape.gradient(loss, [conv.bias, y])
+
+    bias_grad, dy = grads()
+    assert bias_grad.dtype == tf.float32
+    dy = tf.cast(dy, tf.float64)
+    want = tf.reduce_sum(dy, [0, 1, 2])
+    # float32 summation: within 1e-5 of each channel's sum of magnitudes (about 4000 here)
+    np.testing.assert_allclose(bias_grad, want,
+                               atol=1e-5 * float(tf.reduce_max(tf.reduce_sum(tf.abs(dy), [0, 1, 2]))))
+    assert float(tf.reduce_max(tf.abs(bias_grad))) < 1.0      # not the 16-bit sum's ~16
+
+
 # ---------------------------------------------------------------- one train step
 
 def test_bfloat16_step_matches_float32_and_keeps_float32_state(batch, float32_step):
