@@ -189,8 +189,8 @@ def convert_w8a16(float_converter, representative) -> bytes:
 
 def unshare_biases(flatbuffer: bytes) -> bytes:
     """The float model with every conv's bias a tensor (and buffer) of its own."""
-    from tensorflow.lite.python import schema_py_generated as schema  # deferred: only here
-    from tensorflow.lite.tools import flatbuffer_utils  # deferred: only this rewrite needs it
+    from tensorflow.lite.python import schema_py_generated as schema  # private module: only here
+    from tensorflow.lite.tools import flatbuffer_utils  # TF tool module: only this rewrite
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
     names = {getattr(schema.BuiltinOperator, n): n for n in BIASED_OPS}
     for graph in model.subgraphs:

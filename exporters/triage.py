@@ -265,6 +265,7 @@ def fewest(accurate, n: int, may_try) -> int | None:
 
 # ---------------------------------------------------- the TFLite triage that chooses by speed
 
+GOALS = ("speed", "accuracy")   # to_tflite --triage-goal
 FEW_LAYERS = 4       # the worst-SQNR layers tried float on their own before the heads group
 SAME_SPEED = 0.05    # times this close (relative) are a tie on a shared machine: the
 #                      smaller AP loss breaks it
@@ -291,13 +292,17 @@ class Choice:
     #                         losing the least AP (every candidate's AP measured)
     w8a16: bool = True      # also try int8 weights with 16-bit activations (whole model)
 
+    def __post_init__(self):
+        if self.goal not in GOALS:      # before the search, not after it
+            raise ValueError(f"triage goal {self.goal!r}: one of {', '.join(GOALS)}")
+
 
 def choose(variants: list, goal: str) -> dict | None:
     """The variant to keep, of those within the bound (None: none is). ``speed``: the
     fastest; times within :data:`SAME_SPEED` of it count as ties, which the smaller AP loss
     breaks. ``accuracy``: the smallest AP loss, the faster of equal ones."""
-    if goal not in ("speed", "accuracy"):
-        raise ValueError(f"triage goal {goal!r}: speed or accuracy")
+    if goal not in GOALS:
+        raise ValueError(f"triage goal {goal!r}: one of {', '.join(GOALS)}")
     within = [v for v in variants if v.get("within_bound")]
     if not within:
         return None

@@ -69,8 +69,10 @@ def test_choose_the_fastest_within_the_bound_and_refuse_a_fast_inaccurate_one():
     assert triage.choose(variants, "speed") is fast_ok
     assert triage.choose(variants, "accuracy") is slow_ok
     assert triage.choose([fastest_bad], "speed") is None
-    with pytest.raises(ValueError, match="speed or accuracy"):
+    with pytest.raises(ValueError, match="one of speed, accuracy"):
         triage.choose(variants, "size")
+    with pytest.raises(ValueError, match="'size': one of speed, accuracy"):
+        Choice(goal="size")
 
 
 def test_times_within_the_tie_margin_go_to_the_smaller_ap_loss():
@@ -247,6 +249,7 @@ def test_the_cli_passes_the_goal_and_the_w8a16_switch(tmp_path, monkeypatch, cap
     assert to_tflite.main(base) == 0
     assert to_tflite.main(base + ["--triage-goal", "accuracy", "--no-w8a16"]) == 0
     assert [f.choice for f in seen] == [Choice("speed", True), Choice("accuracy", False)]
+    assert to_tflite.TRIAGE_GOALS == triage.GOALS
     with pytest.raises(SystemExit):
         to_tflite.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
