@@ -67,7 +67,7 @@ class NcnnFormat(Format):
             f.write(param)
         with open(bin_path, "wb") as f:
             f.write(weights)
-        with open(meta_path, "w") as f:
+        with open(meta_path, "w", encoding="utf-8") as f:
             json.dump(facts, f, indent=2, allow_nan=False, ensure_ascii=False)
             f.write("\n")
 
@@ -79,7 +79,7 @@ class NcnnFormat(Format):
                 "postprocess": opts.postprocess, "precision": "fp32"}
 
     def facts(self, converted, path: str, runner) -> dict:
-        with open(companions(path)[1]) as f:
+        with open(companions(path)[1], encoding="utf-8") as f:
             stored = json.load(f)
         if stored != converted[2]:
             raise ExportFailed("the NCNN metadata file does not hold what it was written with")

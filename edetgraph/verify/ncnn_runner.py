@@ -109,6 +109,12 @@ class NcnnRunner(Runner):
         self.output_details = [TensorInfo(n, tuple(first[n].shape), "float32")
                                for n in self._names]
 
+    def info(self) -> dict:
+        """:meth:`Runner.info`, the file's size counting its weights (.param + .bin)."""
+        info = super().info()
+        info["file_bytes"] = sum(os.path.getsize(p) for p in (self.path, companions(self.path)[0]))
+        return info
+
     def run(self, x) -> dict:
         (name,) = [d.name for d in self.input_details]
         images = np.ascontiguousarray(self._feeds(x)[name], np.float32)
