@@ -232,3 +232,4 @@ def test_bench_row_runs_the_ncnn_file(tmp_path):
     assert r["parity"]["max_abs"] < 1e-4 and r["latency"]["p50_ms"] > 0
     stem = out / "efficientdet-d0_64x64_b1.ncnn"
     assert all(Path(f"{stem}{s}").is_file() for s in (".param", ".bin", ".json", ".param.json"))
+    assert r["file_bytes"] == sum(Path(f"{stem}{s}").stat().st_size for s in (".param", ".bin"))
