@@ -342,7 +342,12 @@ def compare(theirs: dict, ours: dict, limit: float, noise: dict | None = None,
     bad = {k: v for k, v in over.items() if v > 2 * noise.get(k, 0.0)
            and abs_diff(ours[k], theirs[k]) > slack.get(k, 0.0)}
     top = worst(err, 3)
+    # The mirror image, for a comparison that noise dominates (bfloat16 on random weights):
+    # how often the official's noise is beyond twice our difference. A count of
+    # ``unexplained`` near this one is what two samples of the same noise give.
+    mirror = sum(1 for k in common if noise.get(k, 0.0) > limit and noise[k] > 2 * err[k])
     return {"compared": len(common), "only_official": len(set(theirs) - set(ours)),
+            "noise_beyond_twice_ours": mirror,
             "only_ours": len(set(ours) - set(theirs)), "max_rel": top[0][1] if top else 0.0,
             "worst": [[k, float(f"{v:.3g}"), float(f"{noise.get(k, 0):.3g}")] for k, v in top],
             "over_limit": len(over), "unexplained": sorted(bad), "limit": limit,
@@ -514,6 +519,9 @@ def print_table(fig: dict) -> None:
               f"{g['limit']:>9.0e}  {g['ok']}")
         for name, v, n in g["worst"]:
             print(f"    {v:.2e}  " + (f"(official vs itself {n:.2e})  " if n else "") + name)
+        if part == "gradients" and g["unexplained"]:
+            print(f"    {len(g['unexplained'])} beyond twice the official's own noise; the "
+                  f"official's noise beyond twice our difference: {g['noise_beyond_twice_ours']}")
     b = fig["moving_variance"]["bessel"]
     print(f"moving variances with Bessel's n/(n-1) applied to ours (n in {b['n']}): max rel "
           f"{b['max_rel']:.2e}, {b['over_limit']} over the limit: {b['ok']}")
