@@ -36,7 +36,7 @@ def companions(param_path: str) -> list:
 def captured_stderr(lines: list):
     """Run the block with what native code writes to file descriptor 2 captured into
     ``lines``: ncnn prints its load errors ("parse magic failed") there, which the runner
-    turns into its one-line error."""
+    turns into its one-line error (and shows, when the file loaded anyway)."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
@@ -60,7 +60,8 @@ def input_shape(param_path: str) -> dict:
             fields = line.split()
             if fields and fields[0] == "Input" and len(fields) >= 5:
                 params = dict(p.split("=", 1) for p in fields[5:] if "=" in p)
-                shapes[fields[4]] = tuple(int(params.get(k, 0)) for k in ("2", "1", "0"))
+                values = [params.get(k, "0") for k in ("2", "1", "0")]
+                shapes[fields[4]] = tuple(int(v) if v.isdigit() else 0 for v in values)
     return shapes
 
 
@@ -94,6 +95,8 @@ class NcnnRunner(Runner):
             why = said[0] if said else "not an NCNN model"
             raise RunnerError(f"{self.path}: ncnn cannot load it (with {os.path.basename(weights)})"
                               f": {why[:200]}")
+        if said:          # a file that loads has nothing to say; if it does, it is shown
+            print("\n".join(said), file=sys.stderr, flush=True)
         self.load_seconds = time.perf_counter() - start
         self.runtime, self.runtime_version = "ncnn", ncnn.__version__
         self.accelerator = f"CPU ({precision})"
