@@ -351,6 +351,10 @@ class NcnnModel:
                      "use_bf16_storage", "use_bf16_packed")
 
     def __init__(self, path, threads):
+        # OpenMP threads wait passively (read by ncnn's libgomp when it loads), as ONNX Runtime
+        # runs without spinning here: spinning threads on a busy device steal its cores (on a
+        # shared 2-core x86 box, D0 took 5.4 s a call with spinning, 0.14 s without)
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             import ncnn  # deferred: a device needs only one runtime
         except ImportError:

@@ -111,11 +111,16 @@ def test_the_export_prints_only_its_own_lines(ncnn_files):
 
 
 @needs_ncnn
-def test_the_runner_reads_the_files_as_the_gate_does(ncnn_files):
+def test_the_runner_reads_the_files_as_the_gate_does(ncnn_files, monkeypatch):
     from edetgraph.verify.runners import kind_for_path, make_runner
     path = ncnn_files[0]
     assert kind_for_path(path) == "ncnn"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")      # a user's choice is kept
+    make_runner("ncnn", str(path), threads=1)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")                # else ncnn's threads wait passively
     r = make_runner("ncnn", str(path), threads=1)
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     assert [(d.name, d.shape) for d in r.input_details] == [("images", (1, 128, 128, 3))]
     assert [d.name for d in r.output_details][:2] == ["box_l3", "box_l4"]
     assert r.info()["accelerator"] == "CPU (fp32)"

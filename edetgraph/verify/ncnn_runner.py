@@ -75,6 +75,12 @@ class NcnnRunner(Runner):
         if precision not in PRECISIONS:
             raise RunnerError(f"{self.path}: ncnn precision {precision!r} is not one of "
                               f"{', '.join(PRECISIONS)}")
+        # ncnn's threads are OpenMP's (the wheel's own libgomp, which reads this when ncnn is
+        # first imported): passive waiting, as the ONNX Runtime runner turns spinning off. On
+        # this shared 2-core AVX-512 machine (load 6), D0 512 on 2 threads took 5.4 s a call
+        # with libgomp's default spinning, 0.14 s passive (ONNX Runtime: 0.09 s). A user's
+        # own OMP_WAIT_POLICY is kept.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             import ncnn  # deferred: ncnn is optional
         except ImportError as exc:
