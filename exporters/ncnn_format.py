@@ -88,47 +88,51 @@ class NcnnFormat(Format):
 
 
 def pnnx_convert(model: onnx.ModelProto) -> tuple[str, bytes]:
-    """``(param text, bin bytes)`` of an ONNX model with one static input: pnnx in a child
-    process inside a private temporary folder (it writes half a dozen side files next to
-    its input), float32 weights (pnnx's default stores float16), and the blobs named as the
-    ONNX model names its input and outputs (pnnx numbers them in0.., out0.. in the graph's
-    order)."""
+    """``(param text, bin bytes)`` of an ONNX model with one static image input
+    [1, H, W, C]: pnnx in a child process inside a private temporary folder (it writes half
+    a dozen side files next to its input), float32 weights (pnnx's default stores float16),
+    and the blobs named as the ONNX model names its input and outputs (pnnx numbers them
+    in0.., out0.. in the graph's order)."""
     binary = pnnx_binary()
     if binary is None:
         raise ExportFailed("pnnx is not installed (pip install --no-deps pnnx)")
     (source,) = [i for i in model.graph.input
                  if i.name not in {t.name for t in model.graph.initializer}]
     shape = [d.dim_value for d in source.type.tensor_type.shape.dim]
-    if not all(shape):
-        raise ExportFailed(f"pnnx needs a static input shape, the model's is {shape}")
+    if len(shape) != 4 or shape[0] != 1 or not all(shape):
+        raise ExportFailed(f"NCNN takes one image of static shape [1, H, W, C]; the model's "
+                           f"input is {shape}")
     with tempfile.TemporaryDirectory(prefix="edetgraph-ncnn-") as tmp:
         src = os.path.join(tmp, "model.onnx")
         onnx.save(model, src)
-        out = {k: os.path.join(tmp, v) for k, v in (
-            ("ncnnparam", "model.ncnn.param"), ("ncnnbin", "model.ncnn.bin"),
-            ("ncnnpy", "model_ncnn.py"), ("pnnxparam", "model.pnnx.param"),
-            ("pnnxbin", "model.pnnx.bin"), ("pnnxpy", "model_pnnx.py"),
-            ("pnnxonnx", "model.pnnx.onnx"))}
-        argv = [binary, src, f"inputshape=[{','.join(map(str, shape))}]f32", "fp16=0",
-                "device=cpu", *(f"{k}={v}" for k, v in out.items())]
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, errors="replace",
-                                  timeout=CONVERT_TIMEOUT_S, cwd=tmp)
-        except subprocess.TimeoutExpired:
-            raise ExportFailed(f"pnnx did not finish in {CONVERT_TIMEOUT_S} s") from None
-        said = [ln.strip() for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
-        param, weights = out["ncnnparam"], out["ncnnbin"]
-        # a model without weights has an empty .bin, never an empty .param
-        if done.returncode != 0 or not os.path.isfile(weights) or not (
-                os.path.isfile(param) and os.path.getsize(param)):
-            last = next((ln for ln in reversed(said) if "rror" in ln or "fail" in ln),
-                        said[-1] if said else "")
-            raise ExportFailed(f"pnnx failed (exit {done.returncode}): {last[:300]}")
-        with open(param) as f:
-            text = f.read()
-        with open(weights, "rb") as f:
-            data = f.read()
+        text, data = _run_pnnx(binary, src, shape, tmp)
     return name_blobs(text, source.name, shape, [o.name for o in model.graph.output]), data
+
+
+def _run_pnnx(binary: str, src: str, shape: list, tmp: str) -> tuple[str, bytes]:
+    """pnnx's NCNN files for ``src``, every file it writes kept inside ``tmp``."""
+    out = {k: os.path.join(tmp, v) for k, v in (
+        ("ncnnparam", "model.ncnn.param"), ("ncnnbin", "model.ncnn.bin"),
+        ("ncnnpy", "model_ncnn.py"), ("pnnxparam", "model.pnnx.param"),
+        ("pnnxbin", "model.pnnx.bin"), ("pnnxpy", "model_pnnx.py"),
+        ("pnnxonnx", "model.pnnx.onnx"))}
+    argv = [binary, src, f"inputshape=[{','.join(map(str, shape))}]f32", "fp16=0",
+            "device=cpu", *(f"{k}={v}" for k, v in out.items())]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, errors="replace",
+                              timeout=CONVERT_TIMEOUT_S, cwd=tmp)
+    except subprocess.TimeoutExpired:
+        raise ExportFailed(f"pnnx did not finish in {CONVERT_TIMEOUT_S} s") from None
+    said = [ln.strip() for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
+    param, weights = out["ncnnparam"], out["ncnnbin"]
+    # a model without weights has an empty .bin, never an empty .param
+    if done.returncode != 0 or not os.path.isfile(weights) or not (
+            os.path.isfile(param) and os.path.getsize(param)):
+        last = next((ln for ln in reversed(said) if "rror" in ln or "fail" in ln),
+                    said[-1] if said else "")
+        raise ExportFailed(f"pnnx failed (exit {done.returncode}): {last[:300]}")
+    with open(param) as f, open(weights, "rb") as g:
+        return f.read(), g.read()
 
 
 def name_blobs(param: str, input_name: str, input_shape: list, outputs: list) -> str:
