@@ -397,7 +397,10 @@ class NcnnModel:
         for image in images:
             with self.net.create_extractor() as ex:
                 ex.input(self.inputs[0]["name"], self.ncnn.Mat(image))
-                per_image.append([ex.extract(s["name"])[1] for s in self.outputs])
+                pairs = [ex.extract(s["name"]) for s in self.outputs]
+                if any(status for status, _ in pairs):
+                    raise RuntimeError("ncnn could not compute every output")
+                per_image.append([mat for _, mat in pairs])
         return per_image
 
     def dequantize(self, outputs):
