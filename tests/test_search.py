@@ -1,4 +1,4 @@
-"""The search end to end on a tiny space: screening with a latency model, a few trainings of
+"""The search end to end on a tiny space: screening with a latency model, two trainings of
 a few steps, export through the gate, timing, the report, and a kill-and-resume that keeps
 what was finished. The latency model is written by hand (one coefficient per
 multiply-accumulate and per op, for ONNX Runtime) so the test does not fit one."""
@@ -57,7 +57,7 @@ def _command(tmp_path, out, budget, *extra):
     return [sys.executable, "-m", "edetgraph.search", "--space", str(tmp_path / "space.yaml"),
             "--latency", str(tmp_path / "ort.json"), "--budget-ms", f"{budget:g}",
             "--out", str(out), "--num-images", "24", "--steps", "3", "--candidates", "12",
-            "--train", "1", "--rounds", "1", "--parents", "1", "--children", "1",
+            "--train", "1", "--rounds", "0",
             "--measure", "1", "--train-set", "bn_recalibration_batches=0", *extra]
 
 
@@ -102,7 +102,9 @@ def test_a_tiny_search_killed_and_resumed(tmp_path, capsys):
     screened = json.loads((out / "screen.json").read_text())
     assert len(screened) >= 1 and all("predicted_ms" in r for r in screened.values() if r["ok"])
     trained = sorted(p.parent.name for p in out.glob("candidates/*/result.json"))
-    assert "family-phi0" in trained and len(trained) >= 3          # 1 first, 1 child, family
+    # 1 first and the family: mutation rounds are covered by tests/test_search_command.py
+    # with stand-in trainings (a real one here costs ~15 s of the suite)
+    assert "family-phi0" in trained and len(trained) >= 2
     rows = (out / "pareto.csv").read_text().splitlines()
     assert len(rows) == len(trained) + 1
     measured = json.loads((out / "measure.json").read_text())
