@@ -26,29 +26,21 @@ if __package__ in (None, ""):  # run as a file from a checkout: make the reposit
 from edetgraph.cli import OneLineParser, quiet_tensorflow  # noqa: E402 (after the path set-up above)
 from edetgraph.files import is_real_folder  # noqa: E402
 from edetgraph.verify.ncnn_runner import companions  # noqa: E402
-from edetgraph.verify.parity import AP_DROP_WHY, TOLERANCES  # noqa: E402
 from exporters.cli import (add_eval_args, add_model_args,  # noqa: E402
                            check_common, export_options, run_cli)
 from exporters.options import ExportError, OnnxOptions  # noqa: E402
-from exporters.to_onnx import MAX_OPSET, MIN_OPSET  # noqa: E402
+from exporters.to_onnx import (add_converted_args, check_converted_args,  # noqa: E402
+                                converted_epilog)
 
 PROG = "to_ncnn"
 
 
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
-                      epilog=f"Parity tolerance -- {TOLERANCES['fp32'].why}. Exit status: 0 "
-                      "written and proven, 1 conversion or parity gate failed (nothing "
-                      "written), 2 request refused. With --eval-data the file's COCO AP is "
-                      f"also compared with TF's: {AP_DROP_WHY}.")
+                      epilog=converted_epilog())
     add_model_args(p, ".param")
     add_eval_args(p)
-    p.add_argument("--opset", type=int, default=17,
-                   help=f"opset of the ONNX model pnnx converts, {MIN_OPSET}-{MAX_OPSET}; "
-                   "default 17")
-    p.add_argument("--atol", type=float, default=None, metavar="X",
-                   help="parity gate: every raw output element within X of TF (default 1e-4), "
-                   "else no further from float64 than 2x TF float32")
+    add_converted_args(p, "pnnx")
     return p
 
 
@@ -59,11 +51,7 @@ def check_request(args):
                           "extra)")
     if importlib.util.find_spec("pnnx") is None:
         raise ExportError("pnnx (the converter) is not installed (pip install --no-deps pnnx)")
-    if not MIN_OPSET <= args.opset <= MAX_OPSET:
-        raise ExportError(f"--opset {args.opset}: tf2onnx converts this model at opsets "
-                          f"{MIN_OPSET}-{MAX_OPSET} only")
-    if args.atol is not None and not args.atol > 0:
-        raise ExportError(f"--atol {args.atol}: must be > 0")
+    check_converted_args(args)
     args.postprocess, args.input = "none", "float"   # raw head maps, normalised float input
     spec = check_common(args, ".param")
     for target in companions(os.path.abspath(args.out)):   # what is written beside it

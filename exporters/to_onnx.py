@@ -44,6 +44,35 @@ QUANTS = ("fp32", "fp16", "int8")
 QUANT_MIN_OPSET = 13  # per-channel QDQ (DequantizeLinear's axis) needs opset 13
 
 
+# ------------------------------------------------ shared by the exporters that convert our ONNX
+
+def converted_epilog() -> str:
+    """The --help epilog of an exporter whose float32 file is converted from our ONNX."""
+    return (f"Parity tolerance -- {TOLERANCES['fp32'].why}. Exit status: 0 written and "
+            "proven, 1 conversion or parity gate failed (nothing written), 2 request "
+            f"refused. With --eval-data the file's COCO AP is also compared with TF's: "
+            f"{AP_DROP_WHY}.")
+
+
+def add_converted_args(p, converter: str) -> None:
+    """--opset (of the ONNX model ``converter`` converts) and the fp32 gate's --atol."""
+    p.add_argument("--opset", type=int, default=17,
+                   help=f"opset of the ONNX model {converter} converts, {MIN_OPSET}-{MAX_OPSET}; "
+                   "default 17")
+    p.add_argument("--atol", type=float, default=None, metavar="X",
+                   help="parity gate: every raw output element within X of TF (default 1e-4), "
+                   "else no further from float64 than 2x TF float32")
+
+
+def check_converted_args(args) -> None:
+    """The refusals of ``add_converted_args``'s flags."""
+    if not MIN_OPSET <= args.opset <= MAX_OPSET:
+        raise ExportError(f"--opset {args.opset}: tf2onnx converts this model at opsets "
+                          f"{MIN_OPSET}-{MAX_OPSET} only")
+    if args.atol is not None and not args.atol > 0:
+        raise ExportError(f"--atol {args.atol}: must be > 0")
+
+
 def build_parser() -> OneLineParser:
     tol = "; ".join(f"{k}: {TOLERANCES[k].why}" for k in QUANTS)
     p = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
