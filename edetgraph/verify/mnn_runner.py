@@ -10,15 +10,13 @@ lines are passed on to stderr.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import re
 import sys
-import tempfile
 import time
 
 import numpy as np
 
+from edetgraph.verify.native_output import captured_fd
 from edetgraph.verify.runner_base import Runner, RunnerError, TensorInfo, check_file, first_line
 
 PRECISIONS = ("high", "normal", "low")   # MNN's names: high = float32 end to end
@@ -29,21 +27,14 @@ _NOTICE = re.compile(r"The device supports: |MNN use (high|normal|low) precision
 def quiet_stdout():
     """Run the block with what native code writes to file descriptor 1 captured; MNN's
     start-up notices are dropped, any other line goes to stderr when the block ends."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 1)
-        try:
+    said: list = []
+    try:
+        with captured_fd(1, said):
             yield
-        finally:
-            ctypes.CDLL(None).fflush(None)    # C stdio buffers what it prints to a file
-            os.dup2(saved, 1)
-            os.close(saved)
-            captured.seek(0)
-            text = captured.read().decode(errors="backslashreplace")
-            rest = [ln for ln in text.splitlines() if ln.strip() and not _NOTICE.search(ln)]
-            if rest:
-                print("\n".join(rest), file=sys.stderr)
+    finally:
+        rest = [ln for ln in said if not _NOTICE.search(ln)]
+        if rest:
+            print("\n".join(rest), file=sys.stderr)
 
 
 class MnnRunner(Runner):

@@ -10,14 +10,13 @@ it. By default ncnn stores and computes in float16 or bfloat16 where the CPU has
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
+from edetgraph.verify.native_output import captured_fd
 from edetgraph.verify.runner_base import Runner, RunnerError, TensorInfo, check_file, first_line
 
 PRECISIONS = ("fp32", "fp16")
@@ -30,25 +29,6 @@ def companions(param_path: str) -> list:
     ``NAME.json`` (edetgraph's metadata, written by ``exporters/to_ncnn.py``)."""
     stem = os.fspath(param_path)[:-len(".param")]
     return [stem + ".bin", stem + ".json"]
-
-
-@contextlib.contextmanager
-def captured_stderr(lines: list):
-    """Run the block with what native code writes to file descriptor 2 captured into
-    ``lines``: ncnn prints its load errors ("parse magic failed") there, which the runner
-    turns into its one-line error (and shows, when the file loaded anyway)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines += [ln.strip() for ln in captured.read().decode(errors="replace").splitlines()
-                      if ln.strip()]
 
 
 def input_shape(param_path: str) -> dict:
@@ -94,8 +74,8 @@ class NcnnRunner(Runner):
         if precision == "fp32":
             for option in _LOW_PRECISION:
                 setattr(self.net.opt, option, False)
-        said: list = []
-        with captured_stderr(said):
+        said: list = []   # ncnn prints why a file does not load on fd 2 ("parse magic failed")
+        with captured_fd(2, said):
             failed = self.net.load_param(self.path) or self.net.load_model(weights)
         if failed:
             why = said[0] if said else "not an NCNN model"
