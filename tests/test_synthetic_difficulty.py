@@ -3,8 +3,11 @@
 overlapping objects, with labels that stay those of the visible pixels."""
 import hashlib
 import json
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 
 from edetgraph.data import synthetic
 
@@ -40,3 +43,75 @@ def test_easy_is_the_original_generator_byte_for_byte(tmp_path):
     assert _render_digest() == EASY_RENDER_SHA
     synthetic.generate(tmp_path / "a", 12, 64, seed=5, val_fraction=0.25)
     assert _files_digest(tmp_path / "a") == EASY_FILES_SHA
+
+
+def _scenes(level: str, count: int = 12, size: int = 128):
+    return [synthetic.render_scene(np.random.default_rng([4, i]), size, 6,
+                                   synthetic.DIFFICULTIES[level]) for i in range(count)]
+
+
+def _outside_boxes(shape, objects) -> np.ndarray:
+    keep = np.ones(shape, bool)
+    for o in objects:
+        x, y, w, h = o["bbox"]
+        keep[y:y + h, x:x + w] = False
+    return keep
+
+
+def _strong_edges_outside_boxes(scene) -> float:
+    """Share of the pixels outside every labelled box where the colour jumps (> 60 in a
+    channel) to the right neighbour: rare on the smooth easy background, not on hard's."""
+    objects = synthetic._visible_objects(scene.ids, scene.classes)
+    jump = np.abs(np.diff(scene.image.astype(np.float32), axis=1)).max(axis=-1) > 60
+    return float(jump[_outside_boxes(scene.ids.shape, objects)[:, 1:]].mean())
+
+
+def test_hard_backgrounds_hold_distractors_with_no_label():
+    easy, hard = _scenes("easy"), _scenes("hard")
+    assert not any(s.clutter.any() for s in easy)
+    for s in hard:
+        assert s.clutter.any() and (s.ids[s.clutter] == -1).all()   # never an object's pixel
+        outside = _outside_boxes(s.ids.shape, synthetic._visible_objects(s.ids, s.classes))
+        assert (s.clutter & outside).any()          # distractors where no box is
+    edges = lambda scenes: np.mean([_strong_edges_outside_boxes(s) for s in scenes])
+    assert edges(hard) > 3 * edges(easy), (edges(hard), edges(easy))
+
+
+def test_hard_labels_are_the_visible_pixels_inside_the_image():
+    """The rule of easy, kept: a box is the tight box of the pixels the object still shows
+    (read from the id mask), its area their count; a shape drawn later (object or
+    distractor) may hide at most 35 % of what is still visible of an earlier object."""
+    overlapping, small, per_image = 0, 0, []
+    for s in _scenes("hard"):
+        objects = synthetic._visible_objects(s.ids, s.classes)
+        assert len(objects) == len(s.classes)       # nothing drawn is hidden entirely
+        per_image.append(len(objects))
+        for j, o in enumerate(objects):
+            x, y, w, h = o["bbox"]
+            assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= 128 and y + h <= 128
+            ys, xs = np.nonzero(s.ids == j)
+            assert o["area"] == ys.size > 0
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x, y, x + w, y + h)
+            small += max(w, h) < 0.12 * 128
+        boxes = [o["bbox"] for o in objects]
+        overlapping += any(min(a[0] + a[2], b[0] + b[2]) > max(a[0], b[0]) and
+                           min(a[1] + a[3], b[1] + b[3]) > max(a[1], b[1])
+                           for i, a in enumerate(boxes) for b in boxes[i + 1:])
+        assert s.image.shape == (128, 128, 3) and s.image.dtype == np.uint8
+    assert overlapping >= 6 and small >= 6 and max(per_image) > 6, (overlapping, small,
+                                                                     per_image)
+
+
+def test_hard_files_say_their_level_and_an_unknown_level_is_refused(tmp_path):
+    summary = synthetic.generate(tmp_path / "h", 4, 64, seed=0, difficulty="hard")
+    assert summary["difficulty"] == "hard"
+    info = json.loads((tmp_path / "h" / "train" / "instances.json").read_text())["info"]
+    assert info["difficulty"] == "hard"
+    with pytest.raises(ValueError, match=r"^difficulty must be one of easy, hard, got 'medium'$"):
+        synthetic.generate(tmp_path / "m", 4, 64, seed=0, difficulty="medium")
+    assert not (tmp_path / "m").exists()
+    bad = subprocess.run([sys.executable, "-m", "edetgraph.data.synthetic", "--out",
+                          str(tmp_path / "c"), "--difficulty", "Hard"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr == "error: difficulty must be one of easy, hard, got 'Hard'\n"

@@ -1,0 +1,5 @@
+import sys
+
+from edetgraph.data.synthetic.command import main
+
+sys.exit(main())
