@@ -115,3 +115,20 @@ def test_hard_files_say_their_level_and_an_unknown_level_is_refused(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
     assert bad.stderr == "error: difficulty must be one of easy, hard, got 'Hard'\n"
+
+
+def test_training_settings_carry_the_level_and_refuse_bad_values(tmp_path):
+    from edetgraph.training.config import TrainConfigError, from_dict, load_train_config
+    assert load_train_config("demo").synthetic.difficulty == "easy"
+    hard = load_train_config("demo", ["synthetic.difficulty=hard"])
+    assert hard.synthetic.difficulty == "hard"
+    bad = {"steps": 10, "synthetic": {"difficulty": "medium"}}
+    with pytest.raises(TrainConfigError, match=r"^x\.yaml: synthetic\.difficulty: 'medium' not "
+                                               r"one of easy, hard$"):
+        from_dict(bad, "x.yaml")
+    for key, value, said in (("difficulty", 2, "synthetic.difficulty"),
+                             ("hardness", "hard", "synthetic.hardness: unknown key"),
+                             ("val_fraction", float("nan"), "synthetic.val_fraction")):
+        with pytest.raises(TrainConfigError, match=rf"^x\.yaml: {said}") as e:
+            from_dict({"steps": 10, "synthetic": {key: value}}, "x.yaml")
+        assert "\n" not in str(e.value)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from edetgraph.data.synthetic.levels import DIFFICULTIES
 from edetgraph.graph import schema
 from edetgraph.graph.spec import SPEC_DIR
 
@@ -52,6 +53,7 @@ class SyntheticData:
     num_images: int = 1000
     seed: int = 0
     val_fraction: float = 0.2
+    difficulty: str = "easy"   # easy | hard (edetgraph.data.synthetic.levels)
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,8 @@ def _check(c: TrainConfig) -> None:
     s = c.synthetic
     if s.num_images < 2 or not 0.0 < s.val_fraction < 1.0:
         _fail("synthetic", f"need num_images >= 2 and 0 < val_fraction < 1, got {s}")
+    if s.difficulty not in DIFFICULTIES:
+        _fail("synthetic.difficulty", f"{s.difficulty!r} not one of {', '.join(DIFFICULTIES)}")
 
 
 _ALTERNATIVES = {"steps": "epochs", "epochs": "steps", "warmup_steps": "warmup_epochs",

@@ -53,6 +53,8 @@ def synthetic_data(spec, synthetic, log=None) -> DataPaths:
                         f"has {spec.num_classes}: give --data, or --set num_classes=6")
     name = (f"shapes-s{size}-c{spec.num_classes}-n{synthetic.num_images}-"
             f"v{synthetic.val_fraction:g}-seed{synthetic.seed}")
+    if synthetic.difficulty != "easy":   # easy keeps the folder name it always had
+        name += f"-{synthetic.difficulty}"
     final = cache_dir() / "synthetic" / name
     if not (final / "summary.json").is_file():
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +63,8 @@ def synthetic_data(spec, synthetic, log=None) -> DataPaths:
             log(f"generating the built-in dataset ({synthetic.num_images} images, {size} px) "
                 f"in {final}")
         summary = synth.generate(tmp, synthetic.num_images, size, synthetic.seed,
-                                 synthetic.val_fraction, spec.num_classes)
+                                 synthetic.val_fraction, spec.num_classes,
+                                 difficulty=synthetic.difficulty)
         synth.write_tfrecords(summary)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
         try:
