@@ -13,8 +13,9 @@ Stages, each printing progress and leaving its result in --out:
   2. train: per budget, the --train most promising (the most compute under the budget,
      spread over the space), then --rounds of mutating the most accurate ones, each
      trained --steps steps on the data (the built-in dataset by default, generated once
-     for every candidate) and evaluated (COCO AP on its val split); the base's
-     compound-scaled BiFPN family (the space's family_phi) is trained the same way.
+     for every candidate; --data-difficulty hard for its cluttered scenes) and evaluated
+     (COCO AP on its val split); the base's compound-scaled BiFPN family (the space's
+     family_phi) is trained the same way.
      With --rungs 400 1500 4000 that is the first rung: the --promote best of each budget
      are trained again (from scratch) at each next rung, the family at every rung, and
      the last rung trains its candidates and the family with --seeds seeds; a training
@@ -51,6 +52,7 @@ import time
 from pathlib import Path
 
 from edetgraph.cli import OneLineParser, first_line
+from edetgraph.data.synthetic import DIFFICULTIES
 from edetgraph.data.labels import without_sidecars
 from edetgraph.files import (FolderBusy, OutputRefused, is_real_folder, lock_folder,
                              release_folder, remove, stage_dir)
@@ -90,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--val-json", help="COCO instances JSON of --val-data")
     ap.add_argument("--num-images", type=int, default=1000,
                     help="built-in dataset size (default 1000, 20%% of them val)")
+    ap.add_argument("--data-difficulty", choices=list(DIFFICULTIES), default="easy",
+                    help="built-in dataset scenes (default easy: the demo's shapes; hard adds"
+                         " textured, cluttered backgrounds with distractors, occluders, small"
+                         " and overlapping objects; docs/search.md says which to pick)")
     ap.add_argument("--train-config", default="demo",
                     help="training settings every candidate trains with (default: demo)")
     ap.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
@@ -135,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Settings recorded since --rungs / --promote / --seeds, with the value an older
 # settings.json (which lacks them) stands for: one rung, one seed.
-ADDED_SETTINGS = {"rungs": None, "promote": None, "seeds": 1}
+ADDED_SETTINGS = {"rungs": None, "promote": None, "seeds": 1, "data_difficulty": "easy"}
 
 
 def _settings(args, space) -> dict:
@@ -147,7 +153,8 @@ def _settings(args, space) -> dict:
             "data": [args.data, args.val_data, args.val_json],
             "num_images": None if args.data else args.num_images,
             "rungs": list(args.rungs) if several else None,
-            "promote": args.promote if several else None, "seeds": args.seeds}
+            "promote": args.promote if several else None, "seeds": args.seeds,
+            "data_difficulty": args.data_difficulty}
 
 
 def _check_settings(out: Path, settings: dict) -> None:
@@ -191,11 +198,12 @@ def _dataset(out: Path, args, space) -> dict:
         size = max(space.image_size)
         stage = stage_dir(folder)   # private: nothing planted there is written through
         tmp = Path(stage) / "data"
-        say(f"generating the built-in dataset once ({args.num_images} images, {size} px)"
-             f" -> {folder}")
+        say(f"generating the built-in dataset once ({args.num_images} {args.data_difficulty} "
+            f"images, {size} px) -> {folder}")
         cmd = [sys.executable, "-m", "edetgraph.data.synthetic", "--out", str(tmp),
                "--num-images", str(args.num_images), "--image-size", str(size),
-               "--num-classes", str(space.base_data["num_classes"]), "--tfrecord"]
+               "--num-classes", str(space.base_data["num_classes"]), "--tfrecord",
+               "--difficulty", args.data_difficulty]
         try:
             if subprocess.run(cmd, check=False, cwd=REPO,
                               stdout=subprocess.DEVNULL).returncode != 0:
@@ -219,6 +227,9 @@ def _check_args(args) -> None:
         if is_real_folder(out / name):   # the user's: never replaced
             raise SearchError(f"--out {args.out}: {name} there is a folder; refusing to replace"
                               " it (move it away or choose another --out)")
+    if args.data and args.data_difficulty != "easy":
+        raise SearchError(f"--data-difficulty {args.data_difficulty} is for the built-in "
+                          "dataset; --data brings its own")
     for name in ("candidates", "train", "parents", "measure", "num_images"):
         if getattr(args, name) < 1:
             raise SearchError(f"--{name.replace('_', '-')} must be at least 1")

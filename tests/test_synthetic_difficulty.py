@@ -5,6 +5,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,3 +133,53 @@ def test_training_settings_carry_the_level_and_refuse_bad_values(tmp_path):
         with pytest.raises(TrainConfigError, match=rf"^x\.yaml: {said}") as e:
             from_dict({"steps": 10, "synthetic": {key: value}}, "x.yaml")
         assert "\n" not in str(e.value)
+
+
+def _search_args(tmp_path, *extra):
+    return [f"--latency={tmp_path / 'm.json'}", f"--out={tmp_path / 'o'}", "--budget-ms=10",
+            *extra]
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--data-difficulty", "medium"], "argument --data-difficulty: invalid choice: 'medium'"),
+    (["--data-difficulty", "hard", "--data", "t*.tfrecord"],
+     "--data-difficulty hard is for the built-in dataset; --data brings its own"),
+])
+def test_the_search_refuses_a_bad_data_difficulty_in_one_line(tmp_path, capsys, extra, words):
+    from edetgraph import search
+    try:
+        code = search.main(_search_args(tmp_path, *extra))
+    except SystemExit as e:          # argparse's usage error
+        code = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_search_generates_and_records_the_level_it_is_given(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from edetgraph import search
+    ran = []
+
+    def run(cmd, **kw):             # stands in for the generator: makes its --out folder
+        ran.append(cmd)
+        Path(cmd[cmd.index("--out") + 1]).mkdir(parents=True)
+        return SimpleNamespace(returncode=0)
+    monkeypatch.setattr(search, "subprocess", SimpleNamespace(run=run, DEVNULL=-3))
+    args = search._parser().parse_args(_search_args(tmp_path, "--data-difficulty", "hard"))
+    space = SimpleNamespace(image_size=[64, 96], base_data={"num_classes": 3})
+    out = tmp_path / "o"
+    out.mkdir()
+    data = search._dataset(out, args, space)
+    assert ran[0][ran[0].index("--difficulty") + 1] == "hard"
+    assert data["val_json"] == str(out / "data" / "val" / "instances.json")
+    default = search._parser().parse_args(_search_args(tmp_path))
+    assert default.data_difficulty == "easy"
+    settings = {"data_difficulty": "hard", "seeds": 1}
+    search._check_settings(out, settings)                    # written
+    assert json.loads((out / "settings.json").read_text()) == settings
+    (out / "settings.json").write_text(json.dumps({"seeds": 1}))   # written before the flag
+    search._check_settings(out, {"data_difficulty": "easy", "seeds": 1})   # resumes
+    with pytest.raises(search.SearchError, match="data_difficulty 'easy' there, 'hard' here"):
+        search._check_settings(out, settings)
