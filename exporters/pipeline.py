@@ -23,15 +23,14 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 
-import numpy as np
-
 from edetgraph.task.serving import make_serving_fn
 from edetgraph.task.weights import model_with_weights
 from edetgraph.verify import accuracy
 from edetgraph.verify.accuracy import format_ap
 from edetgraph.verify.coverage import summary_line as coverage_line
 from edetgraph.verify.gate import run_gate
-from edetgraph.verify.parity import ParityError, ParityGate, format_parity, tolerance_for
+from edetgraph.verify.parity import (ParityError, ParityGate, format_parity, sqnr_db,
+                                      tolerance_for)
 from edetgraph.verify.runners import RunnerError, make_runner
 from edetgraph.verify.ties import NmsRule
 from edetgraph.files import disk_full_message, is_disk_full, is_real_folder, refuse_folder
@@ -256,16 +255,19 @@ def check_accuracy(summary: dict, spec, serve, run_file, kind: str, opts: Export
 
 def unverified(parity: dict, measured_by: str | None = None) -> dict:
     """What a quantised file without --eval-data can say of its accuracy: nothing measured,
-    and the SQNR of each head on the parity pictures; ``measured_by``: who measures its AP
-    after the export (not a warning then)."""
-    sqnr = {h: (None if not f["nrmse"] else round(float(-20 * np.log10(f["nrmse"])), 2))
-            for h, f in parity["heads"].items()}
+    and the SQNR of each head on the parity pictures (``sqnr_db``), and of each of its levels
+    on its own (``sqnr_db_levels``); ``measured_by``: who measures its AP after the export
+    (not a warning then)."""
+    sqnr = {h: sqnr_db(f["nrmse"]) for h, f in parity["heads"].items()}
+    levels = {h: {lvl: f["sqnr_db"] for lvl, f in by_level.items()}
+              for h, by_level in (parity.get("levels") or {}).items()}
     text = ", ".join(f"{h} {v} dB" for h, v in sqnr.items() if v is not None)
     if measured_by:
-        return {"verified": False, "sqnr_db": sqnr, "measured_by": measured_by,
+        return {"verified": False, "sqnr_db": sqnr, "sqnr_db_levels": levels,
+                "measured_by": measured_by,
                 "why": f"AP not measured by the export: {measured_by} measures it (SQNR per "
                        f"head on the parity pictures: {text or 'n/a'})"}
-    return {"verified": False, "sqnr_db": sqnr,
+    return {"verified": False, "sqnr_db": sqnr, "sqnr_db_levels": levels,
             "why": f"accuracy UNVERIFIED: no --eval-data, so the AP this file loses is not "
                    f"measured (SQNR per head on the parity pictures: {text or 'n/a'})"}
 

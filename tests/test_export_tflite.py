@@ -172,6 +172,12 @@ def test_int8_uint8_io_from_tfrecord(tmp_path, small_tf):
     assert unverified["verified"] is False and "accuracy" not in summary
     for head, f in heads.items():
         assert unverified["sqnr_db"][head] == pytest.approx(-20 * np.log10(f["nrmse"]), abs=0.01)
+    # ... and of each level on its own, which the gate judged too (each above 0 dB)
+    levels = summary["parity"]["levels"]
+    assert unverified["sqnr_db_levels"] == {h: {lvl: f["sqnr_db"] for lvl, f in by.items()}
+                                            for h, by in levels.items()}
+    assert all(f["sqnr_db"] > 0 for by in levels.values() for f in by.values())
+    print("int8 small SQNR per level (dB):", unverified["sqnr_db_levels"])
     # One XNNPACK partition; XNNPACK has no uint8<->int8 conversion, so with uint8 at both
     # ends the only nodes left on the reference kernels are the ones at the file's edges
     xnnpack = summary["coverage"]["xnnpack"]

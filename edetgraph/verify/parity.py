@@ -2,16 +2,16 @@
 
 Each exporter runs its file and the TF function it was converted from on the same inputs and
 feeds both results here. Raw outputs are compared element by element (largest absolute
-difference, where it is, and that difference relative to the output's largest magnitude) and,
-pooled per head over all levels, as a normalised RMSE (RMSE / standard deviation of the TF
-values). For fp32 files the same outputs are also computed in float64
+difference, where it is, and that difference relative to the output's largest magnitude) and
+as a normalised RMSE (RMSE / standard deviation of the TF values), pooled per head over all
+levels and per level on its own. For fp32 files the same outputs are also computed in float64
 (:mod:`edetgraph.verify.exact`), which says how far TF float32 and the file each are from the value
 both approximate. Detections from in-graph NMS are matched one to one against the TF path
 with the same NMS. The tolerances below say what each kind of file must meet, and why.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -32,7 +32,10 @@ class Tolerance:
     reference and ``exact_factor``, an output still passes if the file's largest distance
     from the float64 result is at most ``exact_factor`` times TF float32's own: the file is
     then as accurate as TF and the difference is float32 rounding on both sides.
-    ``nrmse``: per head (all levels pooled) RMSE / std(TF) below this. ``identical``:
+    ``nrmse``: per head (all levels pooled) RMSE / std(TF) below this. ``level_nrmse``: the
+    same of every level's output on its own (its RMSE over its own TF spread): a head whose
+    levels share a conv, quantised with one level's scale, can leave a small level (P7)
+    garbage while the pooled figure, which the large P3 dominates, looks fine. ``identical``:
     detections must match one to one (same count and classes, scores within
     ``DETECTION_SCORE_TOL``, box coordinates within ``DETECTION_BOX_TOL`` of the image side);
     otherwise detection agreement is reported only. ``random_gated``: random-pixel inputs
@@ -46,6 +49,7 @@ class Tolerance:
     random_gated: bool
     why: str
     exact_factor: float | None = None
+    level_nrmse: float | None = None
 
 
 TOLERANCES = {
@@ -60,21 +64,25 @@ TOLERANCES = {
     "fp16": Tolerance("fp16", None, 0.05, False, True,
                       "weights stored as float16 (relative rounding <= 2^-11); the error "
                       "compounds through ~100 layers, so each head's RMSE must stay below 5 % "
-                      "of its spread (SQNR >= 26 dB)"),
+                      "of its spread (SQNR >= 26 dB), and each level's below its own spread "
+                      "(SQNR > 0 dB per level: no level is garbage)", level_nrmse=1.0),
     "bf16": Tolerance("bf16", None, 0.05, False, True,
                       "activations and weights in bfloat16 (8 mantissa bits, relative rounding "
                       "<= 2^-8) where the CPU has it, judged like fp16: each head's RMSE below "
-                      "5 % of its spread"),
+                      "5 % of its spread, and each level's below its own spread", level_nrmse=1.0),
     "dynamic": Tolerance("dynamic", None, 1.0, False, True,
                          "int8 weights, activations quantised on the fly: each head's RMSE must "
                          "stay below the spread of the TF values (SQNR > 0 dB), i.e. the file "
-                         "carries the TF signal. This catches broken files, not accuracy loss, "
-                         "which depends on the weights: judge that by AP"),
+                         "carries the TF signal, and so must each level's on its own. This "
+                         "catches broken files, not accuracy loss, which depends on the weights: "
+                         "judge that by AP", level_nrmse=1.0),
     "int8": Tolerance("int8", None, 1.0, False, False,
                       "8-bit activations, one scale per tensor: on real images each head's RMSE "
                       "must stay below the spread of the TF values (SQNR > 0 dB), i.e. the file "
-                      "carries the TF signal. This catches broken files (wrong scales, garbage), "
-                      "not accuracy loss, which depends on the weights: judge that by AP"),
+                      "carries the TF signal, and so must each level's on its own (a level "
+                      "quantised with another level's scale is garbage the pooled figure "
+                      "hides). This catches broken files (wrong scales, garbage), not accuracy "
+                      "loss, which depends on the weights: judge that by AP", level_nrmse=1.0),
 }
 
 
@@ -104,8 +112,8 @@ def tolerance_for(kind: str, atol: float | None = None,
         factor = float(float64_factor) or None
         why = (why.replace("than 2x", f"than {float64_factor:g}x") if factor else
                why.split(". An output beyond")[0] + " (no float64 arbitration asked)")
-    return Tolerance(tol.name, tol.atol if atol is None else float(atol), tol.nrmse,
-                     tol.identical, tol.random_gated, why, factor)
+    return replace(tol, atol=tol.atol if atol is None else float(atol), why=why,
+                   exact_factor=factor)
 
 
 def atol_failure(name: str, max_abs: float, exact: dict | None, tol: Tolerance) -> str | None:
@@ -169,6 +177,24 @@ class _Output:
         return {"max_abs": self.max_abs, "max_ref": self.max_ref,
                 "max_rel": self.max_abs / self.max_ref if self.max_ref else 0.0,
                 "where": self.where, "float64": self.exact, **_pooled([self])}
+
+
+def sqnr_db(nrmse: float | None) -> float | None:
+    """The SQNR (dB) of a normalised RMSE: -20 log10(RMSE/std); None when not measured or
+    exact."""
+    return None if not nrmse else round(float(-20 * np.log10(nrmse)), 2)
+
+
+def _levels(outputs: dict) -> dict:
+    """``{head: {"P3": {output, rmse, nrmse, sqnr_db}, ...}}``: each level on its own."""
+    out = {}
+    for name, f in outputs.items():
+        head = head_of(name)
+        if head != name:     # cls_l7 -> cls, P7
+            out.setdefault(head, {})[f"P{name.rpartition('_l')[2]}"] = {
+                "output": name, "rmse": f["rmse"], "nrmse": f["nrmse"],
+                "sqnr_db": sqnr_db(f["nrmse"])}
+    return out
 
 
 def _pooled(items) -> dict:
@@ -239,16 +265,18 @@ class ParityGate:
         for name, o in self._outputs.items():
             heads.setdefault(head_of(name), []).append(o)
         heads = {h: _pooled(items) for h, items in sorted(heads.items())}
-        failures = self._failures(outputs, heads)
+        levels = _levels(outputs)
+        failures = self._failures(outputs, heads, levels)
         t = self.tol
         return {"tolerance": {"name": t.name, "atol": t.atol, "nrmse": t.nrmse,
-                              "float64_factor": t.exact_factor,
+                              "float64_factor": t.exact_factor, "level_nrmse": t.level_nrmse,
                               "detections": "identical" if t.identical else "reported",
                               "random_inputs_gated": t.random_gated, "why": t.why},
                 "inputs": list(self.inputs), "outputs": outputs, "heads": heads,
-                "detections": self._detections, "failures": failures, "passed": not failures}
+                "levels": levels, "detections": self._detections, "failures": failures,
+                "passed": not failures}
 
-    def _failures(self, outputs, heads) -> list:
+    def _failures(self, outputs, heads, levels) -> list:
         t, out = self.tol, []
         for name, f in outputs.items():
             why = atol_failure(name, f["max_abs"], f["float64"], t)
@@ -265,10 +293,30 @@ class ParityGate:
                            f"worst "
                            f"output {worst}, largest diff {outputs[worst]['max_abs']:.3g} on "
                            f"input '{w['input']}' at {w['at']}")
+            out.extend(self._level_failures(head, f, levels.get(head, {}), outputs))
         if t.identical:
             out.extend(f"detections on input '{d['input']}': {d['mismatch']}"
                        for d in self._detections if d["mismatch"])
         return out
+
+    def _level_failures(self, head: str, pooled: dict, levels: dict, outputs: dict) -> list:
+        """Each level of ``head`` whose own RMSE/std is not below ``level_nrmse``. A level
+        whose TF values do not vary has no figure: the head's pooled one judges it."""
+        bound, out = self.tol.level_nrmse, []
+        for level, f in levels.items():
+            if bound is None or f["nrmse"] is None or f["nrmse"] < bound:
+                continue
+            o = outputs[f["output"]]
+            w = o["where"]
+            out.append(f"{head} level {level} ({f['output']}): RMSE/std {f['nrmse']:.3g} "
+                       f"(SQNR {f['sqnr_db']:.1f} dB) not below {bound:g}, the head's levels "
+                       f"pooled {_g(pooled['nrmse'])}; largest diff {o['max_abs']:.3g} "
+                       f"on input '{w['input']}' at {w['at']}")
+        return out
+
+
+def _g(nrmse) -> str:
+    return "-" if nrmse is None else f"{nrmse:.3g}"
 
 
 def format_parity(p: dict) -> str:
@@ -276,6 +324,8 @@ def format_parity(p: dict) -> str:
     t = p["tolerance"]
     limit = (f"|diff| <= {t['atol']:g}" if t["atol"] is not None
              else f"RMSE/std < {t['nrmse']:g} per head")
+    if t.get("level_nrmse") is not None:
+        limit += f", < {t['level_nrmse']:g} per level"
     if t["atol"] is not None and t.get("float64_factor"):
         limit += (f", or the file within {t['float64_factor']:g} x TF float32's distance from "
                   f"float64")
@@ -294,8 +344,11 @@ def format_parity(p: dict) -> str:
             lines.append(f"  {name:16s} {f['max_abs']:10.3g} {f['max_rel']:10.3g} {nrmse:>9s}  "
                          f"{cols}{w.get('input', '')} {w.get('at', '')}")
         lines.append("  per head (levels pooled): " + ", ".join(
-            f"{h} RMSE/std {'-' if f['nrmse'] is None else format(f['nrmse'], '.3g')}"
-            for h, f in p["heads"].items()))
+            f"{h} RMSE/std {_g(f['nrmse'])}" for h, f in p["heads"].items()))
+        if p.get("levels") and t.get("level_nrmse") is not None:
+            lines.append("  per level, RMSE/std: " + "; ".join(
+                f"{h} " + ", ".join(f"{lvl} {_g(f['nrmse'])}" for lvl, f in levels.items())
+                for h, levels in p["levels"].items()))
     for d in p["detections"]:
         same = "" if d["max_box_diff"] is None else (
             f"; matched one to one, max |score diff| {d['max_score_diff']:.3g}, "
