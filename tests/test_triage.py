@@ -45,13 +45,13 @@ def test_layer_statistics_and_keeping_layers_float():
     why = triage._why(worst, stats[worst])
     assert "SQNR" in why["why"] and why["layer"] == worst
     from edetgraph.verify.runners import tflite_interpreter
+    from exporters.float_heads import Calibrated, convert_keeping_float
     full = make().convert()
-    kept = triage.convert_keeping_float(make(), data, [worst])
+    kept = convert_keeping_float(make(), data, [worst])
     ops = lambda fb: [o["op_name"] for o in tflite_interpreter(  # noqa: E731
         None, model_content=fb, no_delegates=True)._get_ops_details()]
     assert "DEQUANTIZE" in ops(kept) and ops(kept) != ops(full)
     # the choosing triage calibrates once and quantises again per candidate: the same file
-    from exporters.float_heads import Calibrated
     assert Calibrated(make()).keeping_float([worst]) == kept
 
 
@@ -70,7 +70,7 @@ class _Planted(triage.Triage):
 
 @pytest.mark.parametrize("needed", [1, 2, 5, 13, 40])
 def test_search_finds_the_fewest_float_layers(monkeypatch, needed):
-    monkeypatch.setattr(triage, "convert_keeping_float",
+    monkeypatch.setattr(triage.search, "convert_keeping_float",
                         lambda conv, cal, nodes: f"model-{len(nodes)}")
     t = _Planted(lambda k: 0.5 if k >= needed else 4.0, bound=1.0)
     model, k = t._search([f"layer{i}" for i in range(50)])
@@ -79,7 +79,7 @@ def test_search_finds_the_fewest_float_layers(monkeypatch, needed):
 
 
 def test_search_gives_up_in_one_line(monkeypatch):
-    monkeypatch.setattr(triage, "convert_keeping_float",
+    monkeypatch.setattr(triage.search, "convert_keeping_float",
                         lambda conv, cal, nodes: f"model-{len(nodes)}")
     t = _Planted(lambda k: 4.0, bound=1.0)
     with pytest.raises(ExportFailed, match="leave the AP loss above 1 points"):
@@ -94,8 +94,8 @@ def test_the_heads_are_tried_float_as_one_group_first(monkeypatch, heads_enough)
     def convert(conv, cal, nodes):
         made.append(list(nodes))
         return f"model-{len(nodes)}"
-    monkeypatch.setattr(triage, "convert_keeping_float", convert)
-    monkeypatch.setattr(triage, "layer_statistics", lambda conv, cal: {
+    monkeypatch.setattr(triage.search, "convert_keeping_float", convert)
+    monkeypatch.setattr(triage.search, "layer_statistics", lambda conv, cal: {
         f"layer{i}": {"sqnr_db": float(i), "channel_spread": 1.0, "float_min": -1.0,
                       "float_max": 1.0, "p999_abs": 1.0, "scale": 0.01} for i in range(30)})
     heads = ["head0", "head1", "head2"]

@@ -91,7 +91,7 @@ def test_time_beside_alternates_the_two_files_and_takes_medians(monkeypatch):
             calls.append(name)
             clock[0] += seconds * (2 if len(calls) % 6 < 2 else 1)   # load slows some rounds
         return run
-    monkeypatch.setattr(triage.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(triage.choice.time, "perf_counter", lambda: clock[0])
     t = triage.time_beside(call("fp32", 0.010), call("file", 0.004), None, rounds=5)
     assert t == {"ms": 4.0, "fp32_ms": 10.0, "time_vs_fp32": 0.4, "timed_calls": 5}
     assert calls == ["fp32", "file"] * 6        # one untimed call each, then 5 rounds in turn
