@@ -69,6 +69,14 @@ def test_a_level_barely_carrying_the_signal_passes_and_one_without_it_does_not()
         assert _gate("int8", got, ref)["passed"] is passed
 
 
+def test_a_head_failing_pooled_names_its_worst_level_and_its_figure():
+    ref = _outputs(0)
+    got = {k: -v for k, v in ref.items()}      # every level inverted: RMSE/std 2
+    line = _gate("int8", got, ref)["failures"][0]
+    assert re.match(r"box \(all levels\): RMSE/std 2\.0\d* not below 1; worst output "
+                    r"box_l\d \(RMSE/std 2\.\d+\), largest diff", line), line
+
+
 def test_fp32_files_keep_their_element_tolerance_alone():
     ref = _outputs(0)
     p = _gate("fp32", dict(ref), ref)

@@ -290,8 +290,8 @@ class ParityGate:
                             key=lambda n: outputs[n]["nrmse"] or 0.0)
                 w = outputs[worst]["where"]
                 out.append(f"{head} (all levels): RMSE/std {f['nrmse']} not below {t.nrmse:g}; "
-                           f"worst "
-                           f"output {worst}, largest diff {outputs[worst]['max_abs']:.3g} on "
+                           f"worst output {worst} (RMSE/std {_g(outputs[worst]['nrmse'])}), "
+                           f"largest diff {outputs[worst]['max_abs']:.3g} on "
                            f"input '{w['input']}' at {w['at']}")
             out.extend(self._level_failures(head, f, levels.get(head, {}), outputs))
         if t.identical:
