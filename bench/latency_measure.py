@@ -12,6 +12,7 @@ calls that met none are the ones a quiet machine would see.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -26,6 +27,7 @@ import numpy as np
 from bench import exports, latency_designs, probes
 from bench.config import TABLE, BenchConfig
 from bench.latency import measure_interleaved
+from edetgraph.cli import quiet_native
 from edetgraph.files import write_bytes
 from edetgraph.graph import latency
 from edetgraph.task.serving import make_serving_fn
@@ -34,25 +36,29 @@ from edetgraph.verify.runners import make_runner
 from exporters.onnx_format import convert as onnx_convert
 from exporters.options import ExportOptions, TFLiteOptions
 from exporters.tflite_format import TFLiteFormat
+from exporters.tflite_format import _converter as tflite_converter
 
 # Backends a model can be fitted for: their file format (None: TF in process).
 FORMATS = {"tf": None, "onnxruntime": "onnx", "openvino-fp32": "onnx", "tflite-fp32": "tflite",
-           "tflite-fp16": "tflite"}
+           "tflite-fp16": "tflite", "tflite-int8": "tflite"}
 TARGET = {None: "tf", "onnx": "onnx", "tflite": "tflite"}
 # Activations each runtime runs inside the op before them (edetgraph.graph.latency.Op.key):
 # LiteRT fuses RELU/RELU6 into CONV_2D, DEPTHWISE_CONV_2D and ADD; ONNX Runtime fuses
 # Relu/Clip and Sigmoid into Conv (a swish becomes one QuickGelu op, not fused); TF's
 # grappler fuses Relu/Relu6 into Conv2D/DepthwiseConv2dNative with their BiasAdd;
-# OpenVINO fuses activations, swish included, into its convolutions.
+# OpenVINO fuses activations, swish included, into its convolutions. LiteRT's int8 files
+# (read back from converted designs) fuse RELU6 as its float files do, into CONV_2D,
+# DEPTHWISE_CONV_2D and a fusion node's ADD; swish stays LOGISTIC and MUL, all int8.
 FUSES = {"tf": {"relu": ("conv", "dw")},
          "onnxruntime": {"relu": ("conv", "dw"), "sigmoid": ("conv",)},
          "openvino-fp32": {"relu": ("conv", "dw", "add", "sum"), "swish": ("conv", "dw"),
                            "sigmoid": ("conv",)},
          "tflite-fp32": {"relu": ("conv", "dw", "add", "sum")},
-         "tflite-fp16": {"relu": ("conv", "dw", "add", "sum")}}
+         "tflite-fp16": {"relu": ("conv", "dw", "add", "sum")},
+         "tflite-int8": {"relu": ("conv", "dw", "add", "sum")}}
 RUNTIME_DIST = {"tf": ("tensorflow-cpu", "tensorflow"), "onnxruntime": ("onnxruntime",),
                 "openvino-fp32": ("openvino",), "tflite-fp32": ("ai-edge-litert",),
-                "tflite-fp16": ("ai-edge-litert",)}
+                "tflite-fp16": ("ai-edge-litert",), "tflite-int8": ("ai-edge-litert",)}
 OPSET = exports.OPSET
 # The figure of a timing: a low percentile of the interleaved calls. On a shared machine the
 # median moves with whatever else runs (up to 2x here); the calls that met no competition
@@ -162,11 +168,29 @@ def design_file(built, design, backend: str, workdir: str) -> str:
     if not os.path.exists(path):
         if fmt == "onnx":
             data = onnx_convert(built.serve, OPSET).SerializeToString()
+        elif quant == "int8":
+            data = _int8_design(built)
         else:
             data = TFLiteFormat(TFLiteOptions(quant=quant)).convert(
                 built.serve, built.module, None, ExportOptions(verbose=False), say)[0]
         _write_atomic(path, data)
     return path
+
+
+def _int8_design(built, samples: int = 8) -> bytes:
+    """A designed graph as full-int8 TFLite, by the exporter's own converter settings. It is
+    calibrated on random normal inputs of the graph's shapes: a design has feature maps (not
+    pictures) for inputs, and int8 kernels take as long whatever the scales are, so random
+    data times like real data."""
+    rng = np.random.default_rng(0)
+
+    def representative():
+        for _ in range(samples):
+            yield [rng.normal(0.0, 1.0, (1, *shape)).astype(np.float32)
+                   for shape in built.inputs]
+    with quiet_native():      # the quantizer's settings line, once per graph
+        return tflite_converter(built.serve, built.module, "int8", "float", "float", "none",
+                                representative).convert()
 
 
 def runner_for(backend: str, path: str | None, threads: int, fn=None):
@@ -202,6 +226,9 @@ def spec_subject(name: str, spec, backend: str, threads: int, workdir: str,
     """A whole spec: its op list, and (when timed) its exported file or its TF function."""
     fuses = FUSES[backend] if fuses is None else fuses
 
+    # Once per run, not once per pass: an int8 file's reuse depends on its calibration
+    # images, which exports.reusable cannot see, so for int8 every call would start a child.
+    @functools.cache
     def make_file():
         cfg = BenchConfig(spec=spec, out=os.path.join(workdir, "specs"), threads=threads)
         os.makedirs(cfg.out, exist_ok=True)

@@ -36,7 +36,8 @@ from edetgraph.graph import latency_model
 from edetgraph.files import write_text
 from edetgraph.graph.spec import SpecError, load_spec
 
-HOST_BACKENDS = ("tf", "onnxruntime", "openvino-fp32", "tflite-fp32", "tflite-fp16")
+HOST_BACKENDS = ("tf", "onnxruntime", "openvino-fp32", "tflite-fp32", "tflite-fp16",
+                 "tflite-int8")
 PHI_SPECS = ("d0", "d1", "d2", "d3", "d4", "d5", "d6", "d7", "d7x")
 
 
