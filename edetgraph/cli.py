@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import functools
 import importlib.abc
 import os
 import re
@@ -125,25 +127,52 @@ def quiet_native():
 
 
 def _captured_fd2():
-    sys.stderr.flush()
-    saved, python_stderr = os.dup(2), sys.stderr
-    with tempfile.TemporaryFile() as captured, \
-            open(saved, "w", buffering=1, closefd=False, errors="backslashreplace") as live:
-        os.dup2(captured.fileno(), 2)   # the notices come from C++, below sys.stderr
-        if _writes_to_fd2(python_stderr):
+    python_stderr, lines = sys.stderr, []
+    python_stderr.flush()
+    with open(os.dup(2), "w", buffering=1, errors="backslashreplace") as live:
+        if _writes_to_fd2(python_stderr):   # Python's own lines still show as written
             sys.stderr = live
+        try:
+            with captured_fd(2, lines, strip=False):  # the notices come from C++, below sys.stderr
+                yield
+        finally:
+            sys.stderr = python_stderr
+    kept = [line for line in lines if not _NATIVE_NOISE.match(line)]
+    if kept:
+        print("\n".join(kept), file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def captured_fd(fd: int, lines: list, strip: bool = True):
+    """Run the block with what is written to file descriptor ``fd`` (1 or 2) captured, below
+    Python's streams, where native code (a runtime's C++) writes; its lines are appended to
+    ``lines`` when the block ends, whatever happened (``strip``: stripped, blank ones
+    dropped)."""
+    stream = getattr(sys, _PYTHON_STREAMS.get(fd, ""), None)
+    if stream is not None:     # what Python printed before the block goes where it was meant to
+        stream.flush()
+    _libc().fflush(None)
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), fd)
         try:
             yield
         finally:
-            sys.stderr = python_stderr
-            live.flush()
-            os.dup2(saved, 2)
+            _libc().fflush(None)   # C stdio holds back what it prints to a file
+            os.dup2(saved, fd)
             os.close(saved)
             captured.seek(0)
-            kept = [line for line in captured.read().decode(errors="replace").splitlines()
-                    if not _NATIVE_NOISE.match(line)]
-            if kept:
-                print("\n".join(kept), file=sys.stderr, flush=True)
+            text = captured.read().decode(errors="backslashreplace").splitlines()
+            lines += [ln.strip() for ln in text if ln.strip()] if strip else text
+
+
+_PYTHON_STREAMS = {1: "stdout", 2: "stderr"}
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    """The process's own C library (its stdio buffers)."""
+    return ctypes.CDLL(None)
 
 
 def _writes_to_fd2(stream) -> bool:

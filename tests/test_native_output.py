@@ -1,10 +1,11 @@
-"""The one capture of a file descriptor the ncnn and MNN runners share."""
+"""The one capture of a file descriptor (edetgraph.cli.captured_fd): the ncnn and MNN runners'
+and quiet_native's."""
 import os
 
 import pytest
 
 from edetgraph.verify.mnn_runner import quiet_stdout
-from edetgraph.verify.native_output import captured_fd
+from edetgraph.cli import captured_fd
 
 
 @pytest.mark.parametrize("fd", [1, 2])
@@ -31,3 +32,13 @@ def test_mnn_notices_are_dropped_other_lines_go_to_stderr(capfd):
         os.write(1, b"The device supports: i8sdot:0\nMNN use high precision\nreal news\n")
     out, err = capfd.readouterr()
     assert "device supports" not in out + err and "real news" in err
+
+
+def test_quiet_native_drops_only_the_known_notices(capfd, monkeypatch):
+    from edetgraph.cli import quiet_native
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    with quiet_native():
+        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+        os.write(2, b"E0000 a real error from C++\n")
+    err = capfd.readouterr().err
+    assert "XNNPACK" not in err and "E0000 a real error from C++" in err

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from edetgraph.verify.native_output import captured_fd
+from edetgraph.cli import captured_fd
 from edetgraph.verify.runner_base import Runner, RunnerError, TensorInfo, check_file, first_line
 
 PRECISIONS = ("high", "normal", "low")   # MNN's names: high = float32 end to end
