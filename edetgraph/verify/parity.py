@@ -17,7 +17,8 @@ import numpy as np
 
 from edetgraph.graph.outputs import head_of
 from edetgraph.verify.detections import compare_detections
-from edetgraph.verify.parity_report import format_parity, nrmse_text  # noqa: F401 (format_parity's home before)
+# format_parity was defined here first: still importable from here
+from edetgraph.verify.parity_report import format_parity, nrmse_text  # noqa: F401
 from edetgraph.verify.ties import NmsRule, judge_ties
 
 
@@ -291,7 +292,8 @@ class ParityGate:
                             key=lambda n: outputs[n]["nrmse"] or 0.0)
                 w = outputs[worst]["where"]
                 out.append(f"{head} (all levels): RMSE/std {f['nrmse']} not below {t.nrmse:g}; "
-                           f"worst output {worst} (RMSE/std {nrmse_text(outputs[worst]['nrmse'])}), "
+                           f"worst output {worst} "
+                           f"(RMSE/std {nrmse_text(outputs[worst]['nrmse'])}), "
                            f"largest diff {outputs[worst]['max_abs']:.3g} on "
                            f"input '{w['input']}' at {w['at']}")
             out.extend(self._level_failures(head, f, levels.get(head, {}), outputs))
