@@ -35,7 +35,7 @@ class Backend:
         if self.export == "openvino":
             return f"{e2e}_ov_{self.quant}.xml"
         if self.export == "mnn":
-            return f"{e2e}.mnn"
+            return f"{e2e}{'_' + self.quant if self.quant else ''}.mnn"
         if self.export == "ncnn":
             return f"{e2e}.ncnn.param"
         return f"{e2e}_{self.quant}{'fh' if self.float_heads else ''}.tflite"
@@ -51,6 +51,7 @@ _TABLE = (
     Backend("openvino-bf16", "openvino", "onnx", kind="bf16", precision="bf16"),
     Backend("openvino-int8", "openvino", "openvino", "int8", "int8", precision="f32"),
     Backend("mnn-fp32", "mnn", "mnn"),
+    Backend("mnn-int8", "mnn", "mnn", "int8", "int8"),
     Backend("ncnn-fp32", "ncnn", "ncnn"),
     Backend("tflite-fp32", "tflite", "tflite", "fp32"),
     Backend("tflite-fp16", "tflite", "tflite", "fp16", "fp16"),

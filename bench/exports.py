@@ -20,6 +20,7 @@ from edetgraph.data.synthetic import generate
 from edetgraph.files import write_text
 from edetgraph.verify.ncnn_runner import companions as ncnn_companions
 from exporters.mnn_format import MnnFormat
+from exporters.mnn_quant import MnnQuantOptions
 from exporters.ncnn_format import NcnnFormat
 from exporters.onnx_format import OnnxFormat
 from exporters.openvino_format import OpenVinoFormat
@@ -205,7 +206,8 @@ def _format(b: Backend, representative: str | None, calibration_images: int):
         return OnnxFormat(OnnxOptions(OPSET, b.quant or "fp32", representative,
                                       calibration_images))
     if b.export == "mnn":
-        return MnnFormat(OnnxOptions(OPSET))
+        return MnnFormat(OnnxOptions(OPSET), None if b.quant != "int8" else
+                         MnnQuantOptions(representative, calibration_images))
     if b.export == "ncnn":
         return NcnnFormat(OnnxOptions(OPSET))
     if b.export == "openvino":

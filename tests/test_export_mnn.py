@@ -154,13 +154,14 @@ def test_mnn_runner_names_a_bad_file_in_one_line(tmp_path):
 
 
 def test_bench_rows_run_the_mnn_and_int8_onnx_files(tmp_path):
-    """One benchmark over two new rows: the MNN file (skipped with its reason where MNN is
-    missing) and the int8 ONNX file (calibrated on synthetic scenes)."""
+    """One benchmark over three rows: the MNN files, float32 and int8 (skipped with their
+    reason where MNN is missing), and the int8 ONNX file (calibrated on synthetic scenes)."""
     from bench import run
     from edetgraph.data.synthetic import generate
     generate(str(tmp_path / "calib"), 4, 128, seed=3, val_fraction=0.0)
     out = tmp_path / "bench"
-    argv = ["--spec", "d0", *_sets(SMALL), "--backends", "mnn-fp32,onnxruntime-int8", "--out",
+    argv = ["--spec", "d0", *_sets(SMALL), "--backends", "mnn-fp32,mnn-int8,onnxruntime-int8",
+            "--out",
             str(out), "--runs", "3", "--warmup", "1", "--no-memory", "--representative-data",
             str(tmp_path / "calib" / "train" / "images"), "--calibration-images", "4"]
     assert run.main(argv) == 0
@@ -169,11 +170,17 @@ def test_bench_rows_run_the_mnn_and_int8_onnx_files(tmp_path):
     assert r["status"] == "ok", r
     assert r["parity"]["passed"] and r["parity"]["tolerance"] == "int8", r["parity"]
     assert (out / "efficientdet-d0_128x128_b1_int8.onnx").is_file()
-    r = rows["mnn-fp32"]
     if not HAVE_MNN:
-        assert r["status"] == "skipped" and "MNN is not installed" in r["reason"]
+        for name in ("mnn-fp32", "mnn-int8"):
+            assert rows[name]["status"] == "skipped", rows[name]
+            assert "MNN is not installed" in rows[name]["reason"]
         return
+    r = rows["mnn-fp32"]
     assert r["status"] == "ok", r
     assert r["parity"]["passed"] and r["parity"]["tolerance"] == "fp32"
     assert r["parity"]["max_abs"] < 1e-4
     assert (out / "efficientdet-d0_128x128_b1.mnn").is_file()
+    r = rows["mnn-int8"]
+    assert r["status"] == "ok", r
+    assert r["parity"]["passed"] and r["parity"]["tolerance"] == "int8", r["parity"]
+    assert (out / "efficientdet-d0_128x128_b1_int8.mnn").is_file()

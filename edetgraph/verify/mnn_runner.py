@@ -86,14 +86,21 @@ class MnnRunner(Runner):
         inputs = []
         for d in self.input_details:
             value = np.ascontiguousarray(feeds[d.name], np.dtype(d.dtype))
-            # NCHW in MNN's Python API means "as the model lays it out" (here NHWC)
-            inputs.append(mnn.expr.const(value, list(value.shape), mnn.expr.NCHW))
+            # NCHW in MNN's Python API means "as the model lays it out" (here NHWC); the
+            # dtype is named, else const() refuses any array but float32 ("numpy type does
+            # not match": a --input uint8 file could not be fed)
+            inputs.append(mnn.expr.const(value, list(value.shape), mnn.expr.NCHW,
+                                         getattr(mnn.expr, _MNN_DTYPE.get(d.dtype, "float"))))
         outputs = self.net.forward(inputs)
         return {n: np.array(mnn.expr.convert(o, mnn.expr.NCHW).read(), copy=True)
                 for n, o in zip(self._names, outputs)}
 
 
+_NUMPY_DTYPE = {"float": "float32", "double": "float64", "int": "int32", "int64": "int64",
+                "uint8": "uint8", "int8": "int8"}
+_MNN_DTYPE = {v: k for k, v in _NUMPY_DTYPE.items()}
+
+
 def _dtype(mnn_dtype) -> str:
     name = str(mnn_dtype).rsplit(".", 1)[-1]
-    return {"float": "float32", "double": "float64", "int": "int32", "int64": "int64",
-            "uint8": "uint8", "int8": "int8"}.get(name, name)
+    return _NUMPY_DTYPE.get(name, name)
