@@ -1,9 +1,12 @@
 """int8 MNN files: MNN's own post-training quantiser (the ``_tools`` extension of the mnn
 wheel) run on the float32 ``.mnn`` file, calibrated on representative images.
 
-The quantiser keeps one int8 scale per activation tensor (KL divergence over a histogram by
-default, or ADMM) and per output channel of each convolution's weights (MAX_ABS), and
-leaves the rest float.
+The quantiser keeps one int8 scale per activation tensor and per output channel of each
+convolution's weights (MAX_ABS), and leaves the rest float. Activation scales by ADMM by
+default, not MNN's own default KL: on the trained demo model (256 px, relu6, 100 training
+images, AP on 200 val images, AVX-512 EPYC) ADMM lost 0.14 AP points (24 images) and KL 14.3,
+with KL's P6/P7 and class levels at 0-3 dB SQNR against the float32 file where ADMM's were
+10-20 dB. ADMM stayed at 46 MB peak memory for 24 and for 100 images.
 
 Its calibration samples are given in its *sequence* mode: one folder per sample holding the
 input tensor as text, each image prepared exactly as the exported file's input by
@@ -30,7 +33,7 @@ import numpy as np
 from exporters.options import ExportFailed
 
 TOOL_TIMEOUT_S = 1800
-FEATURE_METHODS = ("KL", "ADMM")   # EMA crashes on our models with mnn 3.6.1 (measured)
+FEATURE_METHODS = ("ADMM", "KL")   # EMA crashes on our models with mnn 3.6.1 (measured)
 # The quantiser called directly in a child process (its console output and any native crash
 # stay there), not the wheel's ``mnnquant`` entry point, for the reason ``mnn_format`` gives
 # for the converter (a usage logger that pip-installs a client and posts ids). The binding
@@ -46,7 +49,7 @@ class MnnQuantOptions:
     activation (``feature``) and weight quantisation methods."""
     representative: str
     calibration_images: int = 100
-    feature_method: str = "KL"
+    feature_method: str = "ADMM"
     weight_method: str = "MAX_ABS"
 
     def facts(self) -> dict:

@@ -47,10 +47,10 @@ def build_parser() -> OneLineParser:
     p.add_argument("--quant", default="fp32", choices=("fp32", "int8"),
                    help="fp32 (default) or int8 (MNN's quantiser, needs --representative-data)")
     add_calibration_args(p)
-    p.add_argument("--feature-quant", default="KL", choices=FEATURE_METHODS,
-                   help="int8: how MNN sets each activation's scale, KL (default: one image at "
-                   "a time) or ADMM (all calibration images in one batch: memory grows with "
-                   "--calibration-images)")
+    p.add_argument("--feature-quant", default="ADMM", choices=FEATURE_METHODS,
+                   help="int8: how MNN sets each activation's scale, ADMM (default) or KL "
+                   "(MNN's own default; it lost 14 AP points where ADMM lost 0.14 on the demo "
+                   "model)")
     return p
 
 

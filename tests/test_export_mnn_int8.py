@@ -52,11 +52,11 @@ def test_int8_file_passes_the_int8_gate_and_is_int8(int8_file):
     assert meta == summary["metadata"] and meta["quantisation"]["kind"] == "int8"
     # int8 weights: the file is 0.52x the float32 bytes of the model's weights (the float32
     # file is 1.1x: its graph and metadata; the rest of the int8 file is float biases and
-    # scales), and not float32's arithmetic: the outputs move by int8 rounding (SQNR 10-20
-    # dB per level on random weights, where a float32 file is above 100 dB)
+    # scales), and not float32's arithmetic: the outputs move by int8 rounding (SQNR 19-37
+    # dB per level on street.jpg, measured; a float32 file is above 100 dB)
     fp32_bytes = 4 * sum(int(np.prod(w.shape)) for w in _model().trainable_variables)
     assert path.stat().st_size < 0.6 * fp32_bytes
-    assert all(db < 40 for by_level in levels.values() for db in by_level.values())
+    assert all(db < 60 for by_level in levels.values() for db in by_level.values())
 
 
 def _model():
@@ -70,8 +70,9 @@ def _model():
 def test_a_wrongly_normalised_calibration_is_refused_by_the_gate(tmp_path, calib, monkeypatch,
                                                                  capsys):
     """Calibration samples as raw 0..255 pixels for a file that takes normalised input:
-    every activation's int8 range is ~100x too wide, the outputs are noise (SQNR -30 dB at
-    P3, measured), and the int8 gate names the head and the worst level."""
+    every activation's int8 range is ~100x too wide, the outputs are noise (SQNR -13 to -27
+    dB per level on street.jpg, measured), and the int8 gate names the head and the worst
+    level."""
     from exporters import mnn_format, to_mnn
     from exporters.cli import run_cli
     real = mnn_format.calibration_batches
