@@ -35,8 +35,7 @@ from edetgraph.task.weights import model_with_weights
 from edetgraph.verify.runners import make_runner
 from exporters.onnx_format import convert as onnx_convert
 from exporters.options import ExportOptions, TFLiteOptions
-from exporters.tflite_format import TFLiteFormat
-from exporters.tflite_format import _converter as tflite_converter
+from exporters.tflite_format import TFLiteFormat, make_converter
 
 # Backends a model can be fitted for: their file format (None: TF in process).
 FORMATS = {"tf": None, "onnxruntime": "onnx", "openvino-fp32": "onnx", "tflite-fp32": "tflite",
@@ -189,8 +188,8 @@ def _int8_design(built, samples: int = 8) -> bytes:
             yield [rng.normal(0.0, 1.0, (1, *shape)).astype(np.float32)
                    for shape in built.inputs]
     with quiet_native():      # the quantizer's settings line, once per graph
-        return tflite_converter(built.serve, built.module, "int8", "float", "float", "none",
-                                representative).convert()
+        return make_converter(built.serve, built.module, "int8", "float", "float", "none",
+                              representative).convert()
 
 
 def runner_for(backend: str, path: str | None, threads: int, fn=None):

@@ -120,7 +120,7 @@ class TFLiteFormat(Format):
         if t.float_heads:
             say("the class/box heads stay float32 (--float-heads); the rest is int8")
         def converter():
-            return _converter(serve, model, t.quant, t.io, opts.input, opts.postprocess,
+            return make_converter(serve, model, t.quant, t.io, opts.input, opts.postprocess,
                               calibration)
 
         try:
@@ -164,7 +164,7 @@ class TFLiteFormat(Format):
         the triage times every candidate beside."""
         serve = make_serving_fn(model, spec, opts.batch, opts.input, self.head(spec, opts),
                                 target=targets.TFLiteTarget(element_bytes=4))
-        return _quiet_convert(_converter(serve, model, "fp32", "float", opts.input,
+        return _quiet_convert(make_converter(serve, model, "fp32", "float", opts.input,
                                          opts.postprocess, None))
 
     def write(self, converted, path: str) -> None:
@@ -198,7 +198,10 @@ class TFLiteFormat(Format):
         return {"xnnpack": coverage.tflite(path), "gpu_delegate": coverage.tflite_gpu(path)}
 
 
-def _converter(serve, model, quant, io, input_kind, postprocess, representative):
+def make_converter(serve, model, quant, io, input_kind, postprocess, representative):
+    """The TFLite converter of ``serve`` set up for ``quant`` (fp32 | fp16 | int8): the one
+    place the exporter's converter settings live (``bench.latency_measure`` converts its
+    designed graphs with it too). ``io``: int8 | uint8 | float for an int8 file's ends."""
     conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
     if quant != "fp32":
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -223,7 +226,7 @@ def _w8a16(serve, model, io, opts: ExportOptions, calibration) -> bytes:
         raise NotApplicable("--postprocess fast: the 16x8 quantizer cannot quantise what "
                             "follows the NMS op ('Max and min for dynamic tensors should be "
                             "recorded during calibration') and has no way to keep it float")
-    return convert_w8a16(_converter(serve, model, "fp32", io, opts.input, opts.postprocess,
+    return convert_w8a16(make_converter(serve, model, "fp32", io, opts.input, opts.postprocess,
                                     None), calibration)
 
 
