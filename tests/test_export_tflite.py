@@ -237,7 +237,7 @@ def test_parity_failure_exits_1_and_leaves_no_file(fp32_file, tmp_path, monkeypa
         def convert(self):
             return seed0
     from exporters import tflite_format
-    monkeypatch.setattr(tflite_format, "_converter", lambda *a, **k: Converter())
+    monkeypatch.setattr(tflite_format, "make_converter", lambda *a, **k: Converter())
     out = tmp_path / "bad.tflite"
     argv = ["--spec", "d0", *_sets(SMALL), "--seed", "1", "--quant", "fp32", "--out", str(out)]
     assert run_cli("to_tflite", to_tflite.main, argv) == 1
