@@ -28,6 +28,17 @@ def official_models():
     return json.loads(path("official_models.json").read_text())["models"]
 
 
+def tree_digest(root) -> str:
+    """sha256 over every file under ``root``: its relative path and its bytes, in path order."""
+    import hashlib
+    h = hashlib.sha256()
+    for p in sorted(Path(root).rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
 def run_py(code: str, *args, env=None, timeout=300):
     """Run python code in a fresh interpreter (for import-blocking and CLI tests)."""
     import subprocess

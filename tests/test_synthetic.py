@@ -1,23 +1,14 @@
 """The built-in synthetic shapes dataset: deterministic, valid COCO, tight boxes in the image."""
-import hashlib
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import tree_digest
 from pycocotools.coco import COCO
 
 from edetgraph.data import synthetic
-
-
-def _digest(root):
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +22,8 @@ def test_same_seed_same_bytes_other_seed_differs(dataset, tmp_path):
     root, summary = dataset
     again = synthetic.generate(tmp_path / "a", 60, 128, seed=7, val_fraction=0.25)
     other = synthetic.generate(tmp_path / "b", 60, 128, seed=8, val_fraction=0.25)
-    assert _digest(root) == _digest(tmp_path / "a")
-    assert _digest(root) != _digest(tmp_path / "b")
+    assert tree_digest(root) == tree_digest(tmp_path / "a")
+    assert tree_digest(root) != tree_digest(tmp_path / "b")
     counts = lambda s: {k: (v["images"], v["boxes"], v["empty_images"]) for k, v in s.items()}
     assert counts(again["splits"]) == counts(summary["splits"])
     assert other["splits"]["train"]["images"] == 45
@@ -120,18 +111,18 @@ def test_generation_needs_no_tensorflow(tmp_path):
 def test_a_failed_run_keeps_the_old_split_and_leaves_no_half_split(tmp_path):
     root = tmp_path / "shapes"
     synthetic.generate(root, 8, 64, seed=1, val_fraction=0.25)
-    before = _digest(root)
+    before = tree_digest(root)
 
     def crash(split, done, total):
         if split == "train" and done == 3:
             raise OSError("disk full (simulated)")
     with pytest.raises(OSError, match="simulated"):
         synthetic.generate(root, 8, 64, seed=2, val_fraction=0.25, progress=crash)
-    assert _digest(root) == before                      # the old dataset, whole
+    assert tree_digest(root) == before                      # the old dataset, whole
     assert sorted(p.name for p in root.iterdir()) == ["train", "val"]   # no temporary left
 
     again = synthetic.generate(root, 8, 64, seed=2, val_fraction=0.25)   # replaces it whole
-    assert _digest(root) != before
+    assert tree_digest(root) != before
     assert len(list((root / "train" / "images").iterdir())) == again["splits"]["train"]["images"]
 
 

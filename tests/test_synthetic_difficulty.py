@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tree_digest
 
 from edetgraph.data import synthetic
 
@@ -31,19 +32,10 @@ def _render_digest(**kwargs) -> str:
     return h.hexdigest()
 
 
-def _files_digest(root) -> str:
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(root)).encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
 def test_easy_is_the_original_generator_byte_for_byte(tmp_path):
     assert _render_digest() == EASY_RENDER_SHA
     synthetic.generate(tmp_path / "a", 12, 64, seed=5, val_fraction=0.25)
-    assert _files_digest(tmp_path / "a") == EASY_FILES_SHA
+    assert tree_digest(tmp_path / "a") == EASY_FILES_SHA
 
 
 def _scenes(level: str, count: int = 12, size: int = 128):
