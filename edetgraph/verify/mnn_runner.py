@@ -17,7 +17,8 @@ import time
 import numpy as np
 
 from edetgraph.cli import captured_fd
-from edetgraph.verify.runner_base import Runner, RunnerError, TensorInfo, check_file, first_line
+from edetgraph.verify.runner_base import (Runner, RunnerError, TensorInfo, check_file,
+                                          check_precision, first_line)
 
 PRECISIONS = ("high", "normal", "low")   # MNN's names: high = float32 end to end
 _NOTICE = re.compile(r"The device supports: |MNN use (high|normal|low) precision$")
@@ -44,9 +45,7 @@ class MnnRunner(Runner):
 
     def __init__(self, path, threads=None, precision: str = "high"):
         super().__init__(check_file(path, self.kind), threads)
-        if precision not in PRECISIONS:
-            raise RunnerError(f"{self.path}: MNN precision {precision!r} is not one of "
-                              f"{', '.join(PRECISIONS)}")
+        check_precision(self.path, "MNN", precision, PRECISIONS)
         try:
             with quiet_stdout():
                 import MNN  # deferred: MNN is optional; it prints its CPU notice on import

@@ -17,7 +17,8 @@ import time
 import numpy as np
 
 from edetgraph.cli import captured_fd
-from edetgraph.verify.runner_base import Runner, RunnerError, TensorInfo, check_file, first_line
+from edetgraph.verify.runner_base import (Runner, RunnerError, TensorInfo, check_file,
+                                          check_precision, first_line)
 
 PRECISIONS = ("fp32", "fp16")
 _LOW_PRECISION = ("use_fp16_storage", "use_fp16_arithmetic", "use_fp16_packed",
@@ -52,9 +53,7 @@ class NcnnRunner(Runner):
 
     def __init__(self, path, threads=None, precision: str = "fp32"):
         super().__init__(check_file(path, self.kind), threads)
-        if precision not in PRECISIONS:
-            raise RunnerError(f"{self.path}: ncnn precision {precision!r} is not one of "
-                              f"{', '.join(PRECISIONS)}")
+        check_precision(self.path, "ncnn", precision, PRECISIONS)
         # ncnn's threads are OpenMP's (the wheel's own libgomp, which reads this when ncnn is
         # first imported): passive waiting, as the ONNX Runtime runner turns spinning off. On
         # this shared 2-core AVX-512 machine (load 6), D0 512 on 2 threads took 5.4 s a call

@@ -12,7 +12,8 @@ import time
 
 import numpy as np
 
-from edetgraph.verify.runner_base import Runner, RunnerError, TensorInfo, check_file, first_line
+from edetgraph.verify.runner_base import (Runner, RunnerError, TensorInfo, check_file,
+                                          check_precision, first_line)
 
 PRECISIONS = ("f32", "bf16")
 
@@ -36,9 +37,7 @@ class OpenVinoRunner(Runner):
 
     def __init__(self, path, threads=None, precision: str = "f32"):
         super().__init__(check_file(path, self.kind), threads)
-        if precision not in PRECISIONS:
-            raise RunnerError(f"{self.path}: OpenVINO precision {precision!r} is not one of "
-                              f"{', '.join(PRECISIONS)}")
+        check_precision(self.path, "OpenVINO", precision, PRECISIONS)
         if precision == "bf16":
             ok, why = cpu_has_bf16()
             if not ok:

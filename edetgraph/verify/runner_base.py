@@ -51,6 +51,15 @@ def check_file(path, kind: str) -> str:
     return path
 
 
+def check_precision(path: str, runtime: str, precision: str, allowed) -> str:
+    """``precision`` when it is one of ``allowed`` (the runtime's own names), else a one-line
+    RunnerError naming the file and the runtime."""
+    if precision not in allowed:
+        raise RunnerError(f"{path}: {runtime} precision {precision!r} is not one of "
+                          f"{', '.join(allowed)}")
+    return precision
+
+
 class Runner:
     """Shared bookkeeping: input checks, load time, info()."""
     kind = ""
