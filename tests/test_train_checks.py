@@ -8,6 +8,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
 from train_checks import judge_by_noise, step_noise  # noqa: E402
+from train_measures import relative_errors  # noqa: E402
 
 SPEC = types.SimpleNamespace(bn=types.SimpleNamespace(momentum=0.99), image_size=(64, 64),
                              anchors=types.SimpleNamespace(max_level=3))
@@ -42,7 +43,8 @@ def _judge(before, official, ours, again):
     stats = {k: v for k, v in official[1].items() if "moving_" in k}
     run = {"moved": (None, again[0], {k: again[1][k] for k in stats})}
     fig = {p: {} for p in ("gradients", "step", "moving_mean", "moving_variance")}
-    judge_by_noise(fig, before, (*official, stats), ours, run, LIMITS, SPEC, 2)
+    noise = relative_errors(again[0], official[0])
+    judge_by_noise(fig, before, (*official, stats), ours, run, noise, LIMITS, SPEC, 2)
     return fig
 
 

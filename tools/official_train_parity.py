@@ -390,7 +390,7 @@ def run(off, setup: Setup, seed: int, workdir: Path, dump=None) -> dict:
         update_noise(o_grads, noise_abs, setup.lr_warmup_init, config.clip_norm))
     if setup.precision != "float32":
         judge_by_noise(fig, raw, (o_grads, o_after, o_stats), (m_grads, m_after), again,
-                       limits, spec, setup.batch_size)
+                       noise, limits, spec, setup.batch_size)
     if dump:
         np.savez(dump, **{f"o/{k}": v for k, v in o_grads.items()},
                  **{f"m/{k}": v for k, v in m_grads.items()},

@@ -125,7 +125,8 @@ def step_noise(update: dict, grads: dict, again: dict) -> dict:
     return {k: max(e[k] for e in errors) for k in grads}
 
 
-def judge_by_noise(fig, before, theirs, ours, again, limits, spec, batch_size) -> None:
+def judge_by_noise(fig, before, theirs, ours, again, grad_noise, limits, spec,
+                   batch_size) -> None:
     """Mixed precision: rounding noise dominates every tensor (a random-weight D0 in bfloat16
     moves its own gradients by tens of percent when its inputs round the other way), so each
     part of ``fig`` is judged by ``train_measures.noise_verdict`` instead of the per-tensor
@@ -133,7 +134,7 @@ def judge_by_noise(fig, before, theirs, ours, again, limits, spec, batch_size) -
     itself more often than chance, and no tensor far beyond it. ``theirs`` / ``ours``:
     (gradients, weights after the step, and for theirs the batch-norm statistics of
     ``official_grads``); ``again``: the official's noise runs (name -> official_grads'
-    triple)."""
+    triple); ``grad_noise``: their gradients' relative noise (``largest_noise``)."""
     (o_grads, o_after, o_stats), (m_grads, m_after) = theirs, ours
     def update(after, names):
         return {k: after[k] - before[k] for k in names}
@@ -143,9 +144,6 @@ def judge_by_noise(fig, before, theirs, ours, again, limits, spec, batch_size) -
     corrected, _ = bessel_corrected({k: before[k] for k in var}, o_after, m_after, spec,
                                     batch_size)
     official_update = update(o_after, grads)
-    grad_noise = {k: max(e[k] for e in (relative_errors({n: r[1][n] for n in grads},
-                                                         {n: o_grads[n] for n in grads})
-                                        for r in again.values())) for k in grads}
     stats = statistics_noise(before, o_stats, again)
     parts = {
         "gradients": ({k: m_grads[k] for k in grads}, {k: o_grads[k] for k in grads},
